@@ -1,0 +1,103 @@
+"""The distance family: maps a query batch and a reference batch to a (query, reference) matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_embeddings, check_range, message
+
+__all__ = ["BaseDistance"]
+
+
+class BaseDistance(nn.Module):
+    """Base of every distance or similarity.
+
+    Subclasses implement :meth:`compute_mat` (all query x reference pairs) and :meth:`pairwise_distance`
+    (row ``i`` of the query against row ``i`` of the reference), and set ``is_inverted=True`` when higher
+    values mean closer (a similarity).
+
+    Args:
+        normalize_embeddings: L_p-normalise every embedding before comparing.
+        p: the norm's order, for normalisation and for L_p distances; ``> 0``.
+        power: the matrix is raised to this power (e.g. 2 for squared Euclidean distances).
+        is_inverted: higher values mean more similar.
+        collect_stats: accepted for compatibility; statistics are not collected.
+    """
+
+    def __init__(
+        self,
+        normalize_embeddings: bool = True,
+        p: float = 2,
+        power: float = 1,
+        is_inverted: bool = False,
+        collect_stats: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_range(name, "p", p, low=0, low_inclusive=False)
+        check_range(name, "power", power)
+        self.normalize_embeddings = bool(normalize_embeddings)
+        self.p = p
+        self.power = power
+        self.is_inverted = bool(is_inverted)
+        self.collect_stats = collect_stats
+
+    @property
+    def higher_is_closer(self) -> bool:
+        """True for similarities (cosine, dot product), False for distances."""
+        return self.is_inverted
+
+    def forward(self, query_emb: Tensor, ref_emb: Tensor | None = None) -> Tensor:
+        """The ``(len(query_emb), len(ref_emb))`` matrix; ``ref_emb`` defaults to ``query_emb``."""
+        name = type(self).__name__
+        check_embeddings(name, query_emb, "query_emb")
+        query = self.maybe_normalize(query_emb)
+        if ref_emb is None:
+            ref = query
+        else:
+            check_embeddings(name, ref_emb, "ref_emb")
+            if ref_emb.shape[1] != query_emb.shape[1]:
+                raise ValueError(message(name, "ref_emb", f"of embedding size {query_emb.shape[1]}", ref_emb.shape[1]))
+            ref = self.maybe_normalize(ref_emb)
+        mat = self.compute_mat(query, ref)
+        if self.power != 1:
+            mat = mat**self.power
+        return mat
+
+    def compute_mat(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
+        """Distance between ``query_emb[i]`` and ``ref_emb[i]`` for each row ``i`` (no normalisation, no power)."""
+        raise NotImplementedError
+
+    def gap(self, positive: Tensor, negative: Tensor) -> Tensor:
+        """How much closer ``positive`` is than ``negative``: ``d_neg - d_pos``, or ``s_pos - s_neg``."""
+        return positive - negative if self.is_inverted else negative - positive
+
+    def margin(self, x: Tensor, y: Tensor) -> Tensor:
+        """How much farther ``x`` is than ``y`` (``x - y`` for distances, ``y - x`` for similarities)."""
+        return y - x if self.is_inverted else x - y
+
+    def smallest_dist(self, *args: Any, **kwargs: Any) -> Any:
+        """``torch.min`` for distances, ``torch.max`` for similarities: picks the closest."""
+        return torch.max(*args, **kwargs) if self.is_inverted else torch.min(*args, **kwargs)
+
+    def largest_dist(self, *args: Any, **kwargs: Any) -> Any:
+        """``torch.max`` for distances, ``torch.min`` for similarities: picks the farthest."""
+        return torch.min(*args, **kwargs) if self.is_inverted else torch.max(*args, **kwargs)
+
+    def normalize(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
+        return nn.functional.normalize(embeddings, p=self.p, dim=dim, **kwargs)
+
+    def maybe_normalize(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
+        return self.normalize(embeddings, dim=dim, **kwargs) if self.normalize_embeddings else embeddings
+
+    def get_norm(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
+        return torch.linalg.vector_norm(embeddings, ord=self.p, dim=dim, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"normalize_embeddings={self.normalize_embeddings}, p={self.p}, power={self.power}"

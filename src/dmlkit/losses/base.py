@@ -1,0 +1,173 @@
+"""The loss family's base: validation, reference sets, regularisation and reduction in one place."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._validation import check_embeddings, check_labels, check_range, check_reference, message
+from ..distances import BaseDistance, LpDistance
+from ..indices import check_indices_tuple, convert_to_pairs, convert_to_triplets
+from ..reducers import BaseReducer, MeanReducer
+from ..regularizers import BaseRegularizer
+from ..types import Pairs, TermKind, Terms, Triplets
+
+__all__ = ["BaseMetricLossFunction"]
+
+
+class BaseMetricLossFunction(nn.Module):
+    """Base of every metric loss.
+
+    ``loss(embeddings, labels=None, indices_tuple=None, ref_emb=None, ref_labels=None)`` validates its
+    inputs, calls :meth:`compute_terms` (the one method a subclass implements), adds the embedding
+    regularizer's penalty, and reduces every group of terms with ``reducer``. A loss whose groups are all
+    empty (no valid pair or triplet) returns 0 and back-propagates zero gradients.
+
+    With ``ref_emb``/``ref_labels``, anchors come from ``embeddings`` and positives/negatives from the
+    reference set; without them the batch is its own reference and self-pairs are excluded.
+
+    Args:
+        distance: how embeddings are compared; defaults to the class's ``default_distance``.
+        reducer: how un-reduced terms become a scalar; defaults to the class's ``default_reducer``.
+        embedding_regularizer: an optional penalty on ``embeddings``.
+        embedding_reg_weight: the penalty's weight, ``>= 0``.
+        collect_stats: accepted for compatibility; statistics are not collected.
+    """
+
+    default_distance: ClassVar[Callable[[], BaseDistance]] = LpDistance
+    default_reducer: ClassVar[Callable[[], BaseReducer]] = MeanReducer
+    #: whether the loss accepts a reference set distinct from the batch (CrossBatchMemory needs it).
+    supports_ref_emb: ClassVar[bool] = True
+    #: whether the loss needs labels (or an indices_tuple) to know who is similar to whom.
+    requires_labels: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        distance: BaseDistance | None = None,
+        reducer: BaseReducer | None = None,
+        embedding_regularizer: BaseRegularizer | None = None,
+        embedding_reg_weight: float = 1,
+        collect_stats: bool = False,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if distance is not None and not isinstance(distance, BaseDistance):
+            raise TypeError(message(name, "distance", "a dmlkit distance (e.g. LpDistance())", type(distance).__name__))
+        if reducer is not None and not isinstance(reducer, BaseReducer):
+            raise TypeError(message(name, "reducer", "a dmlkit reducer (e.g. MeanReducer())", type(reducer).__name__))
+        check_range(name, "embedding_reg_weight", embedding_reg_weight, low=0)
+        self.distance = distance if distance is not None else self.get_default_distance()
+        self.reducer = reducer if reducer is not None else self.get_default_reducer()
+        self.embedding_regularizer = embedding_regularizer
+        self.embedding_reg_weight = embedding_reg_weight
+        self.collect_stats = collect_stats
+
+    def get_default_distance(self) -> BaseDistance:
+        return type(self).default_distance()
+
+    def get_default_reducer(self) -> BaseReducer:
+        return type(self).default_reducer()
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Sequence[Tensor] | None = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        name = type(self).__name__
+        check_embeddings(name, embeddings)
+        if labels is not None:
+            check_labels(name, labels, embeddings.shape[0])
+            labels = labels.to(embeddings.device)
+        if ref_labels is not None:
+            ref_labels = ref_labels.to(embeddings.device)
+        check_reference(name, embeddings, labels, ref_emb, ref_labels)
+        if self.requires_labels and labels is None and indices_tuple is None:
+            raise ValueError(message(name, "labels", "given (or an `indices_tuple` from a miner)", None))
+        if ref_emb is not None and not self.supports_ref_emb:
+            raise ValueError(message(name, "ref_emb", "None: this loss does not support a reference set", "a tensor"))
+        if ref_emb is None:
+            ref_emb, ref_labels = embeddings, labels
+        checked = check_indices_tuple(name, indices_tuple, embeddings.shape[0], ref_emb.shape[0], embeddings.device)
+        self._warn_if_single_class(labels, ref_labels, checked)
+        groups = dict(self.compute_terms(embeddings, labels, checked, ref_emb, ref_labels))
+        if self.embedding_regularizer is not None:
+            penalty = self.embedding_regularizer(embeddings) * self.embedding_reg_weight
+            groups["embedding_reg_loss"] = Terms.reduced(penalty)
+        return self.reducer(groups, embeddings, labels)
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        """Named groups of un-reduced terms. The default adapts a pytorch-metric-learning style
+        ``compute_loss`` returning ``{name: {"losses", "indices", "reduction_type"}}``."""
+        if type(self).compute_loss is BaseMetricLossFunction.compute_loss:
+            raise NotImplementedError(f"{type(self).__name__} must implement compute_terms().")
+        loss_dict = self.compute_loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+        return {key: _terms_from_loss_info(info, embeddings) for key, info in loss_dict.items()}
+
+    def compute_loss(
+        self, embeddings: Tensor, labels: Tensor | None, indices_tuple: Any, ref_emb: Tensor, ref_labels: Any
+    ) -> dict[str, dict[str, Any]]:
+        """Override either this (pytorch-metric-learning style) or :meth:`compute_terms`."""
+        raise NotImplementedError
+
+    # Helpers shared by concrete losses -------------------------------------------------------------
+
+    def triplets(
+        self,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_labels: Tensor | None,
+        t_per_anchor: int | str = "all",
+        generator: torch.Generator | None = None,
+    ) -> Triplets:
+        """The triplets to score: the given ones, those formed from given pairs, or all from labels."""
+        return convert_to_triplets(indices_tuple, labels, ref_labels, t_per_anchor, generator)  # type: ignore[arg-type]
+
+    def pairs(
+        self, labels: Tensor | None, indices_tuple: tuple[Tensor, ...] | None, ref_labels: Tensor | None
+    ) -> Pairs:
+        """The pairs to score: the given ones, those of given triplets, or all from labels."""
+        return convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+
+    def _warn_if_single_class(
+        self, labels: Tensor | None, ref_labels: Tensor | None, indices_tuple: tuple[Tensor, ...] | None
+    ) -> None:
+        if not self.requires_labels or indices_tuple is not None or labels is None or labels.numel() == 0:
+            return
+        pool = labels if ref_labels is None or ref_labels is labels else torch.cat([labels, ref_labels])
+        if bool((pool == pool[0]).all()):
+            warnings.warn(
+                f"{type(self).__name__}: every label in the batch is {int(pool[0])}, so there are no negative "
+                "pairs and the loss is 0. Sample several classes per batch (e.g. MPerClassSampler).",
+                stacklevel=3,
+            )
+
+
+_KINDS = {kind.value: kind for kind in TermKind}
+
+
+def _terms_from_loss_info(info: Mapping[str, Any], embeddings: Tensor) -> Terms:
+    losses = info["losses"]
+    kind = _KINDS[info["reduction_type"]]
+    if not isinstance(losses, Tensor):
+        losses = torch.as_tensor(float(losses), dtype=embeddings.dtype, device=embeddings.device)
+        if kind is not TermKind.ALREADY_REDUCED:
+            losses = losses.reshape(1)[:0]
+    if kind is TermKind.ALREADY_REDUCED:
+        return Terms.reduced(losses)
+    indices = info["indices"]
+    anchors = indices if kind is TermKind.ELEMENT else indices[0]
+    return Terms(losses, anchors, kind, info.get("divisor"))

@@ -1,0 +1,110 @@
+"""Plain data types passed between the families.
+
+``Pairs`` and ``Triplets`` are NamedTuples, so they are also the 4-tuples ``(a1, p, a2, n)`` and 3-tuples
+``(a, p, n)`` that pytorch-metric-learning code expects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["Pairs", "Triplets", "IndicesTuple", "TermKind", "Terms", "Neighbors"]
+
+
+class Pairs(NamedTuple):
+    """Positive pairs ``(anchors_pos[i], positives[i])`` and negative pairs ``(anchors_neg[j], negatives[j])``."""
+
+    anchors_pos: Tensor
+    positives: Tensor
+    anchors_neg: Tensor
+    negatives: Tensor
+
+    @property
+    def num_pos(self) -> int:
+        return int(self.anchors_pos.numel())
+
+    @property
+    def num_neg(self) -> int:
+        return int(self.anchors_neg.numel())
+
+
+class Triplets(NamedTuple):
+    """Triplets ``(anchors[i], positives[i], negatives[i])``."""
+
+    anchors: Tensor
+    positives: Tensor
+    negatives: Tensor
+
+    @property
+    def num_triplets(self) -> int:
+        return int(self.anchors.numel())
+
+
+IndicesTuple = tuple[Tensor, Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+class TermKind(str, enum.Enum):
+    """What each value of a ``Terms`` group belongs to; reducers that group values need it."""
+
+    ELEMENT = "element"
+    POS_PAIR = "pos_pair"
+    NEG_PAIR = "neg_pair"
+    TRIPLET = "triplet"
+    ALREADY_REDUCED = "already_reduced"
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A group of un-reduced loss values.
+
+    Args:
+        values: 1-D tensor of per-element / per-pair / per-triplet losses, or a 0-D tensor when
+            ``kind`` is ``ALREADY_REDUCED``.
+        anchors: for each value, the index of the query-batch element it belongs to (the element itself,
+            or the anchor of a pair or triplet). ``None`` only for already-reduced values.
+        kind: what a value stands for.
+        divisor: for ``DivisorReducer``: the sum of the values is divided by it.
+    """
+
+    values: Tensor
+    anchors: Tensor | None = None
+    kind: TermKind = TermKind.ELEMENT
+    divisor: float | Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is TermKind.ALREADY_REDUCED:
+            if self.values.numel() != 1:
+                raise ValueError(
+                    f"Terms: already-reduced values must hold one number, got shape {tuple(self.values.shape)}."
+                )
+            return
+        if self.values.ndim != 1:
+            raise ValueError(f"Terms: `values` must be 1-D, got shape {tuple(self.values.shape)}.")
+        if self.anchors is None or self.anchors.shape != self.values.shape:
+            got = None if self.anchors is None else tuple(self.anchors.shape)
+            raise ValueError(f"Terms: `anchors` must have the shape of `values` {tuple(self.values.shape)}, got {got}.")
+
+    @classmethod
+    def reduced(cls, value: Tensor) -> Terms:
+        """A scalar that reducers pass through unchanged."""
+        return cls(value.reshape(()), None, TermKind.ALREADY_REDUCED)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.kind is not TermKind.ALREADY_REDUCED and self.values.numel() == 0
+
+
+class Neighbors(NamedTuple):
+    """k-nearest-neighbour results: ``distances[i, j]`` to the ``j``-th neighbour ``indices[i, j]`` of query ``i``."""
+
+    distances: Tensor
+    indices: Tensor
+
+
+def empty_index(device: torch.device | None = None) -> Tensor:
+    return torch.empty(0, dtype=torch.long, device=device)
