@@ -51,15 +51,9 @@ class TripletMarginLoss(BaseMetricLossFunction):
         super().__init__(**kwargs)
         name = type(self).__name__
         check_range(name, "margin", margin, low=0)
-        if triplets_per_anchor != "all":
-            if (
-                isinstance(triplets_per_anchor, bool)
-                or not isinstance(triplets_per_anchor, int)
-                or triplets_per_anchor < 1
-            ):
-                raise ValueError(
-                    message(name, "triplets_per_anchor", '"all" or a positive integer', triplets_per_anchor)
-                )
+        valid_count = isinstance(triplets_per_anchor, int) and not isinstance(triplets_per_anchor, bool)
+        if triplets_per_anchor != "all" and not (valid_count and triplets_per_anchor >= 1):  # type: ignore[operator]
+            raise ValueError(message(name, "triplets_per_anchor", '"all" or a positive integer', triplets_per_anchor))
         self.margin = margin
         self.swap = swap
         self.smooth_loss = smooth_loss
