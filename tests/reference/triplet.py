@@ -24,6 +24,7 @@ __all__ = [
     "distance_matrix",
     "all_triplets",
     "all_pairs",
+    "triplet_gaps",
     "triplet_values",
     "avg_non_zero",
     "triplet_margin_loss",
@@ -117,6 +118,19 @@ def all_triplets(labels: Sequence[int], ref_labels: Sequence[int] | None = None)
 def _gap(d_ap: float, d_an: float, spec: DistanceSpec) -> float:
     """How much closer the positive is than the negative."""
     return d_ap - d_an if spec.is_similarity else d_an - d_ap
+
+
+def triplet_gaps(
+    embeddings: Sequence[Sequence[float]],
+    triplets: Sequence[tuple[int, int, int]],
+    spec: DistanceSpec = LP,
+    ref_emb: Sequence[Sequence[float]] | None = None,
+) -> list[float]:
+    """The gap of each triplet (no swap): ``d(a, n) - d(a, p)``, or ``s(a, p) - s(a, n)``."""
+    ref = embeddings if ref_emb is None else ref_emb
+    return [
+        _gap(_compare(embeddings[a], ref[p], spec), _compare(embeddings[a], ref[n], spec), spec) for a, p, n in triplets
+    ]
 
 
 def triplet_values(

@@ -1,0 +1,233 @@
+"""BaseMetricLossFunction: the two ways to implement a loss, regularisation, reduction and input checks."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from dmlkit.distances import CosineSimilarity, LpDistance
+from dmlkit.indices import all_pairs
+from dmlkit.losses import BaseMetricLossFunction, TripletMarginLoss
+from dmlkit.reducers import MeanReducer, ThresholdReducer
+from dmlkit.regularizers import LpRegularizer
+from dmlkit.types import TermKind, Terms
+
+LABELS = torch.tensor([0, 0, 1, 1, 2, 2])
+
+
+def _emb(seed: int = 0, n: int = 6, d: int = 4) -> Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+class PositiveDistanceLoss(BaseMetricLossFunction):
+    """pytorch-metric-learning style: the distance of every positive pair, reduced per pair."""
+
+    def compute_loss(
+        self, embeddings: Tensor, labels: Any, indices_tuple: Any, ref_emb: Tensor, ref_labels: Any
+    ) -> dict[str, dict[str, Any]]:
+        a1, p, _, _ = self.pairs(labels, indices_tuple, ref_labels)
+        mat = self.distance(embeddings, ref_emb)
+        return {"loss": {"losses": mat[a1, p], "indices": (a1, p), "reduction_type": "pos_pair"}}
+
+
+class TwoGroupLoss(BaseMetricLossFunction):
+    """dmlkit style: two named groups, per element and already reduced."""
+
+    def compute_terms(
+        self, embeddings: Tensor, labels: Any, indices_tuple: Any, ref_emb: Tensor, ref_labels: Any
+    ) -> Mapping[str, Terms]:
+        norms = embeddings.norm(dim=1)
+        idx = torch.arange(embeddings.shape[0])
+        return {"norms": Terms(norms, idx), "mean_sq": Terms.reduced((embeddings**2).mean())}
+
+
+class PMLStyleZeroLoss(BaseMetricLossFunction):
+    def compute_loss(
+        self, embeddings: Tensor, labels: Any, indices_tuple: Any, ref_emb: Tensor, ref_labels: Any
+    ) -> dict[str, dict[str, Any]]:
+        return {"loss": {"losses": 0, "indices": None, "reduction_type": "already_reduced"}}
+
+
+class PMLStyleEmptyPairLoss(BaseMetricLossFunction):
+    def compute_loss(
+        self, embeddings: Tensor, labels: Any, indices_tuple: Any, ref_emb: Tensor, ref_labels: Any
+    ) -> dict[str, dict[str, Any]]:
+        return {"loss": {"losses": 0, "indices": None, "reduction_type": "pos_pair"}}
+
+
+class NothingImplemented(BaseMetricLossFunction):
+    pass
+
+
+def test_pml_style_compute_loss() -> None:
+    emb = _emb()
+    loss = PositiveDistanceLoss(distance=LpDistance(normalize_embeddings=False))(emb, LABELS)
+    a1, p, _, _ = all_pairs(LABELS)
+    expected = torch.stack([torch.linalg.vector_norm(emb[i] - emb[j]) for i, j in zip(a1, p, strict=True)]).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pml_style_compute_loss_with_reducer() -> None:
+    emb = _emb(1)
+    loss_fn = PositiveDistanceLoss(distance=LpDistance(normalize_embeddings=False), reducer=ThresholdReducer(high=2.5))
+    a1, p, _, _ = all_pairs(LABELS)
+    d = torch.linalg.vector_norm(emb[a1] - emb[p], dim=1)
+    assert bool((d >= 2.5).any()) and bool((d < 2.5).any())
+    torch.testing.assert_close(loss_fn(emb, LABELS), d[d < 2.5].mean())
+
+
+def test_compute_terms_groups_are_reduced_and_summed() -> None:
+    emb = _emb(2).requires_grad_()
+    loss = TwoGroupLoss()(emb, LABELS)
+    expected = emb.norm(dim=1).mean() + (emb**2).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert emb.grad is not None and bool(torch.isfinite(emb.grad).all())
+
+
+def test_subclass_implementing_nothing_raises() -> None:
+    with pytest.raises(NotImplementedError, match=re.escape("NothingImplemented must implement compute_terms().")):
+        NothingImplemented()(_emb(), LABELS)
+
+
+def test_pml_style_zero_loss_value() -> None:
+    assert PMLStyleZeroLoss()(_emb(), LABELS).item() == 0.0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="losses/base.py _terms_from_loss_info wraps PML's zero_loss() (losses=0, already_reduced) in a plain "
+    "tensor that is not connected to the graph, so backward() raises",
+)
+def test_pml_style_zero_loss_is_graph_connected() -> None:
+    emb = _emb().requires_grad_()
+    loss = PMLStyleZeroLoss()(emb, LABELS)
+    loss.backward()
+    assert emb.grad is not None and bool((emb.grad == 0).all())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="losses/base.py _terms_from_loss_info indexes `indices[0]` even when losses is the number 0 and "
+    "indices is None, raising TypeError instead of reducing to an empty group",
+)
+def test_pml_style_zero_losses_with_pair_reduction() -> None:
+    emb = _emb().requires_grad_()
+    loss = PMLStyleEmptyPairLoss()(emb, LABELS)
+    loss.backward()
+    assert loss.item() == 0.0 and emb.grad is not None and bool((emb.grad == 0).all())
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_embedding_regularizer_adds_weighted_penalty(weight: float) -> None:
+    emb = _emb(3)
+    plain = TripletMarginLoss(margin=0.5)(emb, LABELS)
+    loss = TripletMarginLoss(margin=0.5, embedding_regularizer=LpRegularizer(), embedding_reg_weight=weight)
+    penalty = torch.linalg.vector_norm(emb, dim=1).mean()
+    torch.testing.assert_close(loss(emb, LABELS), plain + weight * penalty, rtol=1e-12, atol=1e-12)
+
+
+def test_embedding_regularizer_counts_even_without_triplets() -> None:
+    emb = _emb(4)
+    loss = TripletMarginLoss(embedding_regularizer=LpRegularizer(power=2), embedding_reg_weight=0.25)
+    expected = 0.25 * (torch.linalg.vector_norm(emb, dim=1) ** 2).mean()
+    torch.testing.assert_close(loss(emb, torch.arange(6)), expected)
+
+
+def test_embedding_regularizer_matches_pml() -> None:
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    pml_regularizers = pytest.importorskip("pytorch_metric_learning.regularizers")
+    emb = _emb(5)
+    ours = TripletMarginLoss(margin=0.3, embedding_regularizer=LpRegularizer(), embedding_reg_weight=0.7)
+    theirs = pml_losses.TripletMarginLoss(
+        margin=0.3, embedding_regularizer=pml_regularizers.LpRegularizer(), embedding_reg_weight=0.7
+    )
+    torch.testing.assert_close(ours(emb, LABELS), theirs(emb, LABELS), rtol=0, atol=1e-6)
+
+
+def test_invalid_distance_type() -> None:
+    with pytest.raises(
+        TypeError,
+        match=re.escape("TripletMarginLoss: `distance` must be a dmlkit distance (e.g. LpDistance()), got 'str'."),
+    ):
+        TripletMarginLoss(distance="lp")  # type: ignore[arg-type]
+
+
+def test_invalid_reducer_type() -> None:
+    with pytest.raises(
+        TypeError,
+        match=re.escape("TripletMarginLoss: `reducer` must be a dmlkit reducer (e.g. MeanReducer()), got 'type'."),
+    ):
+        TripletMarginLoss(reducer=MeanReducer)  # type: ignore[arg-type]
+
+
+def test_negative_regularizer_weight() -> None:
+    with pytest.raises(
+        ValueError, match=re.escape("TripletMarginLoss: `embedding_reg_weight` must be a number >= 0, got -1.")
+    ):
+        TripletMarginLoss(embedding_reg_weight=-1)
+
+
+def test_defaults_are_fresh_instances() -> None:
+    a, b = TripletMarginLoss(), TripletMarginLoss()
+    assert isinstance(a.distance, LpDistance) and a.distance is not b.distance
+    assert a.reducer is not b.reducer
+    custom = CosineSimilarity()
+    assert TripletMarginLoss(distance=custom).distance is custom
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8, torch.int64])
+def test_labels_of_other_integer_dtypes(dtype: torch.dtype) -> None:
+    emb = _emb(6)
+    expected = TripletMarginLoss(margin=0.4)(emb, LABELS)
+    torch.testing.assert_close(TripletMarginLoss(margin=0.4)(emb, LABELS.to(dtype)), expected)
+
+
+def test_labels_or_indices_tuple_required() -> None:
+    with pytest.raises(
+        ValueError,
+        match=re.escape("PositiveDistanceLoss: `labels` must be given (or an `indices_tuple` from a miner), got None."),
+    ):
+        PositiveDistanceLoss()(_emb())
+
+
+def test_indices_tuple_without_labels() -> None:
+    emb = _emb(7)
+    pairs = all_pairs(LABELS)
+    loss_fn = PositiveDistanceLoss()
+    torch.testing.assert_close(loss_fn(emb, indices_tuple=pairs), loss_fn(emb, LABELS))
+
+
+def test_loss_without_reference_support_rejects_ref_emb() -> None:
+    class NoRef(PositiveDistanceLoss):
+        supports_ref_emb = False
+
+    emb = _emb()
+    with pytest.raises(
+        ValueError, match=re.escape("NoRef: `ref_emb` must be None: this loss does not support a reference set")
+    ):
+        NoRef()(emb, LABELS, ref_emb=emb, ref_labels=LABELS)
+
+
+def test_bad_indices_tuple_is_reported_with_the_loss_name() -> None:
+    x = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=re.escape("TripletMarginLoss: `indices_tuple[1]` must be indices in [0, 6)")):
+        TripletMarginLoss()(_emb(), LABELS, indices_tuple=(x, x + 6, x))
+
+
+def test_terms_kind_reaches_reducer() -> None:
+    seen: list[TermKind] = []
+
+    class Spy(MeanReducer):
+        def reduce(self, terms: Terms, embeddings: Tensor, labels: Tensor | None) -> Tensor:
+            seen.append(terms.kind)
+            return super().reduce(terms, embeddings, labels)
+
+    PositiveDistanceLoss(reducer=Spy())(_emb(), LABELS)
+    TripletMarginLoss(reducer=Spy(), margin=2.0)(_emb(), LABELS)
+    assert seen == [TermKind.POS_PAIR, TermKind.TRIPLET]
