@@ -8,9 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range, message
+from ..indices import label_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
+from .functional import pair_values
 
 __all__ = ["TripletMarginLoss"]
 
@@ -68,22 +70,40 @@ class TripletMarginLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
+        mat = self.distance(embeddings, ref_emb)
+        if indices_tuple is None and self.triplets_per_anchor == "all":
+            return {"loss": self._all_triplet_terms(mat, labels, ref_emb is embeddings, ref_emb, ref_labels)}
         a, p, n = self.triplets(labels, indices_tuple, ref_labels, self.triplets_per_anchor, self.generator)
         if a.numel() == 0:
             return {"loss": Terms(embeddings.new_zeros(0), a, TermKind.TRIPLET)}
-        mat = self.distance(embeddings, ref_emb)
-        ap = mat[a, p]
-        an = mat[a, n]
+        an = pair_values(mat, a, n)
         if self.swap:
-            pn = self._positive_negative(mat, ref_emb is embeddings, ref_emb, p, n)
+            an = self.distance.smallest_dist(an, self._positive_negative(mat, ref_emb is embeddings, ref_emb, p, n))
+        return {"loss": Terms(self._loss(self.distance.gap(pair_values(mat, a, p), an)), a, TermKind.TRIPLET)}
+
+    def _all_triplet_terms(
+        self, mat: Tensor, labels: Tensor | None, ref_is_batch: bool, ref_emb: Tensor, ref_labels: Tensor | None
+    ) -> Terms:
+        """Every triplet, scored as (positive pair) x (reference) rows instead of gathered index triples."""
+        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+        a, p = torch.nonzero(positive, as_tuple=True)
+        keep = negative[a]
+        an = mat[a]
+        if self.swap:
+            pn = mat[p] if ref_is_batch else self.distance(ref_emb)[p]
             an = self.distance.smallest_dist(an, pn)
-        violation = self.margin - self.distance.gap(ap, an)
-        values = F.softplus(violation) if self.smooth_loss else F.relu(violation)
-        return {"loss": Terms(values, a, TermKind.TRIPLET)}
+        gap = self.distance.gap(mat[a, p].unsqueeze(1), an)
+        values = self._loss(gap[keep])
+        anchors = a.unsqueeze(1).expand_as(keep)[keep]
+        return Terms(values, anchors, TermKind.TRIPLET)
+
+    def _loss(self, gap: Tensor) -> Tensor:
+        violation = self.margin - gap
+        return F.softplus(violation) if self.smooth_loss else F.relu(violation)
 
     def _positive_negative(self, mat: Tensor, ref_is_batch: bool, ref_emb: Tensor, p: Tensor, n: Tensor) -> Tensor:
         if ref_is_batch:
-            return mat[p, n]
+            return pair_values(mat, p, n)
         # p and n index the reference set: compare those rows directly (a full ref x ref matrix is not needed).
         d = self.distance
         pn = d.pairwise_distance(d.maybe_normalize(ref_emb[p]), d.maybe_normalize(ref_emb[n]))

@@ -13,7 +13,7 @@ from .base import BaseMiner
 
 __all__ = ["TripletMarginMiner", "TripletType"]
 
-#: how many (anchor, positive, negative) cells one mining block may hold.
+#: how many (positive pair, reference) cells one mining block may hold.
 _BLOCK_CELLS = 1 << 24
 
 
@@ -32,7 +32,8 @@ class TripletMarginMiner(BaseMiner):
     For every triplet (a, p, n) the gap is ``d(a, n) - d(a, p)`` (``s(a, p) - s(a, n)`` for similarities);
     ``type_of_triplets`` selects ``"all"`` (gap <= margin), ``"hard"`` (gap <= 0), ``"semihard"``
     (0 < gap <= margin) or ``"easy"`` (gap > margin). Triplets come in (a, p, n) lexicographic order.
-    Anchors are processed in blocks, so memory is bounded by the output, not by ``batch_size ** 3``.
+    Positive pairs are scanned in blocks against the reference set, so work and memory grow with the
+    number of candidate triplets, never with ``batch_size ** 3``.
 
     Args:
         margin: ``>= 0``.
@@ -57,16 +58,17 @@ class TripletMarginMiner(BaseMiner):
     def mine(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor) -> Triplets:
         mat = self.distance(embeddings, ref_emb)
         positive, negative = label_masks(labels, ref_labels)
-        n_query, n_ref = mat.shape
-        block = max(1, _BLOCK_CELLS // max(1, n_ref * n_ref))
+        # Scan (positive pair) x (reference) rows: the work is proportional to the candidate triplets,
+        # not to batch_size ** 3, and positive pairs come in (a, p) order, so the output is lexicographic.
+        anchors, positives = torch.nonzero(positive, as_tuple=True)
+        block = max(1, _BLOCK_CELLS // max(1, mat.shape[1]))
         found: list[tuple[Tensor, Tensor, Tensor]] = []
-        for start in range(0, n_query, block):
-            stop = min(start + block, n_query)
-            rows = mat[start:stop]
-            gap = self.distance.gap(rows.unsqueeze(2), rows.unsqueeze(1))  # [a, p, n]
-            keep = self._select(gap) & positive[start:stop].unsqueeze(2) & negative[start:stop].unsqueeze(1)
-            a, p, n = torch.nonzero(keep, as_tuple=True)
-            found.append((a + start, p, n))
+        for start in range(0, anchors.numel(), block):
+            a = anchors[start : start + block]
+            p = positives[start : start + block]
+            gap = self.distance.gap(mat[a, p].unsqueeze(1), mat[a])
+            pair, n = torch.nonzero(self._select(gap) & negative[a], as_tuple=True)
+            found.append((a[pair], p[pair], n))
         if not found:
             empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
             return Triplets(empty, empty.clone(), empty.clone())

@@ -1,0 +1,86 @@
+"""Side-by-side timing and peak-memory measurement, each case in a fresh subprocess.
+
+Peak extra memory is the growth of the process's resident-set high-water mark (``ru_maxrss``) during the
+first forward+backward, after inputs are built; time is the median of repeated forward+backward passes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def max_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(step: Callable[[], Any], repeats: int = 5, budget_s: float = 20.0) -> dict[str, float]:
+    """Run ``step`` once for peak memory, then up to ``repeats`` times (within ``budget_s``) for time."""
+    before = max_rss_mib()
+    start = time.perf_counter()
+    step()
+    first = time.perf_counter() - start
+    peak = max_rss_mib() - before
+    times = [first]
+    deadline = time.perf_counter() + budget_s
+    for _ in range(repeats):
+        if time.perf_counter() > deadline:
+            break
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    timed = times[1:] or times
+    return {"seconds": statistics.median(timed), "peak_extra_mib": peak}
+
+
+def run_case_in_subprocess(module: str, case: dict[str, Any], timeout_s: float = 300.0) -> dict[str, Any]:
+    """Run ``python -m <module> --case '<json>'`` and parse its JSON result (errors are reported, not raised)."""
+    cmd = [sys.executable, "-m", module, "--case", json.dumps(case)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout_s:.0f} s"}
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()
+        reason = tail[-1] if tail else f"exit {out.returncode}"
+        if out.returncode < 0 or "MemoryError" in reason or "DefaultCPUAllocator" in reason:
+            reason = "out of memory: " + reason[-120:]
+        return {"error": reason[-200:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine_line() -> str:
+    import pytorch_metric_learning
+
+    import dmlkit
+
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, dmlkit {dmlkit.__version__}, PML {pytorch_metric_learning.__version__}, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def fmt_cell(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return "fails"
+    return f"{result['seconds'] * 1000:.1f} ms / {result['peak_extra_mib']:.0f} MiB"
+
+
+def ratio(pml: dict[str, Any], ours: dict[str, Any], key: str) -> str:
+    if "error" in ours:
+        return "-"
+    if "error" in pml:
+        return "PML fails"
+    if ours[key] <= 0:
+        return "inf"
+    return f"{pml[key] / ours[key]:.2f}x"
