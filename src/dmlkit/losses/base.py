@@ -97,7 +97,7 @@ class BaseMetricLossFunction(nn.Module):
         checked = check_indices_tuple(name, indices_tuple, embeddings.shape[0], ref_emb.shape[0], embeddings.device)
         self._warn_if_single_class(labels, ref_labels, checked)
         groups = dict(self.compute_terms(embeddings, labels, checked, ref_emb, ref_labels))
-        if self.embedding_regularizer is not None:
+        if self.embedding_regularizer is not None and self.embedding_reg_weight != 0:
             penalty = self.embedding_regularizer(embeddings) * self.embedding_reg_weight
             groups["embedding_reg_loss"] = Terms.reduced(penalty)
         return self.reducer(groups, embeddings, labels)

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_embeddings
+from .._validation import check_embeddings, message
 from ..distances import BaseDistance, LpDistance
 from ..reducers import BaseReducer, MeanReducer
 from ..types import Terms
@@ -37,6 +37,11 @@ class BaseRegularizer(nn.Module):
         collect_stats: bool = False,
     ) -> None:
         super().__init__()
+        name = type(self).__name__
+        if distance is not None and not isinstance(distance, BaseDistance):
+            raise TypeError(message(name, "distance", "a dmlkit distance (e.g. LpDistance())", type(distance).__name__))
+        if reducer is not None and not isinstance(reducer, BaseReducer):
+            raise TypeError(message(name, "reducer", "a dmlkit reducer (e.g. MeanReducer())", type(reducer).__name__))
         self.distance = distance if distance is not None else type(self).default_distance()
         self.reducer = reducer if reducer is not None else type(self).default_reducer()
         self.collect_stats = collect_stats
