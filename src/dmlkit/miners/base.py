@@ -62,6 +62,7 @@ class BaseMiner(nn.Module):
         check_reference(name, embeddings, labels, ref_emb, ref_labels)
         if ref_emb is None:
             ref_emb, ref_labels = embeddings, labels
+        assert ref_labels is not None  # check_reference requires ref_labels with ref_emb when labels are given
         with torch.no_grad():
             output = self.mine(embeddings.detach(), labels, ref_emb.detach(), ref_labels)
         checked = check_indices_tuple(name, tuple(output), embeddings.shape[0], ref_emb.shape[0], embeddings.device)
