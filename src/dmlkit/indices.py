@@ -28,6 +28,7 @@ __all__ = [
     "convert_to_pairs",
     "convert_to_triplets",
     "check_indices_tuple",
+    "pair_masks",
 ]
 
 
@@ -222,3 +223,32 @@ def check_indices_tuple(
             message(owner, "indices_tuple", "pairs (a1, p) and (a2, n) of matching lengths", [t.numel() for t in out])
         )
     return tuple(out)
+
+
+def pair_masks(
+    indices_tuple: Sequence[Tensor] | None,
+    labels: Tensor | None,
+    ref_labels: Tensor | None,
+    shape: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """Boolean ``(positive, negative)`` masks of ``shape`` (query, reference) for the pairs to score.
+
+    Without ``indices_tuple``: every positive / negative pair from the labels. With pairs or triplets from
+    a miner: exactly those pairs (a triplet contributes its (a, p) and (a, n) pairs).
+
+    Example:
+        >>> pos, neg = pair_masks((torch.tensor([0]), torch.tensor([1]), torch.tensor([2])), None, None, (3, 3))
+        >>> pos.nonzero().tolist(), neg.nonzero().tolist()
+        ([[0, 1]], [[0, 2]])
+    """
+    if indices_tuple is None:
+        if labels is None:
+            raise ValueError(message("pair_masks", "labels", "given when `indices_tuple` is None", None))
+        return label_masks(labels, ref_labels)
+    a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+    device = a1.device
+    positive = torch.zeros(shape, dtype=torch.bool, device=device)
+    negative = torch.zeros(shape, dtype=torch.bool, device=device)
+    positive[a1, p] = True
+    negative[a2, n] = True
+    return positive, negative

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["pair_values"]
+__all__ = ["pair_values", "masked_logsumexp"]
 
 
 class _PairValues(torch.autograd.Function):
@@ -39,3 +39,26 @@ def pair_values(mat: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     if not mat.requires_grad:
         return mat[rows, cols]
     return _PairValues.apply(mat, rows, cols)
+
+
+def masked_logsumexp(x: Tensor, keep: Tensor | None = None, add_one: bool = True, dim: int = 1) -> Tensor:
+    """``log(sum(exp(x)) [+ 1])`` over ``dim``, counting only entries where ``keep`` is true.
+
+    ``add_one`` adds ``exp(0) = 1`` inside the log (the "1 +" of softplus-style losses such as the lifted
+    structure, multi-similarity and circle losses). A slice with nothing kept gives 0. Stable for large
+    inputs; the result keeps ``dim`` with size 1.
+
+    Example:
+        >>> masked_logsumexp(torch.tensor([[0.0, 1000.0]]), torch.tensor([[True, False]]))
+        tensor([[0.6931]])
+    """
+    if keep is not None:
+        x = x.masked_fill(~keep, float("-inf"))
+    if add_one:
+        zero_shape = list(x.shape)
+        zero_shape[dim] = 1
+        x = torch.cat([x, x.new_zeros(zero_shape)], dim=dim)
+    out = torch.logsumexp(x, dim=dim, keepdim=True)
+    if keep is not None:
+        out = out.masked_fill(~keep.any(dim=dim, keepdim=True), 0.0)
+    return out
