@@ -52,13 +52,16 @@ def masked_logsumexp(x: Tensor, keep: Tensor | None = None, add_one: bool = True
         >>> masked_logsumexp(torch.tensor([[0.0, 1000.0]]), torch.tensor([[True, False]]))
         tensor([[0.6931]])
     """
+    empty = None
     if keep is not None:
-        x = x.masked_fill(~keep, float("-inf"))
+        # Slices with nothing kept stay finite (their output is zeroed below), so no NaN gradient appears.
+        empty = ~keep.any(dim=dim, keepdim=True)
+        x = x.masked_fill(~keep & ~empty, float("-inf"))
     if add_one:
         zero_shape = list(x.shape)
         zero_shape[dim] = 1
         x = torch.cat([x, x.new_zeros(zero_shape)], dim=dim)
     out = torch.logsumexp(x, dim=dim, keepdim=True)
-    if keep is not None:
-        out = out.masked_fill(~keep.any(dim=dim, keepdim=True), 0.0)
+    if empty is not None:
+        out = out.masked_fill(empty, 0.0)
     return out
