@@ -12,7 +12,6 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,33 +19,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench._harness import fmt_cell, machine_line, measure, ratio, run_case_in_subprocess  # noqa: E402
+from bench.cases import all_cases  # noqa: E402
 
 DIM = 128
 PER_CLASS = 4
 
 
-def _cases() -> dict[str, Callable[[str], tuple[Any, Any]]]:
-    """name -> factory(library) returning (loss, miner or None)."""
-
-    def triplet(lib: str) -> tuple[Any, Any]:
-        mod = _lib(lib)
-        return mod.losses.TripletMarginLoss(margin=0.1), None
-
-    def triplet_semihard(lib: str) -> tuple[Any, Any]:
-        mod = _lib(lib)
-        return mod.losses.TripletMarginLoss(margin=0.1), mod.miners.TripletMarginMiner(0.2, "semihard")
-
-    return {"TripletMarginLoss": triplet, "TripletMarginLoss + TripletMarginMiner(semihard)": triplet_semihard}
-
-
-def _lib(lib: str) -> Any:
-    if lib == "dmlkit":
+def _lib(name: str) -> Any:
+    if name == "dmlkit":
+        import dmlkit.distances
         import dmlkit.losses
         import dmlkit.miners
+        import dmlkit.reducers
 
         return dmlkit
+    import pytorch_metric_learning.distances
     import pytorch_metric_learning.losses
     import pytorch_metric_learning.miners
+    import pytorch_metric_learning.reducers
 
     return pytorch_metric_learning
 
@@ -57,7 +47,7 @@ def run_one(case: dict[str, Any]) -> dict[str, Any]:
     batch = case["batch"]
     embeddings = torch.randn(batch, DIM, requires_grad=True)
     labels = torch.arange(batch // PER_CLASS).repeat_interleave(PER_CLASS)
-    loss_fn, miner = _cases()[case["name"]](case["lib"])
+    loss_fn, miner = all_cases()[case["name"]](_lib(case["lib"]))
 
     def step() -> None:
         indices = miner(embeddings, labels) if miner is not None else None
@@ -73,14 +63,14 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", nargs="*", default=None, help="case names to run")
+    parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
     parser.add_argument("--out", default=None, help="write the markdown table here")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_one(json.loads(args.case))))
         return
     torch.set_num_threads(args.threads)
-    names = [n for n in _cases() if args.only is None or n in args.only]
+    names = [n for n in all_cases() if args.only is None or any(part in n for part in args.only)]
     lines = [
         f"Machine: {machine_line()}. Embedding dim {DIM}, {PER_CLASS} samples per class, float32.",
         "",
