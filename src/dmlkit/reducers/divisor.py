@@ -24,7 +24,9 @@ class DivisorReducer(BaseReducer):
             raise ValueError(message("DivisorReducer", "divisor", "set by the loss for this group of terms", None))
         if float(terms.divisor) == 0:
             return zero_loss(embeddings)
-        total = terms.values.sum()
-        if not bool(total.isfinite()) and total.dtype in (torch.float16, torch.bfloat16):
-            total = terms.values.float().sum().to(total.dtype)
-        return total / terms.divisor
+        values = terms.values
+        out = values.sum() / terms.divisor
+        if values.dtype in (torch.float16, torch.bfloat16) and not bool(out.isfinite()):
+            # The half-precision sum overflowed: sum and divide in float32, then cast the (smaller) result back.
+            out = (values.float().sum() / terms.divisor).to(values.dtype)
+        return out
