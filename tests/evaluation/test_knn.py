@@ -1,0 +1,243 @@
+"""dmlkit.evaluation.knn against brute force (torch.cdist + stable sort) and the loop oracle in tests/reference."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from dmlkit.evaluation import KnnDistance, knn
+from dmlkit.types import Neighbors
+from tests.reference import retrieval as ref
+
+
+def brute_force(
+    query: torch.Tensor, k: int, reference: torch.Tensor, ref_includes_query: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full float64 distance matrix, own rows set to +inf, stable sort (ties by ascending index)."""
+    dist = torch.cdist(query.double(), reference.double(), compute_mode="donot_use_mm_for_euclid_dist")
+    if ref_includes_query:
+        own = torch.arange(query.shape[0])
+        dist[own, own] = float("inf")
+    order = torch.sort(dist, dim=1, stable=True).indices[:, :k]
+    return dist.gather(1, order), order
+
+
+def integer_points(n: int, d: int, seed: int) -> torch.Tensor:
+    """Small integer coordinates: many exact ties and duplicates, and float32 arithmetic on them is exact."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-2, 3, (n, d), generator=g).float()
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 7, 16, 4096])
+@pytest.mark.parametrize(
+    ("num_query", "num_extra", "k"),
+    [(23, 0, 1), (23, 0, 5), (23, 0, 22), (23, 17, 1), (23, 17, 39), (1, 5, 2), (30, 11, 40)],
+)
+def test_ref_includes_query_matches_brute_force_with_ties(
+    num_query: int, num_extra: int, k: int, block_size: int
+) -> None:
+    # The reference is the queries followed by `num_extra` more rows; k = N - 1 is the case (23, 0, 22).
+    query = integer_points(num_query, 3, seed=num_query + num_extra)
+    reference = torch.cat([query, integer_points(num_extra, 3, seed=99)])
+    got = knn(query, k, reference, ref_includes_query=True, block_size=block_size)
+    want_dist, want_idx = brute_force(query, k, reference, ref_includes_query=True)
+    assert torch.equal(got.indices, want_idx)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 9, 64])
+@pytest.mark.parametrize("k", [1, 6, 31])
+def test_separate_reference_matches_brute_force_with_ties(k: int, block_size: int) -> None:
+    query = integer_points(19, 2, seed=1)
+    reference = integer_points(31, 2, seed=2)
+    got = knn(query, k, reference, block_size=block_size)
+    want_dist, want_idx = brute_force(query, k, reference, ref_includes_query=False)
+    assert torch.equal(got.indices, want_idx)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-6)
+
+
+def test_reference_none_is_the_query_set_without_self() -> None:
+    x = integer_points(40, 2, seed=3)
+    got = knn(x, 7, block_size=6)
+    want = knn(x, 7, x, ref_includes_query=True, block_size=6)
+    assert torch.equal(got.indices, want.indices)
+    assert not (got.indices == torch.arange(40)[:, None]).any()
+
+
+def test_duplicates_at_distance_zero_are_kept_and_self_removed_by_index() -> None:
+    x = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0], [5.0, 5.0]])
+    got = knn(x, 2, block_size=2)
+    # Rows 0-2 are identical: each sees the other two at distance 0, lower index first.
+    assert got.indices.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1]]
+    assert got.distances[:3].tolist() == [[0.0, 0.0]] * 3
+    assert got.distances[3].tolist() == [5.0, 5.0]
+
+
+def test_random_continuous_data_random_block_sizes() -> None:
+    g = torch.Generator().manual_seed(4)
+    for _ in range(20):
+        nq, nr = (int(v) for v in torch.randint(1, 50, (2,), generator=g))
+        query = torch.randn(nq, 5, generator=g, dtype=torch.float64)
+        reference = torch.randn(nr, 5, generator=g, dtype=torch.float64)
+        k = int(torch.randint(1, nr + 1, (), generator=g))
+        block = int(torch.randint(1, 60, (), generator=g))
+        got = knn(query, k, reference, block_size=block)
+        want_dist, want_idx = brute_force(query, k, reference, ref_includes_query=False)
+        assert torch.equal(got.indices, want_idx)
+        torch.testing.assert_close(got.distances, want_dist, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])
+@pytest.mark.parametrize("ref_includes_query", [False, True])
+def test_matches_loop_oracle(distance: str, ref_includes_query: bool) -> None:
+    g = torch.Generator().manual_seed(5)
+    query = torch.randn(17, 4, generator=g, dtype=torch.float64)
+    reference = torch.randn(26, 4, generator=g, dtype=torch.float64)
+    if ref_includes_query:
+        reference = torch.cat([query, reference])
+    got = knn(query, 9, reference, ref_includes_query, distance=distance, block_size=5)
+    want_values, want_indices = ref.knn(query.tolist(), reference.tolist(), 9, ref_includes_query, distance)
+    assert got.indices.tolist() == want_indices
+    torch.testing.assert_close(got.distances, torch.tensor(want_values, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "inner_product"])
+def test_similarities_sorted_largest_first_with_index_ties(distance: str) -> None:
+    x = integer_points(35, 3, seed=6)
+    got = knn(x, 12, block_size=8, distance=distance)
+    if distance == "cosine":
+        unit = torch.nn.functional.normalize(x.double(), dim=1)
+        sim = unit @ unit.T
+    else:
+        sim = x.double() @ x.double().T
+    sim.fill_diagonal_(-float("inf"))
+    order = torch.sort(-sim, dim=1, stable=True).indices[:, :12]
+    torch.testing.assert_close(got.distances.double(), sim.gather(1, order), rtol=0, atol=1e-6)
+    if distance == "inner_product":  # exact integer arithmetic: ties are exact, so indices must match
+        assert torch.equal(got.indices, order)
+    assert (got.distances[:, :-1] >= got.distances[:, 1:]).all()
+
+
+def test_independent_of_block_size() -> None:
+    x = integer_points(57, 2, seed=7)
+    results = [knn(x, 10, block_size=b) for b in (3, 5, 13, 56, 57, 1000)]
+    for other in results[1:]:
+        assert torch.equal(other.indices, results[0].indices)
+        assert torch.equal(other.distances, results[0].distances)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input_computes_in_float32(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(40, 6, generator=g).to(dtype)
+    got = knn(x, 5, block_size=16)
+    want = knn(x.float(), 5, block_size=16)
+    assert got.distances.dtype == torch.float32
+    assert torch.equal(got.indices, want.indices)
+    assert torch.equal(got.distances, want.distances)
+
+
+def test_output_types_and_no_graph() -> None:
+    x = torch.randn(10, 3, dtype=torch.float64, requires_grad=True)
+    got = knn(x, 3)
+    assert isinstance(got, Neighbors)
+    assert got.distances.dtype == torch.float64 and got.indices.dtype == torch.long
+    assert got.distances.shape == got.indices.shape == (10, 3)
+    assert not got.distances.requires_grad
+
+
+def test_distance_accepts_enum_members() -> None:
+    x = integer_points(12, 2, seed=9)
+    assert torch.equal(knn(x, 3, distance=KnnDistance.COSINE).indices, knn(x, 3, distance="cosine").indices)
+
+
+def test_empty_query() -> None:
+    got = knn(torch.zeros(0, 4), 2, torch.randn(5, 4))
+    assert got.distances.shape == got.indices.shape == (0, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu() -> None:
+    x = integer_points(300, 4, seed=10)
+    got = knn(x.cuda(), 9, block_size=64)
+    want = knn(x, 9, block_size=64)
+    assert got.indices.device.type == "cuda"
+    assert torch.equal(got.indices.cpu(), want.indices)
+
+
+X = torch.randn(5, 3)
+ERROR_CASES = [
+    (lambda: knn(X, 5), ValueError, "knn: `k` must be <= the number of available references (4), got 5."),
+    (lambda: knn(X, 0, torch.randn(4, 3)), ValueError, "knn: `k` must be an integer >= 1, got 0."),
+    (lambda: knn(X, 2.0), TypeError, "knn: `k` must be an integer, got 2.0."),
+    (
+        lambda: knn(X, 3, torch.randn(2, 3)),
+        ValueError,
+        "knn: `k` must be <= the number of available references (2), got 3.",
+    ),
+    (lambda: knn(X, 1, block_size=0), ValueError, "knn: `block_size` must be an integer >= 1, got 0."),
+    (
+        lambda: knn(X, 1, distance="cosin"),
+        ValueError,
+        "knn: `distance` must be one of 'euclidean', 'cosine', 'inner_product', got 'cosin'. Did you mean 'cosine'?",
+    ),
+    (
+        lambda: knn(X, 1, torch.randn(4, 2)),
+        ValueError,
+        "knn: `reference` must be of shape (num_references, 3) like `query`, got (4, 2).",
+    ),
+    (
+        lambda: knn(X, 1, torch.randn(8, 3), ref_includes_query=True),
+        ValueError,
+        "knn: `reference` must be a tensor whose first len(query) = 5 rows equal `query` when ref_includes_query, "
+        "got 'a tensor that does not start with `query`'.",
+    ),
+    (
+        lambda: knn(X, 1, X[:3], ref_includes_query=True),
+        ValueError,
+        "knn: `reference` must be a tensor whose first len(query) = 5 rows equal `query`",
+    ),
+    (lambda: knn([[1.0]], 1), TypeError, "knn: `query` must be a torch.Tensor, got list."),
+    (lambda: knn(torch.tensor([[float("nan")], [1.0]]), 1), ValueError, "knn: `query` must be finite"),
+    (lambda: knn(X, 1, torch.ones(4, 3, dtype=torch.long)), TypeError, "knn: `reference` must be a floating-point"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "text"), ERROR_CASES)
+def test_errors(call: Callable[[], object], error: type[Exception], text: str) -> None:
+    with pytest.raises(error, match="^" + re.escape(text)):
+        call()
+
+
+def test_prefix_reference_is_accepted() -> None:
+    x = integer_points(6, 2, seed=11)
+    reference = torch.cat([x, integer_points(4, 2, seed=12)])
+    assert knn(x, 9, reference, ref_includes_query=True).indices.shape == (6, 9)
+
+
+def test_memory_stays_bounded_on_a_large_search() -> None:
+    # 12000 x 12000 float32 distances would take 576 MB; blocks of 1024 need a few MB. Peak resident memory
+    # of a fresh process is compared before and after the search.
+    code = textwrap.dedent(
+        """
+        import resource, torch
+        torch.set_num_threads(1)
+        from dmlkit.evaluation import knn
+        x = torch.randn(12000, 8, generator=torch.Generator().manual_seed(0))
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = knn(x, 5, block_size=1024)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        assert result.indices.shape == (12000, 5)
+        print(after - before)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    growth_kib = int(done.stdout.strip())
+    assert growth_kib < 192 * 1024, f"peak memory grew by {growth_kib} KiB"
