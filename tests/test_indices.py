@@ -232,11 +232,6 @@ def test_random_triplets_rejects_bad_count(bad: object) -> None:
         random_triplets(torch.tensor([0, 0, 1]), t_per_anchor=bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='indices.py random_triplets says `t_per_anchor` must be "a positive integer or "all"" but rejects "all"; '
-    "the rule should read just 'a positive integer'",
-)
 def test_random_triplets_message_does_not_offer_all() -> None:
     with pytest.raises(ValueError) as info:
         random_triplets(torch.tensor([0, 0, 1]), t_per_anchor="all")  # type: ignore[arg-type]

@@ -83,11 +83,6 @@ def test_already_reduced_must_hold_one_number() -> None:
         Terms(torch.zeros(2), None, TermKind.ALREADY_REDUCED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="types.py Terms.reduced reshapes to () before validating, so a wrong-size value raises torch's "
-    "RuntimeError instead of the Terms ValueError",
-)
 def test_reduced_rejects_wrong_size_with_terms_message() -> None:
     with pytest.raises(
         ValueError, match=re.escape("Terms: already-reduced values must hold one number, got shape (2,).")

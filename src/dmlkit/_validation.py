@@ -23,6 +23,7 @@ __all__ = [
     "check_labels",
     "check_reference",
     "close_matches_hint",
+    "Described",
 ]
 
 E = TypeVar("E", bound=enum.Enum)
@@ -37,14 +38,17 @@ def _describe_tensor(t: torch.Tensor) -> str:
     return f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}"
 
 
-class _Described:
-    """Wraps a description so that ``!r`` prints it without quotes."""
+class Described:
+    """Wraps a description so that ``!r`` prints it without quotes in the message template."""
 
     def __init__(self, text: str) -> None:
         self.text = text
 
     def __repr__(self) -> str:
         return self.text
+
+
+_Described = Described
 
 
 def check_type(owner: str, arg: str, value: Any, types: type | tuple[type, ...], rule: str) -> None:

@@ -118,7 +118,7 @@ def random_triplets(
     negatives. Pass a seeded ``generator`` for reproducible draws.
     """
     if isinstance(t_per_anchor, bool) or not isinstance(t_per_anchor, int) or t_per_anchor < 1:
-        raise ValueError(message("random_triplets", "t_per_anchor", 'a positive integer or "all"', t_per_anchor))
+        raise ValueError(message("random_triplets", "t_per_anchor", "a positive integer", t_per_anchor))
     positive, negative = label_masks(labels, ref_labels)
     valid = positive.any(1) & negative.any(1)
     anchors = torch.nonzero(valid).flatten()

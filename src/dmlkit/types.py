@@ -92,6 +92,8 @@ class Terms:
     @classmethod
     def reduced(cls, value: Tensor) -> Terms:
         """A scalar that reducers pass through unchanged."""
+        if value.numel() != 1:
+            raise ValueError(f"Terms: already-reduced values must hold one number, got shape {tuple(value.shape)}.")
         return cls(value.reshape(()), None, TermKind.ALREADY_REDUCED)
 
     @property

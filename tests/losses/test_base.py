@@ -99,11 +99,6 @@ def test_pml_style_zero_loss_value() -> None:
     assert PMLStyleZeroLoss()(_emb(), LABELS).item() == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="losses/base.py _terms_from_loss_info wraps PML's zero_loss() (losses=0, already_reduced) in a plain "
-    "tensor that is not connected to the graph, so backward() raises",
-)
 def test_pml_style_zero_loss_is_graph_connected() -> None:
     emb = _emb().requires_grad_()
     loss = PMLStyleZeroLoss()(emb, LABELS)
@@ -111,11 +106,6 @@ def test_pml_style_zero_loss_is_graph_connected() -> None:
     assert emb.grad is not None and bool((emb.grad == 0).all())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="losses/base.py _terms_from_loss_info indexes `indices[0]` even when losses is the number 0 and "
-    "indices is None, raising TypeError instead of reducing to an empty group",
-)
 def test_pml_style_zero_losses_with_pair_reduction() -> None:
     emb = _emb().requires_grad_()
     loss = PMLStyleEmptyPairLoss()(emb, LABELS)

@@ -167,11 +167,6 @@ def test_every_label_equal_gives_zero_loss_zero_gradient_and_a_warning() -> None
     assert emb.grad is not None and bool((emb.grad == 0).all())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="losses/base.py _warn_if_single_class uses stacklevel=3, which points into torch's nn.Module call "
-    "machinery; stacklevel=5 (warn -> forward -> _call_impl -> _wrapped_call_impl -> caller) names the caller",
-)
 def test_single_class_warning_points_at_the_caller() -> None:
     emb = _batch(0)[0]
     with pytest.warns(UserWarning, match="every label in the batch") as record:

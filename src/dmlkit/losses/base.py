@@ -13,8 +13,9 @@ from .._validation import check_embeddings, check_labels, check_range, check_ref
 from ..distances import BaseDistance, LpDistance
 from ..indices import check_indices_tuple, convert_to_pairs, convert_to_triplets
 from ..reducers import BaseReducer, MeanReducer
+from ..reducers.base import zero_loss
 from ..regularizers import BaseRegularizer
-from ..types import Pairs, TermKind, Terms, Triplets
+from ..types import Pairs, TermKind, Terms, Triplets, empty_index
 
 __all__ = ["BaseMetricLossFunction"]
 
@@ -152,7 +153,7 @@ class BaseMetricLossFunction(nn.Module):
             warnings.warn(
                 f"{type(self).__name__}: every label in the batch is {int(pool[0])}, so there are no negative "
                 "pairs and the loss is 0. Sample several classes per batch (e.g. MPerClassSampler).",
-                stacklevel=3,
+                stacklevel=5,
             )
 
 
@@ -163,9 +164,10 @@ def _terms_from_loss_info(info: Mapping[str, Any], embeddings: Tensor) -> Terms:
     losses = info["losses"]
     kind = _KINDS[info["reduction_type"]]
     if not isinstance(losses, Tensor):
-        losses = torch.as_tensor(float(losses), dtype=embeddings.dtype, device=embeddings.device)
-        if kind is not TermKind.ALREADY_REDUCED:
-            losses = losses.reshape(1)[:0]
+        # PML's convention for "no loss": a plain number, usually 0. Keep the graph connected.
+        if kind is TermKind.ALREADY_REDUCED:
+            return Terms.reduced(zero_loss(embeddings) + float(losses))
+        return Terms(embeddings.new_zeros(0), empty_index(embeddings.device), kind)
     if kind is TermKind.ALREADY_REDUCED:
         return Terms.reduced(losses)
     indices = info["indices"]
