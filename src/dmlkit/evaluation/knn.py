@@ -117,7 +117,10 @@ def knn(
     on the inputs' device; float16 / bfloat16 inputs are upcast block by block.
 
     Results are sorted nearest first; equal distances are ordered by ascending reference index, so the
-    output does not depend on ``block_size``.
+    output does not depend on ``block_size``. "Exact" means exhaustive: every reference is compared.
+    Euclidean distances come from ``||q||^2 + ||r||^2 - 2 q.r`` (one matrix product per block, as in
+    faiss), so in float32 a distance near 0 carries a rounding error of about ``1e-3 * ||x||``; pass
+    float64 inputs when that matters.
 
     Args:
         query: (Nq, d) floating-point embeddings.
