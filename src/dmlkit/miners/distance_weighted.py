@@ -1,0 +1,121 @@
+"""Distance-weighted negative sampling."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_embeddings, check_labels, check_range, check_reference, check_type, message
+from ..indices import label_masks
+from ..types import Triplets
+from .angular import check_unit_sphere_euclidean
+from .base import BaseMiner
+
+__all__ = ["DistanceWeightedMiner"]
+
+
+class DistanceWeightedMiner(BaseMiner):
+    """Samples negatives with probability inversely proportional to the density of their distance (Wu,
+    Manmatha, Smola and Krähenbühl, 2017, "Sampling Matters in Deep Embedding Learning", arXiv:1706.07567).
+
+    Pairwise distances between points spread uniformly on the unit sphere in ``R^k`` follow the density
+    ``q(d) ∝ d^(k-2) (1 - d^2/4)^((k-3)/2)`` (Sec. 4), so sampling negatives uniformly mostly yields
+    distances near ``sqrt(2)``. Sampling ``n`` with probability ``∝ 1/q(d(a, n))`` spreads the sampled
+    distances instead. As in the paper, the distance is clipped below at ``cutoff`` (bounding the weights
+    of very close negatives, which are noisy) and negatives at ``d >= nonzero_loss_cutoff``, which give no
+    loss, get weight 0.
+
+    Every positive pair (a, p) (row-major order) receives one negative drawn from its anchor's weights;
+    anchors whose negatives all have weight 0 are skipped. :meth:`sampling_weights` returns the
+    per-anchor probabilities.
+
+    Args:
+        cutoff: lower clip of the distance, ``>= 0``.
+        nonzero_loss_cutoff: negatives at this distance or farther are never drawn; ``> cutoff``.
+        generator: the random source for the draws (default: torch's global one).
+        **kwargs: ``distance``, which must be ``LpDistance(p=2, power=1, normalize_embeddings=True)`` (the
+            default), as the density assumes points on the unit sphere.
+
+    Example:
+        >>> emb = torch.nn.functional.normalize(torch.randn(8, 16, generator=torch.Generator().manual_seed(0)))
+        >>> miner = DistanceWeightedMiner(generator=torch.Generator().manual_seed(1))
+        >>> a, p, n = miner(emb, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+        >>> a.tolist(), p.tolist()
+        ([0, 1, 2, 3, 4, 5, 6, 7], [1, 0, 3, 2, 5, 4, 7, 6])
+        >>> bool((n // 2 != a // 2).all())
+        True
+    """
+
+    def __init__(
+        self,
+        cutoff: float = 0.5,
+        nonzero_loss_cutoff: float = 1.4,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        check_range(name, "cutoff", cutoff, low=0)
+        check_range(name, "nonzero_loss_cutoff", nonzero_loss_cutoff)
+        if nonzero_loss_cutoff <= cutoff:
+            raise ValueError(message(name, "nonzero_loss_cutoff", f"> `cutoff` ({cutoff})", nonzero_loss_cutoff))
+        if generator is not None:
+            check_type(name, "generator", generator, torch.Generator, "a torch.Generator or None")
+        check_unit_sphere_euclidean(name, self.distance)
+        self.cutoff = float(cutoff)
+        self.nonzero_loss_cutoff = float(nonzero_loss_cutoff)
+        self.generator = generator
+
+    def sampling_weights(
+        self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor | None = None, ref_labels: Tensor | None = None
+    ) -> Tensor:
+        """The ``(query, reference)`` probabilities of drawing each reference element as a negative.
+
+        Each row sums to 1, or is all zeros when the anchor has no negative that may be drawn.
+        """
+        name = type(self).__name__
+        check_embeddings(name, embeddings)
+        check_labels(name, labels, embeddings.shape[0])
+        check_reference(name, embeddings, labels, ref_emb, ref_labels)
+        if ref_emb is None:
+            ref_emb, ref_labels = embeddings, labels
+        with torch.no_grad():
+            return self._weights(self.distance(embeddings, ref_emb), labels, ref_labels, embeddings.shape[1])
+
+    def _weights(self, mat: Tensor, labels: Tensor, ref_labels: Tensor | None, dim: int) -> Tensor:
+        d = mat.clamp(min=self.cutoff)
+        # log(1 / q(d)) up to a constant
+        log_w = (2.0 - dim) * torch.log(d) - ((dim - 3.0) / 2.0) * torch.log(1.0 - 0.25 * d * d)
+        _, negative = label_masks(labels, ref_labels)
+        allowed = negative & torch.isfinite(log_w) & (d < self.nonzero_loss_cutoff)
+        log_w = log_w.masked_fill(~allowed, -math.inf)
+        # normalise per row (a softmax): a shared maximum would underflow whole rows to zero
+        return torch.softmax(log_w, dim=1).nan_to_num(0.0)
+
+    def mine(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor) -> Triplets:
+        mat = self.distance(embeddings, ref_emb)
+        weights = self._weights(mat, labels, ref_labels, embeddings.shape[1])
+        positive, _ = label_masks(labels, ref_labels)
+        anchors, positives = torch.nonzero(positive, as_tuple=True)
+        device = embeddings.device
+        usable = weights.sum(dim=1) > 0
+        keep = usable[anchors]
+        anchors, positives = anchors[keep], positives[keep]
+        if anchors.numel() == 0:
+            empty = torch.empty(0, dtype=torch.long, device=device)
+            return Triplets(empty, empty.clone(), empty.clone())
+        # one draw per positive pair: draw as many per anchor as its largest positive count, use the first ones
+        counts = torch.bincount(anchors, minlength=mat.shape[0])
+        rows = torch.nonzero(counts).flatten()
+        row_of = torch.zeros(mat.shape[0], dtype=torch.long, device=device)
+        row_of[rows] = torch.arange(rows.numel(), device=device)
+        gen_device = self.generator.device if self.generator is not None else device
+        draws = torch.multinomial(
+            weights[rows].to(gen_device), int(counts.max()), replacement=True, generator=self.generator
+        ).to(device)
+        rank = torch.arange(anchors.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[anchors]
+        negatives = draws[row_of[anchors], rank]
+        return Triplets(anchors, positives, negatives)

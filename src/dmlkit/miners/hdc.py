@@ -1,0 +1,102 @@
+"""Hard-aware pair filtering, one stage of a cascade."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_range
+from ..indices import check_indices_tuple, convert_to_pairs, label_masks
+from ..types import Pairs
+from .base import BaseMiner
+
+__all__ = ["HDCMiner"]
+
+
+def keep_hardest(values: Tensor, fraction: float, largest: bool) -> Tensor:
+    """Boolean mask of the ``ceil(fraction * len(values))`` largest (or smallest) values.
+
+    Among values equal to the boundary value, the earliest positions are kept. ``ceil`` is taken of the
+    decimal fraction as written (``0.3`` of 10 is 3), not of its binary approximation.
+    """
+    total = values.numel()
+    k = math.ceil(Fraction(str(float(fraction))) * total)
+    if k >= total:
+        return torch.ones_like(values, dtype=torch.bool)
+    if k == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    # negation is exact, so "largest" becomes "smallest" without changing any comparison
+    key = -values if largest else values
+    boundary = torch.kthvalue(key, k).values
+    keep = key < boundary
+    ties = key == boundary
+    keep |= ties & (torch.cumsum(ties, 0) <= k - int(keep.sum()))
+    return keep
+
+
+class HDCMiner(BaseMiner):
+    """Keeps the hardest fraction of the positive and of the negative pairs (Yuan, Yang and Zhang, 2017,
+    "Hard-Aware Deeply Cascaded Embedding", arXiv:1611.05720).
+
+    HDC trains a cascade of models of growing complexity; each stage passes on only the samples that are
+    hard for it. One stage here: of the candidate pairs, keep the ``ceil(filter_percentage * count)``
+    hardest positive pairs (largest distances, or smallest similarities) and, separately, the hardest
+    negative pairs (smallest distances, or largest similarities). Candidates are every pair of the batch,
+    or the pairs given with :meth:`set_idx_externally` (e.g. the previous stage's output), which are used
+    for every call until :meth:`reset_idx`. Pairs are returned in the order of the candidates (row-major
+    for all pairs); among equally hard pairs at the cut, the earlier ones are kept.
+
+    Args:
+        filter_percentage: the fraction of pairs kept, in ``[0, 1]``.
+        **kwargs: ``distance`` (default ``LpDistance()``).
+
+    Example:
+        >>> from dmlkit.distances import LpDistance
+        >>> miner = HDCMiner(filter_percentage=0.5, distance=LpDistance(normalize_embeddings=False))
+        >>> a1, p, a2, n = miner(torch.tensor([[0.0], [1.0], [3.0], [3.5]]), torch.tensor([0, 0, 1, 1]))
+        >>> list(zip(a1.tolist(), p.tolist())), list(zip(a2.tolist(), n.tolist()))
+        ([(0, 1), (1, 0)], [(1, 2), (1, 3), (2, 1), (3, 1)])
+    """
+
+    def __init__(self, filter_percentage: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_range(type(self).__name__, "filter_percentage", filter_percentage, low=0, high=1)
+        self.filter_percentage = filter_percentage
+        self._external: Pairs | None = None
+
+    @property
+    def was_set_externally(self) -> bool:
+        """Whether candidate pairs were given with :meth:`set_idx_externally`."""
+        return self._external is not None
+
+    def set_idx_externally(self, external_indices_tuple: Sequence[Tensor] | None, labels: Tensor) -> None:
+        """Use these pairs (or the pairs of these triplets; all pairs of ``labels`` if ``None``) as candidates."""
+        self._external = Pairs(*convert_to_pairs(external_indices_tuple, labels))
+
+    def reset_idx(self) -> None:
+        """Go back to using every pair of the batch as candidates."""
+        self._external = None
+
+    def mine(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor) -> Pairs:
+        mat = self.distance(embeddings, ref_emb)
+        pos_largest = not self.distance.higher_is_closer
+        if self._external is not None:
+            checked = check_indices_tuple(
+                type(self).__name__, tuple(self._external), mat.shape[0], mat.shape[1], mat.device
+            )
+            assert checked is not None
+            a1, p, a2, n = checked
+            keep_pos = keep_hardest(mat[a1, p], self.filter_percentage, largest=pos_largest)
+            keep_neg = keep_hardest(mat[a2, n], self.filter_percentage, largest=not pos_largest)
+            return Pairs(a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
+        # all pairs: select on the masked matrix, never listing every pair
+        out = []
+        for mask, largest in zip(label_masks(labels, ref_labels), (pos_largest, not pos_largest), strict=True):
+            mask[mask.clone()] = keep_hardest(mat[mask], self.filter_percentage, largest=largest)
+            out.extend(torch.nonzero(mask, as_tuple=True))
+        return Pairs(*out)
