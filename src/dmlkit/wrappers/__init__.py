@@ -1,0 +1,13 @@
+"""Loss wrappers (layer 3): cross-batch memory, self-supervised views, and weighted sums of losses.
+
+Each wraps one or more losses of :mod:`dmlkit.losses` (and miners of :mod:`dmlkit.miners`) and is called like a
+loss. pytorch-metric-learning exposes them under ``losses``; here they live one layer above the losses.
+"""
+
+from __future__ import annotations
+
+from .cross_batch_memory import CrossBatchMemory
+from .multiple_losses import MultipleLosses
+from .self_supervised import SelfSupervisedLoss
+
+__all__ = ["CrossBatchMemory", "MultipleLosses", "SelfSupervisedLoss"]
