@@ -23,10 +23,11 @@ from tests.reference import wrappers as ref
 
 DIM = 4
 CLASSES = 3
-#: batch sizes of a sequence: with a memory of 13 the queue wraps around twice, and one batch has one row.
-SIZES = [5, 5, 4, 1, 5, 3, 5, 2]
+#: batch sizes of a sequence: with a memory of 13 the queue fills exactly after the third batch, wraps around
+#: twice, and one batch has one row.
+SIZES = [5, 5, 3, 1, 5, 3, 5, 2]
 #: the same without the batch of one (PML keeps a single row's self-pair, see the test documenting it).
-PML_SIZES = [5, 5, 4, 2, 5, 3, 5, 2]
+PML_SIZES = [5, 5, 3, 2, 5, 3, 5, 2]
 
 
 def _batch(g: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
@@ -67,11 +68,15 @@ def _mask(g: torch.Generator, n: int, step: int) -> Tensor:
 OracleLoss = Callable[[list[list[float]], list[int], list[int | None], ref.NaiveMemory], Callable]
 
 
-def _triplet_oracle(margin: float, smooth: bool = False) -> OracleLoss:
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _triplet_oracle(margin: float, smooth: bool = False, reduce: Callable = tref.avg_non_zero) -> OracleLoss:
     def build(query: list, labels: list[int], uids: list[int | None], memory: ref.NaiveMemory) -> Callable:
         triplets = ref.memory_triplets(labels, uids, memory)
         mem = memory.embeddings
-        return lambda rows: tref.avg_non_zero(tref.triplet_values(rows, triplets, margin, smooth=smooth, ref_emb=mem))
+        return lambda rows: reduce(tref.triplet_values(rows, triplets, margin, smooth=smooth, ref_emb=mem))
 
     return build
 
@@ -85,7 +90,9 @@ def _contrastive_oracle(pos_margin: float, neg_margin: float) -> OracleLoss:
     return build
 
 
-def _mined_triplet_oracle(loss_margin: float, miner_margin: float, kind: str) -> OracleLoss:
+def _mined_triplet_oracle(
+    loss_margin: float, miner_margin: float, kind: str, reduce: Callable = tref.avg_non_zero
+) -> OracleLoss:
     def build(query: list, labels: list[int], uids: list[int | None], memory: ref.NaiveMemory) -> Callable:
         if not query or not memory.entries:
             return lambda rows: 0.0
@@ -94,7 +101,7 @@ def _mined_triplet_oracle(loss_margin: float, miner_margin: float, kind: str) ->
         )
         triplets = ref.without_own_copies(mined, uids, memory)
         mem = memory.embeddings
-        return lambda rows: tref.avg_non_zero(tref.triplet_values(rows, triplets, loss_margin, ref_emb=mem))
+        return lambda rows: reduce(tref.triplet_values(rows, triplets, loss_margin, ref_emb=mem))
 
     return build
 
@@ -102,6 +109,10 @@ def _mined_triplet_oracle(loss_margin: float, miner_margin: float, kind: str) ->
 def _make(kind: str) -> tuple[CrossBatchMemory, OracleLoss]:
     if kind == "triplet":
         return CrossBatchMemory(TripletMarginLoss(margin=0.2), DIM, 13), _triplet_oracle(0.2)
+    if kind == "triplet_mean":
+        # a mean over every triplet counts the zero-loss ones too, so a self-pair would change the value
+        loss = TripletMarginLoss(margin=0.2, reducer=MeanReducer())
+        return CrossBatchMemory(loss, DIM, 13), _triplet_oracle(0.2, reduce=_mean)
     if kind == "triplet_smooth":
         return CrossBatchMemory(TripletMarginLoss(margin=0.2, smooth_loss=True), DIM, 13), _triplet_oracle(0.2, True)
     if kind == "contrastive":
@@ -112,10 +123,17 @@ def _make(kind: str) -> tuple[CrossBatchMemory, OracleLoss]:
         return CrossBatchMemory(TripletMarginLoss(margin=0.1), DIM, 13, miner=miner), _mined_triplet_oracle(
             0.1, 0.3, "semihard"
         )
+    if kind == "triplet_mined_mean":
+        # normalised distances are at most 2, so this miner keeps every triplet the memory offers
+        miner = TripletMarginMiner(margin=2.5, type_of_triplets="all")
+        loss = TripletMarginLoss(margin=0.1, reducer=MeanReducer())
+        return CrossBatchMemory(loss, DIM, 13, miner=miner), _mined_triplet_oracle(0.1, 2.5, "all", _mean)
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["triplet", "triplet_smooth", "contrastive", "triplet_mined"])
+@pytest.mark.parametrize(
+    "kind", ["triplet", "triplet_mean", "triplet_smooth", "contrastive", "triplet_mined", "triplet_mined_mean"]
+)
 @pytest.mark.parametrize("masked", [False, True], ids=["enqueue_all", "enqueue_mask"])
 def test_matches_naive_queue_over_a_sequence_of_batches(kind: str, masked: bool) -> None:
     xbm, oracle = _make(kind)
@@ -146,16 +164,22 @@ def test_matches_naive_queue_over_a_sequence_of_batches(kind: str, masked: bool)
 def test_memory_ring_buffer_positions() -> None:
     xbm = CrossBatchMemory(TripletMarginLoss(), 2, memory_size=5)
     seen = []
-    for start in range(0, 12, 3):
-        emb = torch.arange(start, start + 3, dtype=torch.float32).unsqueeze(1).repeat(1, 2)
-        xbm(emb, torch.zeros(3, dtype=torch.long))
+    start = 0
+    for size in [3, 3, 3, 1, 5]:
+        emb = torch.arange(start, start + size, dtype=torch.float32).unsqueeze(1).repeat(1, 2)
+        start += size
+        xbm(emb, torch.zeros(size, dtype=torch.long))
         seen.append((xbm.queue_idx, xbm.has_been_filled, xbm.embedding_memory[:, 0].tolist()))
     assert seen == [
         (3, False, [0.0, 1.0, 2.0, 0.0, 0.0]),
         (1, True, [5.0, 1.0, 2.0, 3.0, 4.0]),
         (4, True, [5.0, 6.0, 7.0, 8.0, 4.0]),
-        (2, True, [10.0, 11.0, 7.0, 8.0, 9.0]),
+        (0, True, [5.0, 6.0, 7.0, 8.0, 9.0]),
+        (0, True, [10.0, 11.0, 12.0, 13.0, 14.0]),
     ]
+    exact = CrossBatchMemory(TripletMarginLoss(), 2, memory_size=4)
+    exact(torch.randn(4, 2), torch.zeros(4, dtype=torch.long))
+    assert (exact.queue_idx, exact.has_been_filled, exact.num_stored) == (0, True, 4)
 
 
 def test_batch_as_large_as_memory_equals_the_plain_loss() -> None:
@@ -504,6 +528,10 @@ def _pml_pair(kind: str, miner: bool) -> tuple[CrossBatchMemory, Any]:
     pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
     if kind == "triplet":
         ours_loss, their_loss = TripletMarginLoss(margin=0.2), pml_losses.TripletMarginLoss(margin=0.2)
+    elif kind == "triplet_mean":
+        pml_reducers = pytest.importorskip("pytorch_metric_learning.reducers")
+        ours_loss = TripletMarginLoss(margin=0.2, reducer=MeanReducer())
+        their_loss = pml_losses.TripletMarginLoss(margin=0.2, reducer=pml_reducers.MeanReducer())
     elif kind == "contrastive":
         ours_loss = _contrastive_cls()(pos_margin=0.05, neg_margin=0.9)
         their_loss = pml_losses.ContrastiveLoss(pos_margin=0.05, neg_margin=0.9)
@@ -511,14 +539,16 @@ def _pml_pair(kind: str, miner: bool) -> tuple[CrossBatchMemory, Any]:
         ours_loss, their_loss = _ntxent_cls()(temperature=0.2), pml_losses.NTXentLoss(temperature=0.2)
     else:
         raise AssertionError(kind)
-    our_miner = TripletMarginMiner(margin=0.3, type_of_triplets="semihard") if miner else None
-    their_miner = pml_miners.TripletMarginMiner(margin=0.3, type_of_triplets="semihard") if miner else None
+    # the mean variant mines every triplet, so that self-pairs, if any, would show in the value
+    margin, kind_of_triplets = (2.5, "all") if kind == "triplet_mean" else (0.3, "semihard")
+    our_miner = TripletMarginMiner(margin=margin, type_of_triplets=kind_of_triplets) if miner else None
+    their_miner = pml_miners.TripletMarginMiner(margin=margin, type_of_triplets=kind_of_triplets) if miner else None
     ours = CrossBatchMemory(ours_loss, DIM, 13, miner=our_miner)
     theirs = pml_losses.CrossBatchMemory(their_loss, DIM, 13, miner=their_miner)
     return ours, theirs
 
 
-@pytest.mark.parametrize("kind", ["triplet", "contrastive", "ntxent"])
+@pytest.mark.parametrize("kind", ["triplet", "triplet_mean", "contrastive", "ntxent"])
 @pytest.mark.parametrize("miner", [False, True], ids=["all_pairs", "miner"])
 @pytest.mark.parametrize("masked", [False, True], ids=["enqueue_all", "enqueue_mask"])
 def test_pml_parity_over_a_sequence_of_batches(kind: str, miner: bool, masked: bool) -> None:

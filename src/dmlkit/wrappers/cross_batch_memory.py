@@ -253,9 +253,11 @@ class CrossBatchMemory(nn.Module):
         ``own_slots[i]`` is the slot where query ``i`` was just written (``None`` when the queries are not
         in the memory); ``given`` holds extra pairs or triplets that index the batch.
         """
-        chosen: Pairs | Triplets | None
+        chosen: Pairs | Triplets
         if self.miner is not None:
             chosen = self.miner(query, query_labels, ref_emb, ref_labels)
+            if own_slots is not None:
+                chosen = _without_own_copies(chosen, own_slots)
         elif own_slots is None:
             # Nothing to exclude: the loss forms every pair itself, often without listing them.
             return None
@@ -266,13 +268,6 @@ class CrossBatchMemory(nn.Module):
             a1, p = torch.nonzero(same, as_tuple=True)
             a2, n = torch.nonzero(different, as_tuple=True)
             chosen = Pairs(a1, p, a2, n)
-        if own_slots is not None:
-            if isinstance(chosen, Triplets):
-                keep = chosen.positives != own_slots[chosen.anchors]
-                chosen = Triplets(*(t[keep] for t in chosen))
-            else:
-                keep = chosen.positives != own_slots[chosen.anchors_pos]
-                chosen = Pairs(chosen.anchors_pos[keep], chosen.positives[keep], chosen.anchors_neg, chosen.negatives)
         if given is None:
             return chosen
         assert own_slots is not None  # `indices_tuple` and `enqueue_mask` are exclusive
@@ -330,3 +325,15 @@ class CrossBatchMemory(nn.Module):
 
     def extra_repr(self) -> str:
         return f"embedding_size={self.embedding_size}, memory_size={self.memory_size}"
+
+
+def _without_own_copies(chosen: Pairs | Triplets, own_slots: Tensor) -> Pairs | Triplets:
+    """Drop the positive pairs (and triplets) whose positive is the anchor's own copy in the memory.
+
+    A negative is never an own copy: it has another label than its anchor.
+    """
+    if isinstance(chosen, Triplets):
+        keep = chosen.positives != own_slots[chosen.anchors]
+        return Triplets(*(t[keep] for t in chosen))
+    keep = chosen.positives != own_slots[chosen.anchors_pos]
+    return Pairs(chosen.anchors_pos[keep], chosen.positives[keep], chosen.anchors_neg, chosen.negatives)
