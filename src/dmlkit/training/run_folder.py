@@ -1,0 +1,210 @@
+"""Run folders: ``<out_dir>/<name>/`` holding ``config.json``, ``metrics.json`` and ``checkpoint.pt``.
+
+Every file is written atomically (a temporary file in the same directory, then ``os.replace``), so a crash
+never leaves a half-written file under the final name, and every file carries ``"format_version"``, which
+loading checks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import pickle
+import platform
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from ..errors import CorruptFileError
+from .config import FORMAT_VERSION, TrainConfig
+from .loop import TrainResult
+from .models import MLP
+
+__all__ = [
+    "CHECKPOINT_KEYS",
+    "atomic_write",
+    "write_json",
+    "create_run_folder",
+    "save_run",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_json",
+    "model_from_checkpoint",
+]
+
+#: the entries every checkpoint holds.
+CHECKPOINT_KEYS = ("format_version", "model_state", "optimizer_state", "config", "model_args")
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then move it onto ``path`` in one step.
+
+    On any error the temporary file is removed and ``path`` is left as it was.
+
+    Example:
+        >>> import tempfile, os
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = atomic_write(os.path.join(folder, "a.txt"), lambda f: f.write(b"hello"))
+        >>> os.listdir(folder)
+        ['a.txt']
+    """
+    target = Path(path)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        # mkstemp creates the file readable by its owner only; a result file is as readable as any other.
+        os.chmod(tmp_name, 0o644)
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return target
+
+
+def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:
+    """Write ``data`` (with ``"format_version"`` first) as indented JSON, atomically."""
+    body = {"format_version": FORMAT_VERSION, **{k: v for k, v in data.items() if k != "format_version"}}
+    text = json.dumps(body, indent=2, allow_nan=False) + "\n"
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON file written by :func:`write_json`, checking its format version.
+
+    Raises:
+        CorruptFileError: the file is not valid JSON, not an object, or of another format version.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{path}: not a valid dmlkit JSON file (truncated or corrupt): {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{path}: expected a JSON object, got {type(data).__name__}.")
+    _check_version(path, data)
+    return data
+
+
+def create_run_folder(out_dir: str | os.PathLike[str], name: str | None = None) -> Path:
+    """Create and return a new folder ``out_dir/name`` (default name: the local time, ``YYYYmmdd-HHMMSS``).
+
+    An existing folder is never reused: ``-2``, ``-3``, ... is appended until the name is free.
+    """
+    base = name or datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 10_000):
+        folder = root / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise FileExistsError(f"No free run folder name for {base!r} in {root}.")  # pragma: no cover
+
+
+def save_checkpoint(path: str | os.PathLike[str], result: TrainResult, config: TrainConfig) -> Path:
+    """Write the model and optimizer state, the resolved configuration and the model's arguments."""
+    model = result.model
+    model_args = (
+        {
+            "in_features": model.in_features,
+            "hidden": list(model.hidden),
+            "out_features": model.out_features,
+            "normalize": model.normalize,
+            "batch_norm": model.batch_norm,
+        }
+        if isinstance(model, MLP)
+        else {}
+    )
+    checkpoint = {
+        "format_version": FORMAT_VERSION,
+        "model_state": model.state_dict(),
+        "optimizer_state": result.optimizer.state_dict(),
+        "loss_state": result.loss_fn.state_dict(),
+        "config": config.to_dict(),
+        "model_args": model_args,
+    }
+    return atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, with only tensors and plain data unpickled.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptFileError: the file is truncated, corrupt, not a dmlkit checkpoint, or of another format version.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        checkpoint = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CorruptFileError(
+            f"{path}: cannot read the checkpoint; the file is truncated or corrupt ({len(raw)} bytes): {detail}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CorruptFileError(f"{path}: not a dmlkit checkpoint (expected a dict, got {type(checkpoint).__name__}).")
+    _check_version(path, checkpoint)
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CorruptFileError(f"{path}: not a dmlkit checkpoint; missing {', '.join(missing)}.")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> MLP:
+    """Rebuild the trained :class:`MLP` (in eval mode) from a loaded checkpoint."""
+    model = MLP(**checkpoint["model_args"])
+    model.load_state_dict(checkpoint["model_state"])
+    return model.eval()
+
+
+def save_run(folder: str | os.PathLike[str], config: TrainConfig, result: TrainResult) -> dict[str, Path]:
+    """Write ``config.json``, ``metrics.json`` and ``checkpoint.pt`` into ``folder``; return their paths."""
+    root = Path(folder)
+    metrics = {
+        "before": result.before,
+        "after": result.after,
+        "history": result.history,
+        "num_train": result.num_train,
+        "num_test": result.num_test,
+        "seconds": result.seconds,
+        "versions": _versions(),
+    }
+    return {
+        "config": write_json(root / "config.json", config.to_dict()),
+        "metrics": write_json(root / "metrics.json", metrics),
+        "checkpoint": save_checkpoint(root / "checkpoint.pt", result, config),
+    }
+
+
+def _check_version(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
+    version = data.get("format_version")
+    if version is None:
+        raise CorruptFileError(f"{path}: no format_version; not written by dmlkit.")
+    if version != FORMAT_VERSION:
+        raise CorruptFileError(
+            f"{path}: format_version {version!r} is not supported (this dmlkit reads version {FORMAT_VERSION})."
+        )
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+
+    from .. import __version__
+
+    return {
+        "dmlkit": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
