@@ -1,0 +1,223 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._validation import Described, check_range, message
+from ..indices import label_masks
+from ..reducers import DivisorReducer
+from ..types import TermKind, Terms, empty_index
+from .base import BaseMetricLossFunction
+from .functional import pair_values
+
+__all__ = ["MarginLoss"]
+
+
+class MarginLoss(BaseMetricLossFunction):
+    """Margin loss (Wu, Manmatha, Smola and Krähenbühl, 2017, "Sampling Matters in Deep Embedding Learning",
+    arXiv:1706.07567).
+
+    A boundary ``beta`` separates positive from negative pairs, with a margin on either side. For a
+    distance ``d`` each triplet ``(a, p, n)`` costs::
+
+        relu(d(a, p) - beta + margin) + relu(beta - d(a, n) + margin)
+
+    (for a similarity ``s``: ``relu(beta - s(a, p) + margin) + relu(s(a, n) - beta + margin)``). As in
+    pytorch-metric-learning the pairs come in triplets (all of them, ``triplets_per_anchor`` random ones per
+    anchor, or a miner's), so a pair counts once per triplet it is in. The default reducer divides the sum
+    over the triplets by the number of non-zero hinges (positive and negative counted apart), the paper's
+    average over the pairs that violate the margin.
+
+    With ``learn_beta`` the boundary is an ``nn.Parameter`` trained with the embeddings (give it to the
+    optimiser: ``loss.parameters()``); with ``num_classes`` there is one boundary per class, picked by the
+    anchor's label. The paper's penalty ``nu * beta`` (against shrinking ``beta`` to satisfy every pair) is the
+    sub-loss ``"beta_reg_loss"``: a scalar for a single ``beta``, or one ``nu * beta[label(a)]`` per triplet
+    reduced like the triplets for per-class boundaries; it is 0 when ``beta`` is not learned. The hinges are
+    the sub-loss ``"margin_loss"``, one value per triplet.
+
+    Args:
+        margin: half the width of the band around ``beta``, ``>= 0``.
+        nu: weight of the ``beta`` penalty, ``>= 0``; used only when ``learn_beta``.
+        beta: initial boundary between positive and negative distances (similarities).
+        triplets_per_anchor: ``"all"`` triplets, or this many random triplets per anchor.
+        learn_beta: make ``beta`` a learnable parameter.
+        num_classes: one ``beta`` per class (labels must lie in ``[0, num_classes)``); ``None`` for a single
+            one. A positive integer.
+        generator: random source for ``triplets_per_anchor`` sampling.
+        **kwargs: ``distance`` (default ``LpDistance()``), ``reducer`` (default ``DivisorReducer()``),
+            ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+        >>> round(MarginLoss(margin=0.2, beta=1.2)(emb, torch.tensor([0, 0, 1, 1])).item(), 4)
+        0.0943
+        >>> loss_fn = MarginLoss(learn_beta=True, nu=0.1, num_classes=2)
+        >>> loss_fn(emb, torch.tensor([0, 0, 1, 1])).backward()
+        >>> loss_fn.beta.grad.shape
+        torch.Size([2])
+    """
+
+    default_reducer = DivisorReducer
+    beta: Tensor
+
+    def __init__(
+        self,
+        margin: float = 0.2,
+        nu: float = 0,
+        beta: float = 1.2,
+        triplets_per_anchor: int | str = "all",
+        learn_beta: bool = False,
+        num_classes: int | None = None,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        check_range(name, "margin", margin, low=0)
+        check_range(name, "nu", nu, low=0)
+        check_range(name, "beta", beta)
+        valid_count = isinstance(triplets_per_anchor, int) and not isinstance(triplets_per_anchor, bool)
+        if triplets_per_anchor != "all" and not (valid_count and triplets_per_anchor >= 1):  # type: ignore[operator]
+            raise ValueError(message(name, "triplets_per_anchor", '"all" or a positive integer', triplets_per_anchor))
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
+            raise ValueError(message(name, "num_classes", "None or a positive integer", num_classes))
+        self.margin = margin
+        self.nu = nu
+        self.learn_beta = bool(learn_beta)
+        self.num_classes = num_classes
+        self.triplets_per_anchor = triplets_per_anchor
+        self.generator = generator
+        size = (num_classes or 1,)
+        if self.learn_beta:
+            self.beta = nn.Parameter(torch.full(size, float(beta)))
+        else:
+            # Not in the state dict (as in pytorch-metric-learning), but moved by .to(device); float64 so that
+            # float64 inputs see beta exactly as given.
+            self.register_buffer("beta", torch.full(size, float(beta), dtype=torch.float64), persistent=False)
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        per_class = self.num_classes is not None
+        if per_class:
+            self._check_class_labels(labels)
+        beta = self.beta.to(device=embeddings.device, dtype=embeddings.dtype)
+        mat = self.distance(embeddings, ref_emb)
+        if indices_tuple is None and self.triplets_per_anchor == "all":
+            if type(self.reducer) is DivisorReducer:
+                return self._all_triplets_summed(mat, beta, labels, ref_labels)
+            return self._all_triplets(mat, beta, labels, ref_labels)
+        a, p, n = self.triplets(labels, indices_tuple, ref_labels, self.triplets_per_anchor, self.generator)
+        if a.numel() == 0:
+            return self._empty(embeddings)
+        anchor_beta = beta[labels[a]] if per_class else beta  # type: ignore[index]
+        pos = self._pos_hinge(pair_values(mat, a, p), anchor_beta)
+        neg = self._neg_hinge(pair_values(mat, a, n), anchor_beta)
+        divisor = (pos > 0).sum() + (neg > 0).sum()
+        terms = {"margin_loss": Terms(pos + neg, a, TermKind.TRIPLET, divisor)}
+        terms["beta_reg_loss"] = self._beta_penalty(anchor_beta, a, divisor, embeddings)
+        return terms
+
+    # -------------------------------------------------------------------------------------------------
+
+    def _pos_hinge(self, d_ap: Tensor, beta: Tensor) -> Tensor:
+        return F.relu(self.distance.margin(d_ap, beta) + self.margin)
+
+    def _neg_hinge(self, d_an: Tensor, beta: Tensor) -> Tensor:
+        return F.relu(self.distance.margin(beta, d_an) + self.margin)
+
+    def _check_class_labels(self, labels: Tensor | None) -> None:
+        name = type(self).__name__
+        if labels is None:
+            raise ValueError(
+                message(name, "labels", "given when `num_classes` is set (each anchor's class picks its beta)", None)
+            )
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):  # type: ignore[operator]
+            raise ValueError(
+                message(
+                    name,
+                    "labels",
+                    f"in [0, num_classes) = [0, {self.num_classes}) to index the per-class beta",
+                    Described(f"labels from {int(labels.min())} to {int(labels.max())}"),
+                )
+            )
+
+    def _empty(self, embeddings: Tensor) -> dict[str, Terms]:
+        empty = Terms(embeddings.new_zeros(0), empty_index(embeddings.device), TermKind.TRIPLET)
+        return {"margin_loss": empty, "beta_reg_loss": Terms(empty.values, empty.anchors, TermKind.ELEMENT)}
+
+    def _beta_penalty(self, anchor_beta: Tensor, anchors: Tensor, divisor: Tensor, embeddings: Tensor) -> Terms:
+        """``nu * beta``: one scalar for a single beta, else one value per anchor entry, divided like the hinges."""
+        if not self.learn_beta:
+            return Terms(embeddings.new_zeros(0), empty_index(embeddings.device), TermKind.ELEMENT)
+        if self.num_classes is None:
+            return Terms.reduced(anchor_beta * self.nu)
+        return Terms(anchor_beta * self.nu, anchors, TermKind.ELEMENT, divisor)
+
+    def _all_triplets(
+        self, mat: Tensor, beta: Tensor, labels: Tensor | None, ref_labels: Tensor | None
+    ) -> dict[str, Terms]:
+        """One value per triplet, scored as (positive pair) x (reference) rows rather than gathered triples."""
+        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+        a, p = torch.nonzero(positive, as_tuple=True)
+        keep = negative[a]
+        if not bool(keep.any()):
+            return self._empty(mat)
+        row_beta = beta[labels] if self.num_classes is not None else beta.expand(mat.shape[0])  # type: ignore[index]
+        pos = self._pos_hinge(mat[a, p], row_beta[a])
+        neg_rows = self._neg_hinge(mat, row_beta.unsqueeze(1))[a]
+        values = (pos.unsqueeze(1) + neg_rows)[keep]
+        anchors = a.unsqueeze(1).expand_as(keep)[keep]
+        divisor = ((pos > 0).unsqueeze(1) & keep).sum() + ((neg_rows > 0) & keep).sum()
+        terms = {"margin_loss": Terms(values, anchors, TermKind.TRIPLET, divisor)}
+        anchor_beta = row_beta[anchors] if self.num_classes is not None else beta
+        terms["beta_reg_loss"] = self._beta_penalty(anchor_beta, anchors, divisor, mat)
+        return terms
+
+    def _all_triplets_summed(
+        self, mat: Tensor, beta: Tensor, labels: Tensor | None, ref_labels: Tensor | None
+    ) -> dict[str, Terms]:
+        """Every triplet for a divisor reduction, in (query x reference) memory.
+
+        Summed over all triplets, the positive hinge of ``(a, p)`` counts once per negative of ``a`` and the
+        negative hinge of ``(a, n)`` once per positive of ``a``; so do their non-zero counts. The group holds one
+        weighted sum per anchor, whose total and divisor equal those of the per-triplet values.
+        """
+        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+        dtype = mat.dtype
+        num_pos = positive.sum(dim=1)
+        num_neg = negative.sum(dim=1)
+        per_anchor = num_pos * num_neg
+        if int(per_anchor.sum()) == 0:
+            return self._empty(mat)
+        row_beta = beta[labels] if self.num_classes is not None else beta.expand(mat.shape[0])  # type: ignore[index]
+        col_beta = row_beta.unsqueeze(1)
+        pos = self._pos_hinge(mat, col_beta)
+        neg = self._neg_hinge(mat, col_beta)
+        zero = mat.new_zeros(())
+        pos_sums = torch.where(positive, pos, zero).sum(dim=1)
+        neg_sums = torch.where(negative, neg, zero).sum(dim=1)
+        sums = pos_sums * num_neg.to(dtype) + neg_sums * num_pos.to(dtype)
+        # integer counts: a float32 sum of tens of millions of ones would not be exact
+        pos_active = (positive & (pos > 0)).sum(dim=1)
+        neg_active = (negative & (neg > 0)).sum(dim=1)
+        divisor = (pos_active * num_neg).sum() + (neg_active * num_pos).sum()
+        anchors = torch.arange(mat.shape[0], device=mat.device)
+        terms = {"margin_loss": Terms(sums, anchors, TermKind.TRIPLET, divisor)}
+        if self.learn_beta and self.num_classes is not None:
+            penalty = row_beta * self.nu * per_anchor.to(dtype)
+            terms["beta_reg_loss"] = Terms(penalty, anchors, TermKind.ELEMENT, divisor)
+        else:
+            terms["beta_reg_loss"] = self._beta_penalty(beta, anchors, divisor, mat)
+        return terms
