@@ -67,6 +67,21 @@ def test_every_filled_bin_gets_its_draws(distance: str, num_bins: int, with_ref:
             assert order == sorted(order)  # type: ignore[type-var]
 
 
+def test_values_on_bin_edges() -> None:
+    # 1-D points 0..11 with raw distances: every pair value is an integer, and so is every edge
+    emb = torch.arange(12, dtype=torch.float64).unsqueeze(1)
+    labels = torch.tensor([0, 1] * 6)
+    lp = LpDistance(normalize_embeddings=False)
+    for num_bins in (1, 2, 5, 10, 11):
+        miner = UniformHistogramMiner(num_bins, 2, 3, generator=_gen(num_bins), distance=lp)
+        out = miner(emb, labels)
+        mat = to_lists(lp(emb))
+        for pairs, i, per_bin in zip(ref.pairs_of(labels.tolist()), (0, 2), (2, 3), strict=True):
+            bins = _bins(mat, pairs, num_bins)
+            filled = {b for b in bins.values() if b is not None}
+            assert _histogram(out[i : i + 2], bins) == {b: per_bin for b in filled}
+
+
 def test_draws_are_uniform_within_each_bin() -> None:
     stats = pytest.importorskip("scipy.stats")
     emb, labels = _batch(7, n=16, classes=3)
@@ -105,12 +120,20 @@ def test_generator_makes_draws_reproducible() -> None:
     assert not torch.equal(first.negatives, other.negatives)
 
 
-def test_blocked_counting_equals_single_block(monkeypatch: pytest.MonkeyPatch) -> None:
-    emb, labels = _batch(5, n=20, classes=4)
-    whole = UniformHistogramMiner(10, 5, 5, generator=_gen(2))(emb, labels)
-    monkeypatch.setattr(histogram_module, "_BLOCK_CELLS", 1)
-    blocked = UniformHistogramMiner(10, 5, 5, generator=_gen(2))(emb, labels)
-    assert all(torch.equal(x, y) for x, y in zip(whole, blocked, strict=True))
+@pytest.mark.parametrize("sparse_ratio", [0, 10**9])
+@pytest.mark.parametrize("block_cells", [1, 1 << 22])
+def test_listed_and_counted_candidates_give_the_same_draws(
+    monkeypatch: pytest.MonkeyPatch, sparse_ratio: int, block_cells: int
+) -> None:
+    # a draw of rank r in a bin is that bin's r-th candidate in row-major order, however it is found
+    for seed in range(3):
+        emb, labels = _batch(seed, n=20, classes=4)
+        default = UniformHistogramMiner(10, 5, 5, generator=_gen(seed))(emb, labels)
+        monkeypatch.setattr(histogram_module, "_SPARSE_RATIO", sparse_ratio)  # 0: always list, 1e9: never
+        monkeypatch.setattr(histogram_module, "_BLOCK_CELLS", block_cells)
+        forced = UniformHistogramMiner(10, 5, 5, generator=_gen(seed))(emb, labels)
+        monkeypatch.undo()
+        assert all(torch.equal(x, y) for x, y in zip(default, forced, strict=True))
 
 
 def test_identical_values_fall_in_the_last_bin() -> None:

@@ -95,7 +95,7 @@ class HDCMiner(BaseMiner):
             keep_neg = keep_hardest(mat[a2, n], self.filter_percentage, largest=not pos_largest)
             return Pairs(a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
         # all pairs: select on the masked matrix, never listing every pair
-        out = []
+        out: list[Tensor] = []
         for mask, largest in zip(label_masks(labels, ref_labels), (pos_largest, not pos_largest), strict=True):
             mask[mask.clone()] = keep_hardest(mat[mask], self.filter_percentage, largest=largest)
             out.extend(torch.nonzero(mask, as_tuple=True))

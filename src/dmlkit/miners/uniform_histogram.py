@@ -16,6 +16,35 @@ __all__ = ["UniformHistogramMiner"]
 
 #: how many matrix cells one block of rows (or of draws) may cover.
 _BLOCK_CELLS = 1 << 22
+#: candidates sparser than one cell in this many are listed; denser ones are counted in place.
+_SPARSE_RATIO = 8
+
+
+def _bin_index(values: Tensor, edges: Tensor, inside: Tensor) -> Tensor:
+    """The bin of each value (``edges[i] <= v < edges[i + 1]``, the last bin closed); ``num_bins`` where
+    ``inside`` is false or the value lies outside the edges."""
+    num_bins = edges.numel() - 1
+    low, high = edges[0], edges[-1]
+    step = (high - low) / num_bins
+    if bool(step > 0):
+        guess = torch.div(values - low, step, rounding_mode="floor").clamp_(0, num_bins - 1).long()
+    else:
+        guess = torch.full_like(values, num_bins - 1, dtype=torch.long)
+    # the quotient can be off by one next to an edge: settle membership on the edges themselves
+    guess -= (values < edges[guess]).long()
+    guess += ((values >= edges[(guess + 1).clamp_(max=num_bins)]) & (guess < num_bins - 1)).long()
+    return guess.masked_fill_(~(inside & (values >= low) & (values <= high)), num_bins)
+
+
+def _draw_ranks(per_bin_total: Tensor, per_bin: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """For every non-empty bin, ``per_bin`` uniform ranks in ``[0, size)``: (bin of each draw, rank)."""
+    filled = torch.nonzero(per_bin_total).flatten()
+    draw_bin = filled.repeat_interleave(per_bin)
+    size = per_bin_total[draw_bin]
+    device = per_bin_total.device
+    gen_device = generator.device if generator is not None else device
+    uniform = torch.rand(draw_bin.numel(), dtype=torch.float64, device=gen_device, generator=generator).to(device)
+    return draw_bin, torch.minimum((uniform * size).long(), size - 1)
 
 
 def sample_by_histogram(
@@ -25,42 +54,37 @@ def sample_by_histogram(
 
     The bins split ``[min, max]`` of the candidate values into ``num_bins`` equal intervals, closed on the
     left and open on the right except the last, which is closed. Returns the (row, column) of every draw,
-    bin by bin in increasing order. The candidates are never listed: cells are counted per (row, bin) in
-    blocks of rows, and each draw is located by its rank within its bin.
+    bin by bin in increasing order; the draw of rank ``r`` in a bin is the bin's ``r``-th candidate in
+    row-major order. Sparse candidates are listed; dense ones are never listed: cells are counted per
+    (row, bin) in blocks of rows, and each draw is located by its rank within its bin.
     """
     device = mat.device
-    empty = torch.empty(0, dtype=torch.long, device=device)
-    chosen = mat[candidates]
-    if chosen.numel() == 0:
+    values = mat[candidates]
+    if values.numel() == 0:
+        empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty.clone()
-    low, high = torch.aminmax(chosen)
-    del chosen
+    low, high = torch.aminmax(values)
     edges = torch.linspace(low, high, num_bins + 1, dtype=mat.dtype, device=device)
+    if values.numel() * _SPARSE_RATIO <= mat.numel():
+        rows, cols = torch.nonzero(candidates, as_tuple=True)
+        bins = _bin_index(values, edges, torch.ones_like(values, dtype=torch.bool))
+        bin_counts = torch.bincount(bins, minlength=num_bins + 1)
+        draw_bin, rank = _draw_ranks(bin_counts[:num_bins], per_bin, generator)
+        order = torch.sort(bins, stable=True).indices
+        picked = order[(torch.cumsum(bin_counts, 0) - bin_counts)[draw_bin] + rank]
+        return rows[picked], cols[picked]
+    del values
     num_rows, num_cols = mat.shape
-
-    def bins_of(rows: Tensor | slice) -> Tensor:
-        """The bin of every cell of these rows; ``num_bins`` for cells that are no candidate."""
-        values = mat[rows]
-        bins = torch.searchsorted(edges, values.contiguous(), right=True) - 1
-        bins = bins.masked_fill(values == edges[-1], num_bins - 1)  # the last bin is closed
-        inside = candidates[rows] & (bins >= 0) & (bins < num_bins)
-        return bins.masked_fill(~inside, num_bins)
-
     width = num_bins + 1
     counts = torch.empty(num_rows, width, dtype=torch.long, device=device)
     block = max(1, _BLOCK_CELLS // max(1, num_cols))
-    for start in range(0, num_rows, block):
-        stop = min(start + block, num_rows)
-        keys = bins_of(slice(start, stop)) + width * torch.arange(stop - start, device=device).unsqueeze(1)
-        counts[start:stop] = torch.bincount(keys.flatten(), minlength=(stop - start) * width).view(-1, width)
+    for start_row in range(0, num_rows, block):
+        stop = min(start_row + block, num_rows)
+        bins = _bin_index(mat[start_row:stop], edges, candidates[start_row:stop])
+        keys = bins + width * torch.arange(stop - start_row, device=device).unsqueeze(1)
+        counts[start_row:stop] = torch.bincount(keys.flatten(), minlength=(stop - start_row) * width).view(-1, width)
     counts = counts[:, :num_bins]
-    per_bin_total = counts.sum(dim=0)
-    filled = torch.nonzero(per_bin_total).flatten()
-    draw_bin = filled.repeat_interleave(per_bin)
-    size = per_bin_total[draw_bin]
-    gen_device = generator.device if generator is not None else device
-    uniform = torch.rand(draw_bin.numel(), dtype=torch.float64, device=gen_device, generator=generator).to(device)
-    rank = torch.minimum((uniform * size).long(), size - 1)
+    draw_bin, rank = _draw_ranks(counts.sum(dim=0), per_bin, generator)
     # rank within the bin -> (row, rank within the row) through counts laid out bin-major, row-minor
     bin_major = counts.t().reshape(-1)
     cumulative = torch.cumsum(bin_major, 0)
@@ -68,12 +92,13 @@ def sample_by_histogram(
     cell = torch.searchsorted(cumulative, position, right=True)
     rows = cell % num_rows
     rank_in_row = position - (cumulative[cell] - bin_major[cell])
+    # locate each draw in its row: the (rank_in_row + 1)-th cell of its bin
+    unique_rows, which = torch.unique(rows, return_inverse=True)
+    row_bins = _bin_index(mat[unique_rows], edges, candidates[unique_rows])
     cols = torch.empty_like(rows)
-    block = max(1, _BLOCK_CELLS // max(1, num_cols))
     for start in range(0, rows.numel(), block):
         part = slice(start, start + block)
-        hits = bins_of(rows[part]) == draw_bin[part].unsqueeze(1)
-        seen = torch.cumsum(hits, dim=1)
+        seen = torch.cumsum(row_bins[which[part]] == draw_bin[part].unsqueeze(1), dim=1)
         cols[part] = torch.searchsorted(seen, (rank_in_row[part] + 1).unsqueeze(1)).squeeze(1)
     return rows, cols
 
