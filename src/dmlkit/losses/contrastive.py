@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._validation import check_range
+from ..distances import BaseDistance
+from ..indices import convert_to_pairs, label_masks
+from ..reducers import AvgNonZeroReducer
+from ..types import TermKind, Terms
+from .base import BaseMetricLossFunction
+from .functional import pair_values
+
+__all__ = ["ContrastiveLoss", "contrastive_terms"]
+
+
+class ContrastiveLoss(BaseMetricLossFunction):
+    """Contrastive loss (Hadsell, Chopra and LeCun, 2006, "Dimensionality Reduction by Learning an Invariant
+    Mapping", CVPR).
+
+    Positive pairs are pulled together until they are within ``pos_margin``, negative pairs pushed apart
+    until they are beyond ``neg_margin``. For a distance ``d`` (lower is closer)::
+
+        pos_loss(a, p) = relu(d(a, p) - pos_margin)
+        neg_loss(a, n) = relu(neg_margin - d(a, n))
+
+    and with the inequalities reversed for a similarity (``relu(pos_margin - s)``, ``relu(s - neg_margin)``).
+    The paper's form is half the square of these hinges with ``pos_margin = 0``; like pytorch-metric-learning
+    the hinges are not squared (pass ``LpDistance(power=2)`` to work with squared distances).
+
+    The two sub-losses ``"pos_loss"`` (one value per positive pair) and ``"neg_loss"`` (one per negative pair)
+    are reduced separately and summed, so a ``MultipleReducers`` keyed by those names can treat them apart.
+    The default reducer averages the non-zero values of each.
+
+    Args:
+        pos_margin: positive pairs closer than this (farther, for a similarity) cost nothing.
+        neg_margin: negative pairs farther than this (closer, for a similarity) cost nothing.
+        **kwargs: ``distance``, ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0], [-1.0, -0.1]])
+        >>> labels = torch.tensor([0, 0, 1, 1])
+        >>> ContrastiveLoss(pos_margin=0.2)(emb, labels).item()
+        0.0
+        >>> round(ContrastiveLoss(neg_margin=2.5)(emb, labels).item(), 4)
+        0.6009
+    """
+
+    default_reducer = AvgNonZeroReducer
+
+    def __init__(self, pos_margin: float = 0, neg_margin: float = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        check_range(name, "pos_margin", pos_margin)
+        check_range(name, "neg_margin", neg_margin)
+        self.pos_margin = pos_margin
+        self.neg_margin = neg_margin
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        mat = self.distance(embeddings, ref_emb)
+        return contrastive_terms(
+            self.distance, mat, labels, indices_tuple, ref_labels, self.pos_margin, self.neg_margin
+        )
+
+
+def contrastive_terms(
+    distance: BaseDistance,
+    mat: Tensor,
+    labels: Tensor | None,
+    indices_tuple: tuple[Tensor, ...] | None,
+    ref_labels: Tensor | None,
+    pos_margin: float,
+    neg_margin: float,
+) -> dict[str, Terms]:
+    """The ``"pos_loss"`` and ``"neg_loss"`` terms of the contrastive loss on a (query, reference) matrix."""
+    pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
+    return {
+        "pos_loss": Terms(F.relu(distance.margin(pos, pos_margin)), pos_anchors, TermKind.POS_PAIR),
+        "neg_loss": Terms(F.relu(distance.margin(neg_margin, neg)), neg_anchors, TermKind.NEG_PAIR),
+    }
+
+
+def pair_entries(
+    mat: Tensor, labels: Tensor | None, indices_tuple: tuple[Tensor, ...] | None, ref_labels: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(positive values, their anchors, negative values, their anchors)`` read from ``mat``.
+
+    Without ``indices_tuple`` every pair from the labels is read in row-major order: the (few) positive pairs
+    by index, the negative pairs with a boolean mask, so no index list of all negative pairs is built. Given
+    pairs or triplets are read as listed, repeats included.
+    """
+    if indices_tuple is None:
+        assert labels is not None
+        positive, negative = label_masks(labels, ref_labels)
+        a, p = torch.nonzero(positive, as_tuple=True)
+        # Row i's negatives are the reference elements that do not share its label.
+        ref = labels if ref_labels is None else ref_labels
+        sorted_ref = torch.sort(ref).values
+        same = torch.searchsorted(sorted_ref, labels, right=True) - torch.searchsorted(sorted_ref, labels)
+        neg_anchors = _repeat_rows(mat.shape[1] - same)
+        return pair_values(mat, a, p), a, torch.masked_select(mat, negative), neg_anchors
+    a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+    return pair_values(mat, a1, p), a1, pair_values(mat, a2, n), a2
+
+
+def _repeat_rows(per_row: Tensor) -> Tensor:
+    """``repeat_interleave(arange(len(per_row)), per_row)``, as a running count of row starts.
+
+    On CPU this is about twice as fast as ``repeat_interleave`` for millions of outputs.
+    """
+    total = int(per_row.sum())
+    starts = (torch.cumsum(per_row, 0) - per_row)[1:]
+    # Each later row's start bumps the count; rows without entries share a start and bump it together.
+    starts = starts[starts < total]
+    marks = torch.zeros(total, dtype=torch.long, device=per_row.device)
+    marks.index_add_(0, starts, torch.ones_like(starts))
+    return marks.cumsum_(0)
