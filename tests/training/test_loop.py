@@ -52,7 +52,7 @@ def test_evaluate_is_retrieval_on_the_test_set_against_itself() -> None:
 
 
 def test_training_improves_map_at_r_over_the_untrained_model_on_the_training_classes() -> None:
-    config = TrainConfig().apply_overrides(["epochs=4"])
+    config = TrainConfig().apply_overrides(["epochs=2"])
     features, labels = load_digits()
     train_idx, _ = class_disjoint_split(labels, config.data.train_classes, config.data.test_classes)
     torch.manual_seed(config.seed)

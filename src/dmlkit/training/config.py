@@ -142,7 +142,7 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     optimizer: ComponentConfig = _component("optimizer", ComponentConfig("adam", {"lr": 0.001}))
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    epochs: int = 20
+    epochs: int = 10
     iterations_per_epoch: int | None = None
     seed: int = 0
     device: str = "cpu"

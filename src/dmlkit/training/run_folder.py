@@ -40,7 +40,7 @@ __all__ = [
 CHECKPOINT_KEYS = ("format_version", "model_state", "optimizer_state", "config", "model_args")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
     """Call ``write(file)`` on a temporary file beside ``path``, then move it onto ``path`` in one step.
 
     On any error the temporary file is removed and ``path`` is left as it was.
