@@ -67,18 +67,24 @@ class AngularMiner(BaseMiner):
         positive, negative = label_masks(labels, ref_labels)
         anchors, positives = torch.nonzero(positive, as_tuple=True)
         block = max(1, _BLOCK_CELLS // max(1, ref.shape[0]))
-        found: list[tuple[Tensor, Tensor, Tensor]] = []
+        # pass 1 keeps one byte per (positive pair, reference) cell; pass 2 fills outputs allocated once, so
+        # the peak is the output plus those bytes, not twice the output
+        selected: list[Tensor] = []
         for start in range(0, anchors.numel(), block):
             a = anchors[start : start + block]
             p = positives[start : start + block]
             side = self.distance.pairwise_distance(query[a], ref[p])
-            centers = (query[a] + ref[p]) / 2
-            to_center = torch.cdist(centers, ref)
+            to_center = torch.cdist((query[a] + ref[p]) / 2, ref)
             # atan2 instead of atan(x / y): 0/0 (a == p == n) gives angle 0, never NaN
-            wide = torch.atan2(side.unsqueeze(1), 2 * to_center) > threshold
-            pair, n = torch.nonzero(wide & negative[a], as_tuple=True)
-            found.append((a[pair], p[pair], n))
-        if not found:
-            empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
-            return Triplets(empty, empty.clone(), empty.clone())
-        return Triplets(*(torch.cat(parts) for parts in zip(*found, strict=True)))
+            selected.append((torch.atan2(side.unsqueeze(1), 2 * to_center) > threshold) & negative[a])
+        total = sum(int(mask.sum()) for mask in selected)
+        out = torch.empty(3, total, dtype=torch.long, device=embeddings.device)
+        offset = 0
+        for start, mask in zip(range(0, anchors.numel(), block), selected, strict=True):
+            pair, n = torch.nonzero(mask, as_tuple=True)
+            stop = offset + n.numel()
+            out[0, offset:stop] = anchors[start + pair]
+            out[1, offset:stop] = positives[start + pair]
+            out[2, offset:stop] = n
+            offset = stop
+        return Triplets(out[0], out[1], out[2])
