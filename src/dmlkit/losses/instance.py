@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._validation import check_range, message
+from ..distances import CosineSimilarity
+from ..types import TermKind, Terms
+from .base import BaseMetricLossFunction
+
+__all__ = ["InstanceLoss"]
+
+
+class InstanceLoss(BaseMetricLossFunction):
+    """Instance loss (Zheng et al., 2020, "Dual-Path Convolutional Image-Text Embeddings with Instance Loss",
+    ACM TOMM, arXiv:1711.05535), in its classifier-free batch form.
+
+    The paper treats every training instance as its own class and trains a softmax classifier over them.
+    Here the classifier weights are the batch's own L2-normalised embeddings: sample ``i`` gets the logits
+    ``gamma * cos(x_i, x_j)`` over the batch, and the cross entropy ``-log softmax_j(...)[t_i]`` with target
+    column ``t_i``. Without labels ``t_i = i`` (each sample is its own instance). With labels ``t_i`` is the
+    rank of ``labels[i]`` among the batch's distinct labels (sorted), as pytorch-metric-learning computes it;
+    this is sample ``i`` itself when the labels are ``0, 1, ..., batch_size - 1`` in batch order. Cross
+    entropy is computed with log-sum-exp, so large ``gamma`` stays finite.
+
+    Neither ``indices_tuple`` nor ``ref_emb`` is supported: the logits are always the whole batch against
+    itself.
+
+    Args:
+        gamma: the logit scale, ``> 0``.
+        **kwargs: ``distance`` (must be a ``CosineSimilarity``, the default), ``reducer`` (default
+            ``MeanReducer()``), ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+        >>> round(InstanceLoss(gamma=4)(emb).item(), 4)
+        0.4487
+    """
+
+    default_distance = CosineSimilarity
+    supports_ref_emb: ClassVar[bool] = False
+    requires_labels: ClassVar[bool] = False
+
+    def __init__(self, gamma: float = 64, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        name = type(self).__name__
+        if not isinstance(self.distance, CosineSimilarity):
+            raise TypeError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
+        check_range(name, "gamma", gamma, low=0, low_inclusive=False)
+        self.gamma = gamma
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        if indices_tuple is not None:
+            raise ValueError(
+                message(
+                    type(self).__name__,
+                    "indices_tuple",
+                    "None (the loss scores every sample against the whole batch)",
+                    f"a {len(indices_tuple)}-tuple",
+                )
+            )
+        logits = self.distance(embeddings) * self.gamma
+        rows = torch.arange(embeddings.shape[0], device=embeddings.device)
+        targets = rows if labels is None else torch.unique(labels, return_inverse=True)[1]
+        return {"loss": Terms(F.cross_entropy(logits, targets, reduction="none"), rows, TermKind.ELEMENT)}

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import check_range
+from ..distances import CosineSimilarity
+from ..indices import convert_to_pairs, label_masks
+from ..types import TermKind, Terms
+from .base import BaseMetricLossFunction
+from .functional import pair_values
+
+__all__ = ["NTXentLoss"]
+
+
+def _row_logsumexp(x: Tensor, keep: Tensor, add_one: bool = False) -> Tensor:
+    """Per row, ``log(sum_{j: keep} exp(x_j))`` (with ``+ 1`` inside the log when ``add_one``).
+
+    A row with nothing kept gives 0 with ``add_one`` and ``-inf`` without. One masked copy and one
+    exponential of ``x``; gradients are finite everywhere and zero for entries not kept.
+    """
+    masked = x.masked_fill(~keep, float("-inf"))
+    peak = masked.detach().amax(dim=1, keepdim=True)
+    peak = peak.clamp(min=0) if add_one else peak.masked_fill(peak == float("-inf"), 0.0)
+    sums = torch.exp(masked - peak).sum(dim=1)
+    peak = peak.squeeze(1)
+    if add_one:
+        return torch.log(sums + torch.exp(-peak)) + peak
+    # a non-empty row has sums >= 1 (its largest entry contributes exp(0)); only empty rows have 0
+    empty = sums == 0
+    return torch.where(empty, float("-inf"), torch.log(torch.where(empty, 1.0, sums)) + peak)
+
+
+def _positive_pair_terms(
+    logits: Tensor,
+    labels: Tensor | None,
+    indices_tuple: tuple[Tensor, ...] | None,
+    ref_labels: Tensor | None,
+    pair_loss: Callable[[Tensor, Tensor, Tensor], Tensor],
+) -> Terms:
+    """One term per positive pair ``(a, p)``: ``pair_loss(a, p, negative_lse[a])``, where ``negative_lse[i]``
+    is ``log(sum_n exp(logits[i, n]))`` over the negatives of query ``i`` (``-inf`` when it has none).
+
+    The negatives' log-sum-exp is one dense ``(query, reference)`` pass, computed once per anchor: no row of
+    negatives is copied per positive pair. With mined pairs or triplets, a pair listed ``k`` times counts
+    ``k`` times (as ``k`` separate pairs would): a repeated negative weighs ``k`` in the sum, a repeated
+    positive pair is scored once and its value repeated ``k`` times (terms are then grouped by pair).
+    """
+    repeats = None
+    if indices_tuple is None:
+        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+        a, p = torch.nonzero(positive, as_tuple=True)
+        negative_lse = _row_logsumexp(logits, negative)
+    else:
+        a, p, a_neg, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+        counts = logits.new_zeros(logits.shape).index_put_((a_neg, n), logits.new_ones(n.shape), accumulate=True)
+        # sum_n k_n exp(x_n) = sum_n exp(x_n + log k_n); the clamp keeps cells that are not kept finite.
+        negative_lse = _row_logsumexp(logits + counts.clamp(min=1).log(), counts > 0)
+        del counts
+        ones = torch.ones(a.shape, dtype=torch.int32, device=a.device)
+        pos_counts = torch.zeros(logits.shape, dtype=torch.int32, device=a.device).index_put_((a, p), ones, True)
+        a, p = torch.nonzero(pos_counts, as_tuple=True)
+        repeats = pos_counts[a, p]
+        if bool((repeats == 1).all()):
+            repeats = None
+    if a.numel() == 0:
+        return Terms(logits.new_zeros(0), a, TermKind.POS_PAIR)
+    values = pair_loss(a, p, negative_lse[a])
+    if repeats is not None:
+        expand = torch.repeat_interleave(repeats.long(), output_size=int(indices_tuple[0].numel()))  # type: ignore[index]
+        values, a = values.index_select(0, expand), a.index_select(0, expand)
+    return Terms(values, a, TermKind.POS_PAIR)
+
+
+class NTXentLoss(BaseMetricLossFunction):
+    """Normalized temperature-scaled cross entropy (NT-Xent; Chen et al., 2020, SimCLR, arXiv:2002.05709),
+    the multi-class N-pair loss of Sohn, 2016 (NeurIPS) with a temperature.
+
+    Every positive pair ``(a, p)`` is a softmax classification of ``p`` against the negatives of ``a``::
+
+        -log( exp(s_ap / T) / (exp(s_ap / T) + sum_{n in N_a} exp(s_an / T)) )
+            = log(1 + sum_{n in N_a} exp((s_an - s_ap) / T))
+
+    with ``s`` the similarity (the negated distance for distances) and ``N_a`` the negatives of ``a``
+    (from the labels, or the negative pairs of a miner that share the anchor). With two views per
+    sample this is SimCLR's loss; with more positives per anchor the other positives of ``a`` are left out
+    of the denominator. A pair whose anchor has no negative contributes 0. The per-anchor log-sum-exp over
+    negatives is computed once per anchor, so memory is one ``(batch, reference)`` matrix whatever the
+    number of positive pairs, and small temperatures stay finite.
+
+    Args:
+        temperature: ``T``, ``> 0``.
+        **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default ``MeanReducer()``, over
+            the positive pairs), ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Example:
+        >>> emb = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+        >>> round(NTXentLoss(temperature=0.5)(emb, torch.tensor([0, 0, 1, 1])).item(), 4)
+        0.4302
+    """
+
+    default_distance = CosineSimilarity
+
+    def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        check_range(type(self).__name__, "temperature", temperature, low=0, low_inclusive=False)
+        self.temperature = temperature
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        mat = self.distance(embeddings, ref_emb)
+        scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
+        logits = mat * scale
+
+        def pair_loss(a: Tensor, p: Tensor, negative_lse: Tensor) -> Tensor:
+            # log(1 + exp(lse_a - z_ap)): exact for every magnitude, 0 when the anchor has no negative.
+            return torch.logaddexp(negative_lse - pair_values(logits, a, p), logits.new_zeros(()))
+
+        return {"loss": _positive_pair_terms(logits, labels, indices_tuple, ref_labels, pair_loss)}
