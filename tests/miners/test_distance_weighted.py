@@ -134,6 +134,19 @@ def test_anchors_without_allowed_negatives_or_positives_are_skipped() -> None:
     assert all(t.numel() == 0 for t in DistanceWeightedMiner()(emb, torch.zeros(4, dtype=torch.long)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_low_precision_inputs(dtype: torch.dtype) -> None:
+    emb, labels = _batch(2, n=16, d=64, classes=4)
+    weights = DistanceWeightedMiner().sampling_weights(emb.to(dtype), labels)
+    assert weights.dtype == torch.float32
+    exact = DistanceWeightedMiner().sampling_weights(emb, labels)
+    # bfloat16 distances carry about 3 significant digits, and the weights grow like d^(2 - dim)
+    tolerance = {torch.float16: 0.02, torch.bfloat16: 0.1, torch.float32: 1e-5}[dtype]
+    torch.testing.assert_close(weights.double(), exact, atol=tolerance, rtol=0)
+    a, p, n = DistanceWeightedMiner(generator=_gen(0))(emb.to(dtype), labels)
+    assert a.numel() and bool((labels[a] != labels[n]).all())
+
+
 def test_no_gradient_flows_through_mining() -> None:
     emb, labels = _batch(1, d=5)
     emb.requires_grad_()

@@ -86,7 +86,8 @@ class DistanceWeightedMiner(BaseMiner):
             return self._weights(self.distance(embeddings, ref_emb), labels, ref_labels, embeddings.shape[1])
 
     def _weights(self, mat: Tensor, labels: Tensor, ref_labels: Tensor | None, dim: int) -> Tensor:
-        d = mat.clamp(min=self.cutoff)
+        # half precision cannot hold the log-weights' range (about dim * 0.7); weights come in float32 then
+        d = (mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat).clamp(min=self.cutoff)
         # log(1 / q(d)) up to a constant
         log_w = (2.0 - dim) * torch.log(d) - ((dim - 3.0) / 2.0) * torch.log(1.0 - 0.25 * d * d)
         _, negative = label_masks(labels, ref_labels)
