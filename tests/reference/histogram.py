@@ -5,10 +5,16 @@ pairs) are binned into a histogram over the nodes ``t_r = -1 + r * delta`` by li
 ``max(0, 1 - |s - t_r| / delta)`` at each node, divided by the number of pairs. The loss
 ``sum_r h-_r sum_{q <= r} h+_q`` estimates the probability that a negative pair is more similar than a positive.
 The pairs are those of the triplets, each unordered pair once.
+
+``pml_float32=True`` reproduces pytorch-metric-learning's arithmetic, which finds each similarity's bin
+``r = floor((s + 1) / delta)``, the node positions ``r * delta`` and ``(r + 1) * delta - 1`` in float32, so tests
+can show that this is the only difference from the float64 definition.
 """
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Sequence
 
 from tests.reference.triplet import COSINE, all_triplets, distance_matrix, to_lists
@@ -27,9 +33,19 @@ def triplet_pairs(
     return sorted({key(a, p) for a, p, _ in triplets}), sorted({key(a, n) for a, _, n in triplets})
 
 
-def _histogram(values: Sequence[float], delta: float, num_nodes: int) -> list[float]:
+def _f32(x: float) -> float:
+    """``x`` rounded to the nearest float32."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def _histogram(values: Sequence[float], delta: float, num_nodes: int, pml_float32: bool = False) -> list[float]:
     hist = [0.0] * num_nodes
     for s in values:
+        if pml_float32:
+            r = math.floor(_f32(_f32(_f32(s) + 1.0) / _f32(delta)))
+            hist[r + 1] += (s + 1 - _f32(_f32(r) * _f32(delta))) / delta
+            hist[r] += (_f32(_f32(_f32(r + 1) * _f32(delta)) - 1.0) - s) / delta
+            continue
         for r in range(num_nodes):
             hist[r] += max(0.0, 1.0 - abs(s - (-1.0 + r * delta)) / delta)
     return [h / len(values) for h in hist]
@@ -42,6 +58,7 @@ def histogram_loss(
     ref_emb: object | None = None,
     ref_labels: object | None = None,
     triplets: Sequence[tuple[int, int, int]] | None = None,
+    pml_float32: bool = False,
 ) -> float:
     emb = to_lists(embeddings)
     same_set = ref_emb is None
@@ -53,8 +70,8 @@ def histogram_loss(
         return 0.0
     sims = distance_matrix(emb, ref, COSINE)
     num_nodes = round(1 + 2 / delta)
-    h_pos = _histogram([sims[i][j] for i, j in pos], delta, num_nodes)
-    h_neg = _histogram([sims[i][j] for i, j in neg], delta, num_nodes)
+    h_pos = _histogram([sims[i][j] for i, j in pos], delta, num_nodes, pml_float32)
+    h_neg = _histogram([sims[i][j] for i, j in neg], delta, num_nodes, pml_float32)
     loss = cdf = 0.0
     for r in range(num_nodes):
         cdf += h_pos[r]
