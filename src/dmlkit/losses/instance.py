@@ -4,7 +4,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range, message
@@ -73,4 +72,6 @@ class InstanceLoss(BaseMetricLossFunction):
         logits = self.distance(embeddings) * self.gamma
         rows = torch.arange(embeddings.shape[0], device=embeddings.device)
         targets = rows if labels is None else torch.unique(labels, return_inverse=True)[1]
-        return {"loss": Terms(F.cross_entropy(logits, targets, reduction="none"), rows, TermKind.ELEMENT)}
+        # cross entropy as log-sum-exp minus the target logit
+        values = torch.logsumexp(logits, dim=1) - logits.gather(1, targets.unsqueeze(1)).squeeze(1)
+        return {"loss": Terms(values, rows, TermKind.ELEMENT)}

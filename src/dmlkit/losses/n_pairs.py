@@ -4,7 +4,6 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import message
@@ -78,5 +77,6 @@ class NPairsLoss(BaseMetricLossFunction):
         sim = self.distance(embeddings[a], embeddings[p])
         if not self.distance.higher_is_closer:
             sim = -sim
-        targets = torch.arange(a.numel(), device=a.device)
-        return {"loss": Terms(F.cross_entropy(sim, targets, reduction="none"), a, TermKind.ELEMENT)}
+        # cross entropy with target k for row k, as log-sum-exp minus the diagonal
+        values = torch.logsumexp(sim, dim=1) - torch.diagonal(sim)
+        return {"loss": Terms(values, a, TermKind.ELEMENT)}
