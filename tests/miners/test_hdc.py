@@ -12,6 +12,7 @@ from torch import Tensor
 
 from dmlkit.distances import BaseDistance, CosineSimilarity, LpDistance
 from dmlkit.losses.triplet_margin import TripletMarginLoss
+from dmlkit.miners import hdc as hdc_module
 from dmlkit.miners.hdc import HDCMiner
 from dmlkit.miners.pair_margin import PairMarginMiner
 from dmlkit.miners.triplet_margin import TripletMarginMiner
@@ -62,6 +63,18 @@ def test_matches_brute_force_within_the_batch(distance: str, fraction: float) ->
         mat = to_lists(miner.distance(emb))
         pos, neg = ref.pairs_of(labels.tolist())
         assert _split(miner(emb, labels)) == ref.hdc(mat, fraction, spec.is_similarity, pos, neg)
+
+
+@pytest.mark.parametrize("sparse_ratio", [0, 10**9])
+def test_listed_and_in_place_selection_agree(monkeypatch: pytest.MonkeyPatch, sparse_ratio: int) -> None:
+    for seed in range(3):
+        emb, labels = _batch(seed, n=20, classes=4)
+        for fraction in (0.1, 0.3, 0.5):
+            default = HDCMiner(fraction)(emb, labels)
+            monkeypatch.setattr(hdc_module, "_SPARSE_RATIO", sparse_ratio)  # 0: always list, 1e9: never
+            forced = HDCMiner(fraction)(emb, labels)
+            monkeypatch.undo()
+            assert all(torch.equal(x, y) for x, y in zip(default, forced, strict=True))
 
 
 def test_hand_computed_example() -> None:

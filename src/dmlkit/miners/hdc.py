@@ -18,25 +18,37 @@ from .base import BaseMiner
 __all__ = ["HDCMiner"]
 
 
-def keep_hardest(values: Tensor, fraction: float, largest: bool) -> Tensor:
-    """Boolean mask of the ``ceil(fraction * len(values))`` largest (or smallest) values.
+#: candidates sparser than one cell in this many are listed; denser ones are selected in place.
+_SPARSE_RATIO = 8
 
-    Among values equal to the boundary value, the earliest positions are kept. ``ceil`` is taken of the
-    decimal fraction as written (``0.3`` of 10 is 3), not of its binary approximation.
-    """
-    total = values.numel()
-    k = math.ceil(Fraction(str(float(fraction))) * total)
-    if k >= total:
-        return torch.ones_like(values, dtype=torch.bool)
+
+def hardest_count(fraction: float, total: int) -> int:
+    """``ceil(fraction * total)``, of the decimal fraction as written (``0.3`` of 10 is 3, not 4)."""
+    return math.ceil(Fraction(str(float(fraction))) * total)
+
+
+def smallest(key: Tensor, k: int) -> Tensor:
+    """Boolean mask (shaped like ``key``) of its ``k`` smallest entries; ``k`` must not exceed the number of
+    finite entries. Among entries equal to the ``k``-th smallest, the earliest in row-major order are kept."""
     if k == 0:
-        return torch.zeros_like(values, dtype=torch.bool)
-    # negation is exact, so "largest" becomes "smallest" without changing any comparison
-    key = -values if largest else values
-    boundary = torch.kthvalue(key, k).values
+        return torch.zeros_like(key, dtype=torch.bool)
+    boundary = torch.kthvalue(key.reshape(-1), k).values
     keep = key < boundary
     ties = key == boundary
-    keep |= ties & (torch.cumsum(ties, 0) <= k - int(keep.sum()))
-    return keep
+    need = k - int(keep.sum())
+    if int(ties.sum()) > need:
+        ties &= (torch.cumsum(ties.reshape(-1), 0) <= need).view_as(ties)
+    return keep | ties
+
+
+def keep_hardest(values: Tensor, fraction: float, largest: bool) -> Tensor:
+    """Boolean mask of the ``ceil(fraction * len(values))`` largest (or smallest) values; earlier positions
+    win ties at the cut."""
+    k = hardest_count(fraction, values.numel())
+    if k >= values.numel():
+        return torch.ones_like(values, dtype=torch.bool)
+    # negation is exact, so "largest" becomes "smallest" without changing any comparison
+    return smallest(-values if largest else values, k)
 
 
 class HDCMiner(BaseMiner):
@@ -94,9 +106,16 @@ class HDCMiner(BaseMiner):
             keep_pos = keep_hardest(mat[a1, p], self.filter_percentage, largest=pos_largest)
             keep_neg = keep_hardest(mat[a2, n], self.filter_percentage, largest=not pos_largest)
             return Pairs(a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
-        # all pairs: select on the masked matrix, never listing every pair
         out: list[Tensor] = []
         for mask, largest in zip(label_masks(labels, ref_labels), (pos_largest, not pos_largest), strict=True):
-            mask[mask.clone()] = keep_hardest(mat[mask], self.filter_percentage, largest=largest)
-            out.extend(torch.nonzero(mask, as_tuple=True))
+            total = int(mask.sum())
+            k = hardest_count(self.filter_percentage, total)
+            if total * _SPARSE_RATIO <= mask.numel() or k >= total:
+                rows, cols = torch.nonzero(mask, as_tuple=True)
+                keep = keep_hardest(mat[rows, cols], self.filter_percentage, largest=largest)
+                out.extend((rows[keep], cols[keep]))
+            else:
+                # never list every pair: non-candidates get +inf, so they are never among the k smallest
+                key = (-mat if largest else mat).masked_fill(~mask, math.inf)
+                out.extend(torch.nonzero(smallest(key, k), as_tuple=True))
         return Pairs(*out)
