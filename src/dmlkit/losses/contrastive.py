@@ -85,9 +85,14 @@ def contrastive_terms(
 ) -> dict[str, Terms]:
     """The ``"pos_loss"`` and ``"neg_loss"`` terms of the contrastive loss on a (query, reference) matrix."""
     pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
+    if distance.higher_is_closer:
+        pos_excess, neg_excess = pos_margin - pos, neg - neg_margin
+    else:
+        pos_excess, neg_excess = pos - pos_margin, neg_margin - neg
+    # In place: the excesses are fresh tensors, and the (millions of) negative values need no second copy.
     return {
-        "pos_loss": Terms(F.relu(distance.margin(pos, pos_margin)), pos_anchors, TermKind.POS_PAIR),
-        "neg_loss": Terms(F.relu(distance.margin(neg_margin, neg)), neg_anchors, TermKind.NEG_PAIR),
+        "pos_loss": Terms(F.relu(pos_excess, inplace=True), pos_anchors, TermKind.POS_PAIR),
+        "neg_loss": Terms(F.relu(neg_excess, inplace=True), neg_anchors, TermKind.NEG_PAIR),
     }
 
 

@@ -75,4 +75,4 @@ def _spread(values: Tensor, eps: float, below: bool) -> Tensor:
         return values
     mean = values.mean()
     excess = (1 - eps) * mean - values if below else values - (1 + eps) * mean
-    return F.relu(excess).square()
+    return F.relu(excess, inplace=True).square()
