@@ -39,11 +39,12 @@ class DynamicSoftMarginLoss(BaseMetricLossFunction):
     Without labels (descriptor matching), ``embeddings[i]`` and ``ref_emb[i]`` are a matching pair: ``x_i`` is
     its distance minus the distance to the hardest non-matching descriptor in row ``i`` or column ``i``.
 
-    Differences from pytorch-metric-learning: it sums the batch's un-normalised counts into the running
-    histogram (so ``momentum`` has almost no effect) where the authors' implementation normalises them, as
-    here; it keeps the histogram in the autograd graph, so a second ``backward()`` in a training loop fails;
-    its histogram has ``num_bins`` nodes, so a triplet with ``x >= -min_val - (2 |min_val| / num_bins)``
-    (or below ``min_val``) indexes past it. Values agree wherever it runs (on a first call).
+    Differences from pytorch-metric-learning, whose values agree wherever it runs (on a first call):
+    (1) it adds the batch's raw counts to ``(1 - momentum) * hist`` before normalising, so the batch outweighs
+    the history whatever ``momentum`` is; here, as in the authors' implementation, the batch's histogram is
+    normalised first; (2) it keeps the histogram in the autograd graph, so the second ``backward()`` of a
+    training loop fails; (3) its histogram has only ``num_bins`` nodes, so a triplet with
+    ``x >= -min_val - 2 |min_val| / num_bins`` (or ``x < min_val``) indexes past it.
     All triplets are scored exactly in ``O(batch * reference)`` time and memory (see ``_all_triplet_terms``),
     never as a list of ``batch^3`` triplets.
 

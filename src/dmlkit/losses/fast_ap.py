@@ -28,8 +28,12 @@ def _row_step(num_cols: int) -> int:
 def _node_positions(block: Tensor, offset: float, delta: float, last: int) -> tuple[Tensor, Tensor]:
     """Lower node index (long) and the fraction of the way to the next node, for values clamped to the nodes."""
     x = ((block + offset) / delta).clamp_(0, last)
-    low = x.floor().clamp_(max=last - 1)
-    return low.long(), x.sub_(low)
+    low = x.long().clamp_(max=last - 1)  # truncation is floor for x >= 0
+    return low, x.sub_(low)
+
+
+def _compact_index_dtype(num_nodes: int) -> torch.dtype:
+    return torch.uint8 if num_nodes <= 256 else torch.int16 if num_nodes <= 32768 else torch.int32
 
 
 class _RowHistograms(torch.autograd.Function):
@@ -38,8 +42,8 @@ class _RowHistograms(torch.autograd.Function):
 
     ``out[q, k] = sum_j max(0, 1 - |values[q, j] + offset - k * delta| / delta)``: each value splits its unit mass
     between the two nodes around it; values beyond the end nodes (after ``offset``) count at the end node.
-    Forward and backward run over blocks of rows, so memory is ``O(values)`` plus one block (no
-    ``(rows, columns, nodes)`` tensor, no saved index tensor); the gradient with respect to a value is
+    Forward runs over blocks of rows and keeps only each entry's lower node in a compact integer type, so memory
+    is ``O(values)`` (no ``(rows, columns, nodes)`` tensor); the gradient with respect to a value is
     ``(g[next node] - g[lower node]) / delta``.
     """
 
@@ -47,28 +51,30 @@ class _RowHistograms(torch.autograd.Function):
     def forward(ctx: Any, values: Tensor, offset: float, delta: float, num_nodes: int) -> Tensor:  # type: ignore[override]
         num_rows, num_cols = values.shape
         out = values.new_zeros(num_rows, num_nodes)
+        lower = torch.empty(values.shape, dtype=_compact_index_dtype(num_nodes), device=values.device)
         step = _row_step(num_cols)
         for start in range(0, num_rows, step):
             low, frac = _node_positions(values[start : start + step], offset, delta, num_nodes - 1)
+            lower[start : start + step] = low
             target = out[start : start + step]
             target.scatter_add_(1, low + 1, frac)
             target.scatter_add_(1, low, frac.neg_().add_(1))
-        ctx.save_for_backward(values)
-        ctx.offset, ctx.delta, ctx.num_nodes = offset, delta, num_nodes
+        ctx.save_for_backward(lower)
+        ctx.delta = delta
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, None, None, None]:
-        (values,) = ctx.saved_tensors
+        (lower,) = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None
         # d(weight at lower node)/dx = -1/delta, d(weight at next node)/dx = +1/delta
         slope = (grad_out[:, 1:] - grad_out[:, :-1]) / ctx.delta
-        grad = values.new_empty(values.shape)
-        step = _row_step(values.shape[1])
-        for start in range(0, values.shape[0], step):
-            low, _ = _node_positions(values[start : start + step], ctx.offset, ctx.delta, ctx.num_nodes - 1)
-            torch.gather(slope[start : start + step], 1, low, out=grad[start : start + step])
+        grad = slope.new_empty(lower.shape)
+        step = _row_step(lower.shape[1])
+        for start in range(0, lower.shape[0], step):
+            block = slice(start, start + step)
+            torch.gather(slope[block], 1, lower[block].long(), out=grad[block])
         return grad, None, None, None
 
 
@@ -187,20 +193,18 @@ class FastAPLoss(BaseMetricLossFunction):
         all_hist = _row_histograms(dist, 0.0, delta, self.num_edges)
         rows, cols = torch.nonzero(positive, as_tuple=True)
         pos_hist = _sparse_histograms(pair_values(dist, rows, cols), rows, num_rows, 0.0, delta, self.num_edges)
-        if ref_is_query(labels, ref_labels):
+        batch_is_ref = ref_is_query(labels, ref_labels)
+        if batch_is_ref:
             self_rows = torch.arange(num_rows, device=dist.device)
             all_hist = all_hist - _sparse_histograms(dist.diagonal(), self_rows, num_rows, 0.0, delta, self.num_edges)
-        neg_hist = all_hist - pos_hist
         cum_pos = pos_hist.cumsum(1)
-        cum_all = (pos_hist + neg_hist).cumsum(1)
+        cum_all = all_hist.cumsum(1)  # positives and negatives: every retrieved item
         # Nodes holding no positive mass contribute nothing (and may have H = 0): keep them out of the division.
         has_pos = pos_hist > 0
         ratio = torch.where(has_pos, pos_hist * cum_pos / torch.where(has_pos, cum_all, 1.0), 0.0)
         fast_ap = ratio.sum(1)[queries] / num_pos[queries].to(ratio.dtype)
         values = 1 - fast_ap
-        weights = _miner_weights(
-            indices_tuple, labels.shape[0], values.dtype, values.device, not ref_is_query(labels, ref_labels)
-        )
+        weights = _miner_weights(indices_tuple, labels.shape[0], values.dtype, values.device, not batch_is_ref)
         if weights is not None:
             values = values * weights[queries]
         return {"loss": Terms(values, queries, TermKind.ELEMENT)}

@@ -13,6 +13,7 @@ from ..distances import LpDistance
 from ..indices import pair_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
+from .functional import pair_values
 
 __all__ = ["RankedListLoss"]
 
@@ -33,6 +34,16 @@ def _weighted_mean(values: Tensor, temperature: float, active: Tensor) -> Tensor
     return torch.where(total > 0, weighted / torch.where(total > 0, total, 1.0), 0.0)
 
 
+def _weighted_mean_of_list(values: Tensor, rows: Tensor, num_rows: int, temperature: float) -> Tensor:
+    """The same for a list of entries ``values`` of ``rows`` (all active), per row: ``(num_rows,)``."""
+    logits = values.detach() * temperature
+    shift = logits.new_zeros(num_rows).scatter_reduce_(0, rows, logits, "amax", include_self=False)
+    weights = torch.exp(values * temperature - shift[rows])
+    total = values.new_zeros(num_rows).index_add(0, rows, weights)
+    weighted = values.new_zeros(num_rows).index_add(0, rows, weights * values)
+    return torch.where(total > 0, weighted / torch.where(total > 0, total, 1.0), 0.0)
+
+
 class RankedListLoss(BaseMetricLossFunction):
     """Ranked list loss (Wang, Hua, Kodirov, Hu, Garnier and Robertson, 2019, "Ranked List Loss for Deep
     Metric Learning", CVPR, arXiv:1903.03238).
@@ -49,7 +60,8 @@ class RankedListLoss(BaseMetricLossFunction):
     denominator, which lowers every value slightly, and overflows for large temperatures, hence its warning
     above 5); pairs at distance exactly 0 are not dropped (pytorch-metric-learning ignores a negative that
     coincides with the query, the most violating one); ``ref_emb``/``ref_labels`` and ``indices_tuple`` are
-    supported (a miner's pairs restrict the positive and negative sets) where pytorch-metric-learning rejects them.
+    supported (a miner's pairs restrict the positive and negative sets) where pytorch-metric-learning rejects them;
+    a similarity as ``distance`` is rejected (pytorch-metric-learning would read it as a distance).
 
     Args:
         margin: the gap ``m`` between the positive boundary ``alpha - m`` and the negative boundary ``alpha``,
@@ -108,10 +120,13 @@ class RankedListLoss(BaseMetricLossFunction):
             raise ValueError(message(type(self).__name__, "labels", "given (or an `indices_tuple`)", None))
         mat = self.distance(embeddings, ref_emb)
         positive, negative = pair_masks(indices_tuple, labels, ref_labels, tuple(mat.shape))  # type: ignore[arg-type]
-        # Positives violate beyond alpha - margin, negatives inside alpha; both as positive amounts.
-        pos_excess = mat - (self.alpha - self.margin)
+        # Positives violate beyond alpha - margin, negatives inside alpha; both as positive amounts. The
+        # positives are few: they are scored from their list.
+        rows, cols = torch.nonzero(positive, as_tuple=True)
+        pos_excess = pair_values(mat, rows, cols) - (self.alpha - self.margin)
+        violating = pos_excess > 0
+        pos_part = _weighted_mean_of_list(pos_excess[violating], rows[violating], mat.shape[0], self.Tp)
         neg_shortfall = self.alpha - mat
-        pos_part = _weighted_mean(pos_excess, self.Tp, positive & (pos_excess > 0))
         neg_part = _weighted_mean(neg_shortfall, self.Tn, negative & (neg_shortfall > 0))
         values = (1 - self.imbalance) * pos_part + self.imbalance * neg_part
         anchors = torch.arange(values.shape[0], device=values.device)

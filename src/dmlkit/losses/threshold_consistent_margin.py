@@ -89,8 +89,11 @@ class ThresholdConsistentMarginLoss(BaseMetricLossFunction):
     ) -> Mapping[str, Terms]:
         sims = self.distance(embeddings, ref_emb)
         if indices_tuple is None:
-            positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
-            pos_sims, neg_sims = sims, sims
+            # the few positive pairs from their list, the negatives with a mask over the similarity matrix
+            same, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+            rows, cols = torch.nonzero(same, as_tuple=True)
+            pos_sims, neg_sims = pair_values(sims, rows, cols), sims
+            positive = torch.ones_like(pos_sims, dtype=torch.bool)
         else:
             a1, p, a2, n = self.pairs(labels, indices_tuple, ref_labels)
             pos_sims, neg_sims = pair_values(sims, a1, p), pair_values(sims, a2, n)
