@@ -15,7 +15,7 @@ from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values
 
-__all__ = ["ContrastiveLoss", "contrastive_terms"]
+__all__ = ["ContrastiveLoss", "contrastive_terms", "pair_entries"]
 
 
 class ContrastiveLoss(BaseMetricLossFunction):
