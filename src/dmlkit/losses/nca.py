@@ -74,10 +74,10 @@ class NCALoss(BaseMetricLossFunction):
             logits.fill_diagonal_(float("-inf"))
             same.fill_diagonal_(False)
         rows, cols = torch.nonzero(same, as_tuple=True)
-        # same-label entries are few per row: their log-sum-exp is a segment reduction over the pair list
-        log_same = _segment_logsumexp(pair_values(logits, rows, cols), rows, size)
+        # log p_ij in one fused pass; log p_i sums the few same-label entries of each row over the pair list
+        log_p = torch.log_softmax(logits, dim=1)
         keep = torch.bincount(rows, minlength=size) > 0
-        values = (torch.logsumexp(logits, dim=1) - log_same)[keep]
+        values = -_segment_logsumexp(pair_values(log_p, rows, cols), rows, size)[keep]
         anchors = torch.nonzero(keep).flatten()
         if indices_tuple is not None:
             values = values * _miner_weights(indices_tuple, size, same_set, mat.dtype)[keep]
