@@ -24,7 +24,7 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "miners": ("MINERS", "BaseMiner", ("Miner",)),
 }
 
-BATCH, DIM, CLASSES = 16, 8, 4
+BATCH, DIM, CLASSES = 24, 8, 4
 
 # classes whose every argument has a default, yet that need one of them set (as in pytorch-metric-learning)
 NEEDS_AN_ARGUMENT: dict[str, str] = {
