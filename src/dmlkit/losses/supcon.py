@@ -8,12 +8,11 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import CosineSimilarity
-from ..indices import pair_masks
+from ..indices import pair_masks, ref_is_query
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values
-from .ntxent import _row_logsumexp
 
 __all__ = ["SupConLoss"]
 
@@ -66,9 +65,18 @@ class SupConLoss(BaseMetricLossFunction):
             return {"loss": Terms(mat.new_zeros(0), anchors[:0], TermKind.ELEMENT)}
         scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
         logits = mat * scale
-        denominator = _row_logsumexp(logits, positive | negative)
+        if indices_tuple is None:
+            # from labels, the candidates A(i) are every reference but the query itself
+            if ref_is_query(labels, ref_labels):  # type: ignore[arg-type]
+                logits.fill_diagonal_(float("-inf"))
+        else:
+            candidates = positive | negative
+            # a row without candidates has no positive either; leaving it whole keeps its softmax finite
+            candidates |= ~candidates.any(dim=1, keepdim=True)
+            logits.masked_fill_(~candidates, float("-inf"))
+        # log of each candidate's softmax probability in one fused pass, then the mean over each row's positives
+        log_prob = torch.log_softmax(logits, dim=1)
         rows, cols = torch.nonzero(positive, as_tuple=True)
-        num_pos = torch.bincount(rows, minlength=mat.shape[0])
-        pos_sum = logits.new_zeros(mat.shape[0]).index_add(0, rows, pair_values(logits, rows, cols))
-        values = torch.where(num_pos > 0, denominator - pos_sum / num_pos.clamp(min=1), logits.new_zeros(()))
-        return {"loss": Terms(values, anchors, TermKind.ELEMENT)}
+        num_pos = torch.bincount(rows, minlength=mat.shape[0]).clamp(min=1)
+        pos_sum = logits.new_zeros(mat.shape[0]).index_add(0, rows, pair_values(log_prob, rows, cols))
+        return {"loss": Terms(-pos_sum / num_pos, anchors, TermKind.ELEMENT)}
