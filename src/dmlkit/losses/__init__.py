@@ -3,12 +3,59 @@
 from __future__ import annotations
 
 from ..registry import Registry
+from .angular import AngularLoss
 from .base import BaseMetricLossFunction
+from .circle import CircleLoss
+from .contrastive import ContrastiveLoss
+from .dynamic_soft_margin import DynamicSoftMarginLoss
+from .fast_ap import FastAPLoss
+from .generalized_lifted_structure import GeneralizedLiftedStructureLoss
+from .histogram import HistogramLoss
+from .instance import InstanceLoss
+from .intra_pair_variance import IntraPairVarianceLoss
+from .lifted_structure import LiftedStructureLoss
+from .margin import MarginLoss
+from .multi_similarity import MultiSimilarityLoss
+from .n_pairs import NPairsLoss
+from .nca import NCALoss
+from .ntxent import NTXentLoss
+from .pnp import PNPLoss, PNPVariant
+from .ranked_list import RankedListLoss
+from .smooth_ap import SmoothAPLoss
+from .snr_contrastive import SignalToNoiseRatioContrastiveLoss
+from .supcon import SupConLoss
+from .threshold_consistent_margin import ThresholdConsistentMarginLoss
 from .triplet_margin import TripletMarginLoss
+from .tuplet_margin import TupletMarginLoss
+from .vicreg import VICRegLoss
 
 __all__ = [
     "BaseMetricLossFunction",
+    "AngularLoss",
+    "CircleLoss",
+    "ContrastiveLoss",
+    "DynamicSoftMarginLoss",
+    "FastAPLoss",
+    "GeneralizedLiftedStructureLoss",
+    "HistogramLoss",
+    "InstanceLoss",
+    "IntraPairVarianceLoss",
+    "LiftedStructureLoss",
+    "MarginLoss",
+    "MultiSimilarityLoss",
+    "NCALoss",
+    "NPairsLoss",
+    "NTXentLoss",
+    "PNPLoss",
+    "RankedListLoss",
+    "SignalToNoiseRatioContrastiveLoss",
+    "SmoothAPLoss",
+    "SupConLoss",
+    "ThresholdConsistentMarginLoss",
     "TripletMarginLoss",
+    "TupletMarginLoss",
+    "VICRegLoss",
+    "PNPVariant",
     "LOSSES",
     # loss wrappers, re-exported lazily from dmlkit.wrappers under pytorch-metric-learning's import path
     "CrossBatchMemory",
@@ -19,7 +66,30 @@ __all__ = [
 LOSSES: Registry[BaseMetricLossFunction] = Registry(
     "loss",
     {
+        "angular": AngularLoss,
+        "circle": CircleLoss,
+        "contrastive": ContrastiveLoss,
+        "dynamic_soft_margin": DynamicSoftMarginLoss,
+        "fast_ap": FastAPLoss,
+        "generalized_lifted_structure": GeneralizedLiftedStructureLoss,
+        "histogram": HistogramLoss,
+        "instance": InstanceLoss,
+        "intra_pair_variance": IntraPairVarianceLoss,
+        "lifted_structure": LiftedStructureLoss,
+        "margin": MarginLoss,
+        "multi_similarity": MultiSimilarityLoss,
+        "n_pairs": NPairsLoss,
+        "nca": NCALoss,
+        "ntxent": NTXentLoss,
+        "pnp": PNPLoss,
+        "ranked_list": RankedListLoss,
+        "signal_to_noise_ratio_contrastive": SignalToNoiseRatioContrastiveLoss,
+        "smooth_ap": SmoothAPLoss,
+        "sup_con": SupConLoss,
+        "threshold_consistent_margin": ThresholdConsistentMarginLoss,
         "triplet_margin": TripletMarginLoss,
+        "tuplet_margin": TupletMarginLoss,
+        "vicreg": VICRegLoss,
     },
 )
 

@@ -152,7 +152,7 @@ class BaseMetricLossFunction(nn.Module):
         if bool((pool == pool[0]).all()):
             warnings.warn(
                 f"{type(self).__name__}: every label in the batch is {int(pool[0])}, so there are no negative "
-                "pairs and the loss is 0. Sample several classes per batch (e.g. MPerClassSampler).",
+                "pairs and every term that needs one is empty. Sample several classes per batch (e.g. MPerClassSampler).",
                 stacklevel=5,
             )
 

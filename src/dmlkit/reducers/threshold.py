@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .._validation import check_range, message
@@ -39,12 +40,15 @@ class ThresholdReducer(BaseReducer):
 
     def reduce(self, terms: Terms, embeddings: Tensor, labels: Tensor | None) -> Tensor:
         values = terms.values
-        keep = values == values  # all True, same device
+        keep: Tensor | None = None
         if self.low is not None:
-            keep = keep & (values > self.low)
+            keep = values > self.low
         if self.high is not None:
-            keep = keep & (values < self.high)
+            below = values < self.high
+            keep = below if keep is None else keep & below
+        assert keep is not None  # the constructor requires a bound
         count = keep.sum()
         if int(count) == 0:
             return zero_loss(embeddings)
-        return values[keep].sum() / count
+        # A masked sum: boolean indexing would gather (and scatter back) millions of values.
+        return torch.where(keep, values, values.new_zeros(())).sum() / count
