@@ -151,8 +151,9 @@ class BaseMetricLossFunction(nn.Module):
         pool = labels if ref_labels is None or ref_labels is labels else torch.cat([labels, ref_labels])
         if bool((pool == pool[0]).all()):
             warnings.warn(
-                f"{type(self).__name__}: every label in the batch is {int(pool[0])}, so there are no negative "
-                "pairs and every term that needs one is empty. Sample several classes per batch (e.g. MPerClassSampler).",
+                f"{type(self).__name__}: every label in the batch is {int(pool[0])}, so there are no "
+                "negative pairs and every term that needs one is empty. Sample several classes per batch "
+                "(e.g. MPerClassSampler).",
                 stacklevel=5,
             )
 
