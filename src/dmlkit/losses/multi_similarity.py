@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import CosineSimilarity
-from ..indices import label_masks, pair_masks
+from ..indices import pair_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values
@@ -69,10 +69,7 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
     ) -> Mapping[str, Terms]:
         mat = self.distance(embeddings, ref_emb)
         size = mat.shape[0]
-        if indices_tuple is None:
-            positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
-        else:
-            positive, negative = pair_masks(indices_tuple, labels, ref_labels, (size, mat.shape[1]))
+        positive, negative = pair_masks(indices_tuple, labels, ref_labels, (size, mat.shape[1]))
         # margin(x, base) is base - S for similarities (S - base for distances): large when a positive is far.
         # Positives are few per anchor: their sum runs over the pair list, not over a masked matrix.
         rows, cols = torch.nonzero(positive, as_tuple=True)

@@ -40,8 +40,8 @@ class TupletMarginLoss(BaseMetricLossFunction):
 
         log(1 + sum_{n in N_a} exp(scale * (cos(theta_an) - cos(theta_ap - margin))))
 
-    The margin ``beta`` (given in degrees) makes the positive count as if it were ``margin`` degrees
-    closer, so a negative must stay at least that much farther than the positive to stop contributing. A
+    The margin (the paper's ``beta``, given in degrees) makes the positive count as if it were ``margin``
+    degrees closer, so a negative must stay at least that much farther than the positive to stop contributing. A
     pair whose anchor has no negative contributes 0. The sum over negatives is one log-sum-exp per anchor
     (memory: one ``(batch, reference)`` matrix, never one row of negatives per positive pair), so large
     ``scale`` stays finite. The paper's intra-pair variance term is the separate ``IntraPairVarianceLoss``.
