@@ -28,6 +28,9 @@ def test_train_end_to_end_writes_the_run_folder(tmp_path: Path, capsys: pytest.C
     assert metrics["format_version"] == 1 and len(metrics["history"]) == 1
     map_r = metrics["after"]["mean_average_precision_at_r"]
     assert lines[header + 3].split()[2] == f"{map_r:.4f}"
+    raw_map_r = metrics["raw_input"]["mean_average_precision_at_r"]
+    assert lines[header + 4].startswith("For reference, the raw input features (no model): Precision@1 ")
+    assert lines[header + 4].endswith(f"MAP@R {raw_map_r:.4f}")
     config = json.loads((folder / "config.json").read_text())
     assert config["seed"] == 3 and config["out_dir"] == str(tmp_path / "runs") and config["run_name"] == "smoke"
 

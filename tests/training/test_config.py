@@ -16,6 +16,7 @@ def test_defaults_are_the_demo() -> None:
     assert config.sampler.batch_size % config.sampler.m == 0
     assert config.sampler.batch_size <= config.sampler.m * len(config.data.train_classes)
     assert config.device == "cpu" and config.out_dir == "runs"
+    assert config.instance.weight > 0 and config.instance.temperature > 0 and config.instance.noise > 0
     config.validate()
 
 
@@ -210,3 +211,24 @@ def test_value_range_errors() -> None:
         TrainConfig().apply_overrides(["data.test_classes=[4, 5]"])
     with pytest.raises(ValueError, match=r"`data\.train_classes` must be a non-empty list of classes, got \[\]\."):
         TrainConfig().apply_overrides(["data.train_classes=[]"])
+
+
+@pytest.mark.parametrize(
+    ("override", "rule"),
+    [
+        ("instance.weight=-1", r"`instance\.weight` must be a number >= 0\.0, got -1\.0\."),
+        ("instance.temperature=0", r"`instance\.temperature` must be a number > 0\.0, got 0\.0\."),
+        ("instance.noise=-0.1", r"`instance\.noise` must be a number >= 0\.0, got -0\.1\."),
+    ],
+)
+def test_instance_range_errors(override: str, rule: str) -> None:
+    with pytest.raises(ValueError, match=rf"^TrainConfig: {rule}$"):
+        TrainConfig().apply_overrides([override])
+
+
+def test_instance_values_are_numbers_and_ints_become_floats() -> None:
+    config = TrainConfig().apply_overrides(["instance.weight=0", "instance.noise=1"])
+    assert config.instance.weight == 0.0 and isinstance(config.instance.weight, float)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(TypeError, match=r"^TrainConfig: `instance\.weight` must be a number, got 'high'\.$"):
+        TrainConfig().apply_overrides(["instance.weight=high"])

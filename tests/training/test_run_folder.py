@@ -75,9 +75,10 @@ def test_run_folder_contents(saved: dict[str, Path], tiny_run: tuple[TrainConfig
     assert sorted(p.name for p in saved["config"].parent.iterdir()) == ["checkpoint.pt", "config.json", "metrics.json"]
     assert TrainConfig.from_dict(load_json(saved["config"])) == config
     metrics = load_json(saved["metrics"])
-    keys = {"format_version", "before", "after", "history", "num_train", "num_test", "seconds", "versions"}
+    keys = {"format_version", "before", "after", "raw_input", "history", "num_train", "num_test", "seconds", "versions"}
     assert set(metrics) == keys
     assert metrics["before"] == result.before and metrics["after"] == result.after
+    assert metrics["raw_input"] == result.raw_input and set(result.raw_input) == set(result.after)
     assert set(metrics["after"]) == {"precision_at_1", "r_precision", "mean_average_precision_at_r"}
     assert metrics["history"] == result.history and set(metrics["versions"]) == {"dmlkit", "torch", "numpy", "python"}
     checkpoint = load_checkpoint(saved["checkpoint"])

@@ -1,4 +1,4 @@
-"""Data sets and class-disjoint splits (layer 5).
+"""Data sets, class-disjoint splits and random views for instance discrimination (layer 5).
 
 A data set is a pair ``(features, labels)`` of tensors; wrap a split in ``torch.utils.data.TensorDataset``:
 
@@ -20,8 +20,9 @@ from torch import Tensor
 from .._validation import close_matches_hint
 from .digits import load_digits
 from .splits import class_disjoint_split, split_by_classes
+from .views import noisy_view
 
-__all__ = ["load_digits", "load_dataset", "DATASET_NAMES", "class_disjoint_split", "split_by_classes"]
+__all__ = ["load_digits", "load_dataset", "DATASET_NAMES", "class_disjoint_split", "split_by_classes", "noisy_view"]
 
 _LOADERS: dict[str, Callable[[], tuple[Tensor, Tensor]]] = {"digits": load_digits}
 

@@ -1,4 +1,5 @@
-"""The training loop: class-balanced batches, mining, a metric loss, and retrieval before and after training."""
+"""The training loop: class-balanced batches, mining, a metric loss (plus an optional instance-discrimination
+term on two noisy views), and retrieval before and after training."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import class_disjoint_split, load_dataset
+from ..data import class_disjoint_split, load_dataset, noisy_view
 from ..evaluation import retrieval_metrics
 from ..losses import LOSSES
+from ..losses.ntxent import NTXentLoss
 from ..miners import MINERS
 from ..samplers import MPerClassSampler
 from ..types import Pairs
@@ -36,8 +38,10 @@ class TrainResult:
         loss_fn: the loss module (it may hold learned parameters, e.g. proxies).
         before: retrieval metrics of the untrained model on the test classes.
         after: the same metrics after training.
-        history: one entry per epoch: ``epoch``, mean ``loss``, mean number of ``mined`` tuples per batch
-            (``None`` without a miner).
+        history: one entry per epoch: ``epoch``, mean ``loss`` (the total), mean ``instance_loss`` (the
+            unweighted instance-discrimination term; ``None`` when it is off), mean number of ``mined`` tuples
+            per batch (``None`` without a miner).
+        raw_input: the same metrics on the input features themselves (no model), for context.
         num_train: training samples. num_test: test samples. seconds: wall time of the whole run.
     """
 
@@ -50,6 +54,7 @@ class TrainResult:
     num_train: int = 0
     num_test: int = 0
     seconds: float = 0.0
+    raw_input: dict[str, float] = field(default_factory=dict)
 
 
 def embed(model: nn.Module, features: Tensor, batch_size: int = 1024, device: str | torch.device = "cpu") -> Tensor:
@@ -86,6 +91,10 @@ def evaluate(
         "A Metric Learning Reality Check", arXiv:2003.08505).
     """
     emb = embed(model, features, batch_size, device)
+    return _retrieval(emb, labels, distance)
+
+
+def _retrieval(emb: Tensor, labels: Tensor, distance: str) -> dict[str, float]:
     metrics = retrieval_metrics(emb, labels, emb, labels, ref_includes_query=True, distance=distance)
     return {key: float(metrics[key]) for key in METRICS}
 
@@ -94,8 +103,13 @@ def train(config: TrainConfig | None = None, *, progress: bool = True) -> TrainR
     """Train an embedding network as ``config`` says and measure retrieval on the unseen test classes.
 
     The run is reproducible: the model's initialisation uses ``torch.manual_seed(config.seed)`` inside a
-    forked random state (the caller's global generator is left untouched), and ``MPerClassSampler`` draws
-    batches from its own generator seeded with ``config.seed`` and the epoch.
+    forked random state (the caller's global generator is left untouched), ``MPerClassSampler`` draws
+    batches from its own generator seeded with ``config.seed`` and the epoch, and the noise of the views
+    comes from a generator seeded with ``config.seed``.
+
+    With ``config.instance.weight > 0`` every batch is embedded twice, each time with fresh Gaussian pixel
+    noise; the metric loss (and the miner) see the first view and ``weight * NTXentLoss`` treats the two views
+    of each sample as its only positive pair (see :class:`~dmlkit.training.config.InstanceConfig`).
 
     Args:
         config: the configuration; the ``dmlkit train`` demo when None.
@@ -142,6 +156,12 @@ def train(config: TrainConfig | None = None, *, progress: bool = True) -> TrainR
             OPTIMIZERS, config.optimizer.name, config.optimizer.params, "optimizer", params=parameters
         )
         before = evaluate(model, x_test, y_test, **eval_kwargs)
+        raw_input = _retrieval(x_test, y_test, config.evaluation.distance)
+        instance = config.instance
+        instance_loss = NTXentLoss(temperature=instance.temperature) if instance.weight > 0 else None
+        noise = torch.Generator(device=device).manual_seed(config.seed)
+        # noisy views stay within the range of the training features (pixel intensities, for images)
+        value_range = {"low": float(x_train.min()), "high": float(x_train.max())}
 
         iterations = config.iterations_per_epoch or max(1, len(train_idx) // config.sampler.batch_size)
         sampler = MPerClassSampler(
@@ -158,12 +178,23 @@ def train(config: TrainConfig | None = None, *, progress: bool = True) -> TrainR
             for epoch in range(config.epochs):
                 sampler.set_epoch(epoch)
                 losses: list[float] = []
+                instance_losses: list[float] = []
                 mined: list[int] = []
                 for x, y in loader:
                     x, y = x.to(device), y.to(device)
-                    emb = model(x)
+                    view = x
+                    if instance_loss is not None:
+                        view = noisy_view(x, instance.noise, generator=noise, **value_range)
+                    emb = model(view)
                     tuples = None if miner is None else miner(emb, y)
                     loss = loss_fn(emb, y, tuples)
+                    if instance_loss is not None:
+                        second = model(noisy_view(x, instance.noise, generator=noise, **value_range))
+                        # each sample's two views share a label that no other sample of the batch has
+                        ids = torch.arange(len(x), device=device).repeat(2)
+                        term = instance_loss(torch.cat([emb, second]), ids)
+                        instance_losses.append(float(term.detach()))
+                        loss = loss + instance.weight * term
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -178,6 +209,7 @@ def train(config: TrainConfig | None = None, *, progress: bool = True) -> TrainR
                     {
                         "epoch": epoch + 1,
                         "loss": sum(losses) / len(losses),
+                        "instance_loss": sum(instance_losses) / len(instance_losses) if instance_losses else None,
                         "mined": sum(mined) / len(mined) if mined else None,
                     }
                 )
@@ -193,6 +225,7 @@ def train(config: TrainConfig | None = None, *, progress: bool = True) -> TrainR
         num_train=len(train_idx),
         num_test=len(test_idx),
         seconds=time.perf_counter() - start,
+        raw_input=raw_input,
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["METRIC_LABELS", "format_report"]
+__all__ = ["METRIC_LABELS", "format_raw_input", "format_report"]
 
 #: how each metric is shown, in report order.
 METRIC_LABELS: Mapping[str, str] = {
@@ -39,6 +39,18 @@ def format_report(before: Mapping[str, float], after: Mapping[str, float], title
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [f"{r[0]:<{widths[0]}}  " + "  ".join(f"{r[i]:>{widths[i]}}" for i in range(1, 4)) for r in rows]
     return "\n".join(([title] if title else []) + lines)
+
+
+def format_raw_input(metrics: Mapping[str, float]) -> str:
+    """One line with the metrics of the input features themselves, the reference an embedding should beat.
+
+    Example:
+        >>> print(format_raw_input({"precision_at_1": 0.99, "mean_average_precision_at_r": 0.61}))
+        For reference, the raw input features (no model): Precision@1 0.9900, MAP@R 0.6100
+    """
+    keys = [k for k in METRIC_LABELS if k in metrics] + [k for k in metrics if k not in METRIC_LABELS]
+    values = ", ".join(f"{METRIC_LABELS.get(k, k)} {_fmt(metrics[k])}" for k in keys)
+    return f"For reference, the raw input features (no model): {values}"
 
 
 def _fmt(value: float | None) -> str:

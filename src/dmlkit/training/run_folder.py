@@ -172,6 +172,7 @@ def save_run(folder: str | os.PathLike[str], config: TrainConfig, result: TrainR
     metrics = {
         "before": result.before,
         "after": result.after,
+        "raw_input": result.raw_input,
         "history": result.history,
         "num_train": result.num_train,
         "num_test": result.num_test,
