@@ -12,6 +12,7 @@ from torch import Tensor
 
 from dmlkit.distances import CosineSimilarity, LpDistance
 from dmlkit.indices import all_pairs
+from dmlkit.losses import angular as angular_module
 from dmlkit.losses.angular import AngularLoss
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.reducers import SumReducer
@@ -119,6 +120,60 @@ def test_gradcheck_with_miner_triplets() -> None:
     assert bool((labels[a] == labels[p]).all()) and bool((labels[a] != labels[triplets[2]]).all())
     loss_fn = AngularLoss()
     assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels, triplets), (emb.requires_grad_(),))
+
+
+# --------------------------------------------------------------------------------------------- blocked log-sum-exp
+
+
+def _plain_log1p_sum_exp_rows(
+    centres: Tensor, bias: Tensor, ref_rows: Tensor, scale: float, row_labels: Tensor, ref_labels: Tensor
+) -> Tensor:
+    """The plain autograd expression that the blocked function replaces."""
+    logits = scale * centres @ ref_rows.T + bias.unsqueeze(1)
+    logits = logits.masked_fill(row_labels.unsqueeze(1) == ref_labels.unsqueeze(0), float("-inf"))
+    zeros = logits.new_zeros(logits.shape[0], 1)
+    return torch.logsumexp(torch.cat([logits, zeros], dim=1), dim=1)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7, 1 << 22])
+def test_blocked_log_sum_exp_equals_plain_expression(chunk_elements: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(angular_module, "_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(9, 4, generator=g, dtype=torch.float64)
+    bias = torch.randn(9, generator=g, dtype=torch.float64)
+    ref_rows = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    row_labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 0, 1])
+    ref_labels = torch.tensor([0, 1, 1, 2, 0, 2])  # label 3 has no match: those rows keep every column
+    # and a row whose every column matches its label: nothing kept, value log(1) = 0
+    ref_labels_one_class = torch.zeros(6, dtype=torch.long)
+    upstream = torch.randn(9, generator=g, dtype=torch.float64)
+    for labels_of_ref in (ref_labels, ref_labels_one_class):
+        results = []
+        for fn in (angular_module._log1p_sum_exp_rows, _plain_log1p_sum_exp_rows):
+            inputs = [t.clone().requires_grad_() for t in (centres, bias, ref_rows)]
+            out = fn(inputs[0], inputs[1], inputs[2], 3.0, row_labels, labels_of_ref)
+            (out * upstream).sum().backward()
+            results.append((out, *(t.grad for t in inputs)))
+        for ours, plain in zip(*results, strict=True):
+            torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
+
+
+def test_gradcheck_blocked_log_sum_exp_with_one_row_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(angular_module, "_CHUNK_ELEMENTS", 1)
+    emb, labels = _batch(1, n=6, d=3, classes=2)
+    loss_fn = AngularLoss(alpha=50)
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(),))
+
+
+@pytest.mark.parametrize("num_pairs", [5, 400])  # few pairs: sorted keys; many: a mark per matrix cell
+def test_distinct_pairs(num_pairs: int) -> None:
+    g = torch.Generator().manual_seed(num_pairs)
+    a = torch.randint(0, 6, (num_pairs,), generator=g)
+    p = torch.randint(0, 7, (num_pairs,), generator=g)
+    a_u, p_u, inverse = angular_module._distinct_pairs(a, p, 6, 7)
+    pairs = list(zip(a_u.tolist(), p_u.tolist(), strict=True))
+    assert pairs == sorted(set(zip(a.tolist(), p.tolist(), strict=True)))
+    assert torch.equal(a_u[inverse], a) and torch.equal(p_u[inverse], p)
 
 
 # --------------------------------------------------------------------------------------------- edge cases

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import Described, check_range, message
-from ..indices import label_masks
+from ..indices import label_masks, ref_is_query
 from ..reducers import DivisorReducer
 from ..types import TermKind, Terms, empty_index
 from .base import BaseMetricLossFunction
@@ -30,7 +30,8 @@ class MarginLoss(BaseMetricLossFunction):
     pytorch-metric-learning the pairs come in triplets (all of them, ``triplets_per_anchor`` random ones per
     anchor, or a miner's), so a pair counts once per triplet it is in. The default reducer divides the sum
     over the triplets by the number of non-zero hinges (positive and negative counted apart), the paper's
-    average over the pairs that violate the margin.
+    average over the pairs that violate the margin. With that reducer and all triplets, each (anchor,
+    reference) hinge is weighted by the number of triplets it is in, so the triplets are never listed.
 
     With ``learn_beta`` the boundary is an ``nn.Parameter`` trained with the embeddings (give it to the
     optimiser: ``loss.parameters()``); with ``num_classes`` there is one boundary per class, picked by the
@@ -194,24 +195,33 @@ class MarginLoss(BaseMetricLossFunction):
         negative hinge of ``(a, n)`` once per positive of ``a``; so do their non-zero counts. The group holds one
         weighted sum per anchor, whose total and divisor equal those of the per-triplet values.
         """
-        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
-        dtype = mat.dtype
-        num_pos = positive.sum(dim=1)
-        num_neg = negative.sum(dim=1)
+        assert labels is not None  # the base requires labels when there is no indices_tuple
+        same_set = ref_is_query(labels, ref_labels)
+        ref = labels if ref_labels is None else ref_labels
+        num_pos, num_neg = _label_counts(labels, ref, same_set)
         per_anchor = num_pos * num_neg
         if int(per_anchor.sum()) == 0:
             return self._empty(mat)
-        row_beta = beta[labels] if self.num_classes is not None else beta.expand(mat.shape[0])  # type: ignore[index]
-        col_beta = row_beta.unsqueeze(1)
-        pos = self._pos_hinge(mat, col_beta)
-        neg = self._neg_hinge(mat, col_beta)
-        zero = mat.new_zeros(())
-        pos_sums = torch.where(positive, pos, zero).sum(dim=1)
-        neg_sums = torch.where(negative, neg, zero).sum(dim=1)
-        sums = pos_sums * num_neg.to(dtype) + neg_sums * num_pos.to(dtype)
-        # integer counts: a float32 sum of tens of millions of ones would not be exact
-        pos_active = (positive & (pos > 0)).sum(dim=1)
-        neg_active = (negative & (neg > 0)).sum(dim=1)
+        dtype = mat.dtype
+        positive = labels.unsqueeze(1) == ref.unsqueeze(0)
+        if same_set:
+            positive.fill_diagonal_(False)
+        row_beta = beta[labels] if self.num_classes is not None else beta.expand(mat.shape[0])
+        # One hinge per cell: relu(margin(d, beta) + m) on positive pairs, relu(margin(beta, d) + m) =
+        # relu(-margin(d, beta) + m) elsewhere, each weighted by how many triplets it is in.
+        pos_float = positive.to(dtype)
+        sign = pos_float * 2 - 1
+        hinge = (self.distance.margin(mat, row_beta.unsqueeze(1)) * sign).add_(self.margin).relu_()
+        weight = pos_float.mul_((num_neg - num_pos).to(dtype).unsqueeze(1)).add_(num_pos.to(dtype).unsqueeze(1))
+        if same_set:
+            weight.fill_diagonal_(0)  # an element and itself form no pair
+        sums = (hinge * weight).sum(dim=1)
+        # integer counts (a float32 sum of tens of millions of ones would not be exact)
+        active = hinge > 0
+        pos_active = (active & positive).sum(dim=1, dtype=torch.int32).long()
+        neg_active = active.sum(dim=1, dtype=torch.int32).long() - pos_active
+        if same_set:
+            neg_active -= active.diagonal().long()
         divisor = (pos_active * num_neg).sum() + (neg_active * num_pos).sum()
         anchors = torch.arange(mat.shape[0], device=mat.device)
         terms = {"margin_loss": Terms(sums, anchors, TermKind.TRIPLET, divisor)}
@@ -221,3 +231,12 @@ class MarginLoss(BaseMetricLossFunction):
         else:
             terms["beta_reg_loss"] = self._beta_penalty(beta, anchors, divisor, mat)
         return terms
+
+
+def _label_counts(labels: Tensor, ref_labels: Tensor, same_set: bool) -> tuple[Tensor, Tensor]:
+    """Per query element, its number of positives and of negatives in the reference (from sorted labels,
+    without a (query x reference) pass)."""
+    sorted_ref = torch.sort(ref_labels).values
+    same = torch.searchsorted(sorted_ref, labels, right=True) - torch.searchsorted(sorted_ref, labels)
+    num_neg = ref_labels.shape[0] - same
+    return (same - 1 if same_set else same), num_neg

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import Described, check_embeddings, check_range, message
+from .._validation import Described, check_range, message
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 
@@ -96,9 +96,9 @@ class VICRegLoss(BaseMetricLossFunction):
             raise ValueError(
                 message(name, "ref_emb", "given: the second view, row i pairing with row i of `embeddings`", None)
             )
-        check_embeddings(name, embeddings)
-        check_embeddings(name, ref_emb, "ref_emb")
-        if ref_emb.shape != embeddings.shape:
+        # the base validates both tensors; only what it cannot know is checked here
+        both_tensors = isinstance(embeddings, Tensor) and isinstance(ref_emb, Tensor)
+        if both_tensors and embeddings.ndim == 2 and ref_emb.shape != embeddings.shape:
             raise ValueError(
                 message(
                     name,
@@ -107,7 +107,7 @@ class VICRegLoss(BaseMetricLossFunction):
                     Described(f"shape {tuple(ref_emb.shape)}"),
                 )
             )
-        if embeddings.shape[0] < 2:
+        if both_tensors and embeddings.ndim == 2 and embeddings.shape[0] < 2:
             raise ValueError(
                 message(
                     name,
@@ -129,7 +129,7 @@ class VICRegLoss(BaseMetricLossFunction):
         n, d = embeddings.shape
         rows = torch.arange(n, device=embeddings.device)
         dims = torch.arange(d, device=embeddings.device)
-        invariance = (embeddings - ref_emb).pow(2).mean(dim=1) * self.invariance_lambda
+        invariance = F.mse_loss(embeddings, ref_emb, reduction="none").mean(dim=1) * self.invariance_lambda
         covariance = (self._covariance_penalty(embeddings) + self._covariance_penalty(ref_emb)) * self.covariance_v
         return {
             "invariance_loss": Terms(invariance, rows, TermKind.ELEMENT),
