@@ -163,6 +163,28 @@ def test_summed_path_equals_per_triplet_path(num_classes: int | None, with_ref: 
         torch.testing.assert_close(r1, r2, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("num_classes", [None, 3])
+@pytest.mark.parametrize("per_anchor", [1, 40])  # few triplets: gathered one by one; many: counted per cell
+def test_summed_path_for_given_triplets_equals_per_triplet_path(num_classes: int | None, per_anchor: int) -> None:
+    emb, labels = _batch(12, n=12)
+    drawn = random_triplets(labels, t_per_anchor=per_anchor, generator=torch.Generator().manual_seed(0))
+    assert (2 * drawn.anchors.numel() >= emb.shape[0] ** 2) is (per_anchor == 40)
+    beta = _class_beta(num_classes or 1)
+    results = []
+    for reducer in (DivisorReducer(), _PlainDivisor()):
+        loss_fn = _with_beta(MarginLoss(nu=0.2, learn_beta=True, num_classes=num_classes, reducer=reducer), beta)
+        x = emb.clone().requires_grad_()
+        loss = loss_fn(x, labels, tuple(drawn))
+        loss.backward()
+        results.append((loss, x.grad, loss_fn.beta.grad))
+    for ours, plain in zip(*results, strict=True):
+        torch.testing.assert_close(ours, plain, rtol=0, atol=1e-12)
+    stored = _with_beta(MarginLoss(learn_beta=True, num_classes=num_classes), beta).beta.tolist()  # float32
+    triplets = _triplet_list(drawn)
+    expected = ref.margin_loss(emb, labels, 0.2, stored, nu=0.2, learn_beta=True, triplets=triplets)
+    assert results[0][0].item() == pytest.approx(expected, rel=1e-10)
+
+
 # --------------------------------------------------------------------------------------------- learnable beta
 
 

@@ -30,8 +30,9 @@ class MarginLoss(BaseMetricLossFunction):
     pytorch-metric-learning the pairs come in triplets (all of them, ``triplets_per_anchor`` random ones per
     anchor, or a miner's), so a pair counts once per triplet it is in. The default reducer divides the sum
     over the triplets by the number of non-zero hinges (positive and negative counted apart), the paper's
-    average over the pairs that violate the margin. With that reducer and all triplets, each (anchor,
-    reference) hinge is weighted by the number of triplets it is in, so the triplets are never listed.
+    average over the pairs that violate the margin. With that reducer, all triplets (or a miner's, when they
+    are many) are not scored one by one: each (anchor, reference) hinge is weighted by the number of triplets
+    it is in.
 
     With ``learn_beta`` the boundary is an ``nn.Parameter`` trained with the embeddings (give it to the
     optimiser: ``loss.parameters()``); with ``num_classes`` there is one boundary per class, picked by the
@@ -115,13 +116,17 @@ class MarginLoss(BaseMetricLossFunction):
             self._check_class_labels(labels)
         beta = self.beta.to(device=embeddings.device, dtype=embeddings.dtype)
         mat = self.distance(embeddings, ref_emb)
+        # The default reducer only needs sums and counts, which need no list of triplets.
+        summed = type(self.reducer) is DivisorReducer
         if indices_tuple is None and self.triplets_per_anchor == "all":
-            if type(self.reducer) is DivisorReducer:
+            if summed:
                 return self._all_triplets_summed(mat, beta, labels, ref_labels)
             return self._all_triplets(mat, beta, labels, ref_labels)
         a, p, n = self.triplets(labels, indices_tuple, ref_labels, self.triplets_per_anchor, self.generator)
         if a.numel() == 0:
             return self._empty(embeddings)
+        if summed and 2 * a.numel() >= mat.numel():
+            return self._given_triplets_summed(mat, beta, labels, a, p, n)
         anchor_beta = beta[labels[a]] if per_class else beta  # type: ignore[index]
         pos = self._pos_hinge(pair_values(mat, a, p), anchor_beta)
         neg = self._neg_hinge(pair_values(mat, a, n), anchor_beta)
@@ -215,7 +220,7 @@ class MarginLoss(BaseMetricLossFunction):
         weight = pos_float.mul_((num_neg - num_pos).to(dtype).unsqueeze(1)).add_(num_pos.to(dtype).unsqueeze(1))
         if same_set:
             weight.fill_diagonal_(0)  # an element and itself form no pair
-        sums = (hinge * weight).sum(dim=1)
+        sums = _row_dot(hinge, weight)
         # integer counts (a float32 sum of tens of millions of ones would not be exact)
         active = hinge > 0
         pos_active = (active & positive).sum(dim=1, dtype=torch.int32).long()
@@ -231,6 +236,40 @@ class MarginLoss(BaseMetricLossFunction):
         else:
             terms["beta_reg_loss"] = self._beta_penalty(beta, anchors, divisor, mat)
         return terms
+
+    def _given_triplets_summed(
+        self, mat: Tensor, beta: Tensor, labels: Tensor | None, a: Tensor, p: Tensor, n: Tensor
+    ) -> dict[str, Terms]:
+        """Many given triplets (as many as half the matrix cells or more) for a divisor reduction.
+
+        Each (anchor, reference) hinge is weighted by how many triplets list it as their positive pair, or as
+        their negative pair; counting them is one pass over the triplets, and the rest is dense, without
+        gathering or scattering a value per triplet.
+        """
+        num_rows, num_cols = mat.shape
+        dtype = mat.dtype
+        pos_count = torch.bincount(torch.add(p, a, alpha=num_cols), minlength=mat.numel()).view(mat.shape)
+        neg_count = torch.bincount(torch.add(n, a, alpha=num_cols), minlength=mat.numel()).view(mat.shape)
+        row_beta = beta[labels] if self.num_classes is not None else beta.expand(num_rows)  # type: ignore[index]
+        excess = self.distance.margin(mat, row_beta.unsqueeze(1))
+        pos = (excess + self.margin).relu_()
+        neg = (self.margin - excess).relu_()
+        sums = _row_dot(pos, pos_count.to(dtype)) + _row_dot(neg, neg_count.to(dtype))
+        # integer counts (a float32 sum of tens of millions of ones would not be exact)
+        divisor = pos_count.masked_fill_(pos <= 0, 0).sum() + neg_count.masked_fill_(neg <= 0, 0).sum()
+        anchors = torch.arange(num_rows, device=mat.device)
+        terms = {"margin_loss": Terms(sums, anchors, TermKind.TRIPLET, divisor)}
+        if self.learn_beta and self.num_classes is not None:
+            per_anchor = torch.bincount(a, minlength=num_rows).to(dtype)
+            terms["beta_reg_loss"] = Terms(row_beta * self.nu * per_anchor, anchors, TermKind.ELEMENT, divisor)
+        else:
+            terms["beta_reg_loss"] = self._beta_penalty(beta, anchors, divisor, mat)
+        return terms
+
+
+def _row_dot(x: Tensor, y: Tensor) -> Tensor:
+    """``(x * y).sum(dim=1)`` as batched dot products, without the product matrix."""
+    return torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1)
 
 
 def _label_counts(labels: Tensor, ref_labels: Tensor, same_set: bool) -> tuple[Tensor, Tensor]:
