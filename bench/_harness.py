@@ -42,17 +42,33 @@ def measure(step: Callable[[], Any], repeats: int = 5, budget_s: float = 20.0) -
     return {"seconds": statistics.median(timed), "peak_extra_mib": peak}
 
 
-def run_case_in_subprocess(module: str, case: dict[str, Any], timeout_s: float = 300.0) -> dict[str, Any]:
-    """Run ``python -m <module> --case '<json>'`` and parse its JSON result (errors are reported, not raised)."""
+def _limit_memory(gib: float) -> Callable[[], None]:
+    def apply() -> None:
+        limit = int(gib * 1024**3)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def run_case_in_subprocess(
+    module: str, case: dict[str, Any], timeout_s: float = 300.0, memory_limit_gib: float = 10.0
+) -> dict[str, Any]:
+    """Run ``python -m <module> --case '<json>'`` and parse its JSON result (errors are reported, not raised).
+
+    The child's address space is capped at ``memory_limit_gib`` so a case that would need more fails with
+    an out-of-memory error instead of taking the machine down.
+    """
     cmd = [sys.executable, "-m", module, "--case", json.dumps(case)]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, preexec_fn=_limit_memory(memory_limit_gib)
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout_s:.0f} s"}
     if out.returncode != 0:
         tail = (out.stderr or out.stdout).strip().splitlines()
         reason = tail[-1] if tail else f"exit {out.returncode}"
-        if out.returncode < 0 or "MemoryError" in reason or "DefaultCPUAllocator" in reason:
+        if out.returncode < 0 or any(word in reason for word in ("MemoryError", "DefaultCPUAllocator", "memory")):
             reason = "out of memory: " + reason[-120:]
         return {"error": reason[-200:]}
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
     parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--memory-limit-gib", type=float, default=10.0, help="address-space cap per case")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_one(json.loads(args.case))))
@@ -83,7 +85,10 @@ def main() -> None:
             results = {}
             for lib in ("dmlkit", "pml"):
                 results[lib] = run_case_in_subprocess(
-                    "bench.losses", {"name": name, "lib": lib, "batch": size, "threads": args.threads}
+                    "bench.losses",
+                    {"name": name, "lib": lib, "batch": size, "threads": args.threads},
+                    timeout_s=args.timeout,
+                    memory_limit_gib=args.memory_limit_gib,
                 )
             ours, pml = results["dmlkit"], results["pml"]
             if "error" not in ours and "error" not in pml:
