@@ -130,22 +130,25 @@ class VICRegLoss(BaseMetricLossFunction):
         rows = torch.arange(n, device=embeddings.device)
         dims = torch.arange(d, device=embeddings.device)
         invariance = F.mse_loss(embeddings, ref_emb, reduction="none").mean(dim=1) * self.invariance_lambda
-        covariance = (self._covariance_penalty(embeddings) + self._covariance_penalty(ref_emb)) * self.covariance_v
+        variance1, covariance1 = self._view_penalties(embeddings)
+        variance2, covariance2 = self._view_penalties(ref_emb)
         return {
             "invariance_loss": Terms(invariance, rows, TermKind.ELEMENT),
-            "variance_loss1": Terms(self._variance_penalty(embeddings) * self.variance_mu, dims, TermKind.ELEMENT),
-            "variance_loss2": Terms(self._variance_penalty(ref_emb) * self.variance_mu, dims, TermKind.ELEMENT),
-            "covariance_loss": Terms.reduced(covariance),
+            "variance_loss1": Terms(variance1 * self.variance_mu, dims, TermKind.ELEMENT),
+            "variance_loss2": Terms(variance2 * self.variance_mu, dims, TermKind.ELEMENT),
+            "covariance_loss": Terms.reduced((covariance1 + covariance2) * self.covariance_v),
         }
 
-    def _variance_penalty(self, z: Tensor) -> Tensor:
-        """``relu(1 - std_j) / 2`` per dimension ``j`` (the halves of the two views average them)."""
-        return F.relu(1 - torch.sqrt(z.var(dim=0) + self.eps)) / 2
+    def _view_penalties(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """For one view: ``relu(1 - std_j) / 2`` per dimension ``j`` (the halves of the two views average them),
+        and the sum of the squared off-diagonal covariances divided by the dimension.
 
-    @staticmethod
-    def _covariance_penalty(z: Tensor) -> Tensor:
-        """Sum of the squared off-diagonal covariances, divided by the dimension."""
+        The variances are the covariance matrix's diagonal, so one matrix product gives both terms.
+        """
         n, d = z.shape
         centred = z - z.mean(dim=0)
         cov = (centred.T @ centred) / (n - 1)
-        return (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+        var = torch.diagonal(cov)
+        variance = F.relu(1 - torch.sqrt(var + self.eps)) / 2
+        covariance = (cov.pow(2).sum() - var.pow(2).sum()) / d
+        return variance, covariance
