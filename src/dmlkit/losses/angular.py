@@ -137,7 +137,7 @@ def _distinct_pairs(a: Tensor, p: Tensor, num_query: int, num_ref: int) -> tuple
 
 
 # Elements of one (pairs x reference) block: bounds the memory of the log-sum-exp whatever the batch size.
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 24
 
 
 def _log1p_sum_exp_rows(
