@@ -207,15 +207,14 @@ def check_indices_tuple(
     query_positions = (0,) if len(out) == 3 else (0, 2)
     for position, t in enumerate(out):
         limit = num_query if position in query_positions else num_ref
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= limit):
-            raise ValueError(
-                message(
-                    owner,
-                    f"indices_tuple[{position}]",
-                    f"indices in [0, {limit})",
-                    f"values from {int(t.min())} to {int(t.max())}",
+        if t.numel():
+            low, high = (int(v) for v in torch.aminmax(t))
+            if low < 0 or high >= limit:
+                raise ValueError(
+                    message(
+                        owner, f"indices_tuple[{position}]", f"indices in [0, {limit})", f"values from {low} to {high}"
+                    )
                 )
-            )
     if len(out) == 3 and not (out[0].numel() == out[1].numel() == out[2].numel()):
         raise ValueError(message(owner, "indices_tuple", "three tensors of equal length", [t.numel() for t in out]))
     if len(out) == 4 and (out[0].numel() != out[1].numel() or out[2].numel() != out[3].numel()):
