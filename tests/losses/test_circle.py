@@ -13,6 +13,7 @@ from torch import Tensor
 from dmlkit.distances import DotProductSimilarity, LpDistance
 from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.circle import CircleLoss
+from tests.losses.batches import random_batch as _batch
 from tests.reference import circle as ref
 from tests.reference import distances as dref
 
@@ -20,9 +21,6 @@ from tests.reference import distances as dref
 SETTINGS = [(0.25, 128.0), (0.4, 80.0), (0.25, 256.0), (0.1, 4.0), (0.0, 1.0)]
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[list[int], ...]:

@@ -16,6 +16,7 @@ from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.contrastive import ContrastiveLoss
 from dmlkit.reducers import BaseReducer, MeanReducer, MultipleReducers
 from dmlkit.types import TermKind, Terms
+from tests.losses.batches import random_batch as _batch
 from tests.reference import contrastive as ref
 from tests.reference import distances as dref
 
@@ -42,9 +43,6 @@ MARGINS = {False: [(0.0, 1.0), (0.3, 0.9), (0.5, 1.6)], True: [(1.0, 0.0), (0.8,
 GRID = [(name, pm, nm) for name, spec in DISTANCES.items() for pm, nm in MARGINS[spec[2]]]
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _oracle(

@@ -17,6 +17,7 @@ from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.generalized_lifted_structure import GeneralizedLiftedStructureLoss
 from dmlkit.reducers import BaseReducer
 from dmlkit.types import TermKind, Terms
+from tests.losses.batches import random_batch as _batch
 from tests.reference import distances as dref
 from tests.reference import generalized_lifted_structure as ref
 
@@ -42,9 +43,6 @@ GRID = [(name, nm, pm) for name, spec in DISTANCES.items() for nm, pm in MARGINS
 NAME = "GeneralizedLiftedStructureLoss"
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[list[int], ...]:

@@ -15,6 +15,7 @@ from dmlkit.distances import BaseDistance, CosineSimilarity, DotProductSimilarit
 from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.intra_pair_variance import IntraPairVarianceLoss
 from dmlkit.reducers import MultipleReducers, SumReducer
+from tests.losses.batches import random_batch as _batch
 from tests.reference import distances as dref
 from tests.reference import intra_pair_variance as ref
 
@@ -39,9 +40,6 @@ EPS = [(0.01, 0.01), (0.0, 0.2), (0.3, 0.05)]
 NAME = "IntraPairVarianceLoss"
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[list[int], ...]:

@@ -15,6 +15,7 @@ from torch import Tensor
 from dmlkit.distances import BaseDistance, CosineSimilarity, LpDistance
 from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.lifted_structure import LiftedStructureLoss
+from tests.losses.batches import random_batch as _batch
 from tests.reference import distances as dref
 from tests.reference import lifted_structure as ref
 
@@ -40,9 +41,6 @@ MARGINS = {False: [(1.0, 0.0), (0.5, 0.2), (2.0, 0.1)], True: [(0.0, 1.0), (0.3,
 GRID = [(name, nm, pm) for name, spec in DISTANCES.items() for nm, pm in MARGINS[spec[2]]]
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[list[int], ...]:

@@ -18,6 +18,7 @@ from dmlkit.indices import all_pairs
 from dmlkit.losses.multi_similarity import MultiSimilarityLoss
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.reducers import PerAnchorReducer, SumReducer
+from tests.losses.batches import random_batch as _batch
 from tests.reference import distances as ref_dist
 from tests.reference import multi_similarity as ref
 from tests.reference.triplet import all_pairs as oracle_pairs
@@ -43,9 +44,6 @@ DISTANCES: dict[str, tuple[Callable[[], BaseDistance], Callable[[Matrix, Matrix]
 }
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _oracle(

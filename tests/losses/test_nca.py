@@ -16,6 +16,7 @@ from torch import Tensor
 from dmlkit.distances import BaseDistance, CosineSimilarity, DotProductSimilarity, LpDistance
 from dmlkit.losses.nca import NCALoss
 from dmlkit.miners import TripletMarginMiner
+from tests.losses.batches import random_batch as _batch
 from tests.reference import distances as ref_dist
 from tests.reference import nca as ref
 
@@ -46,9 +47,6 @@ DISTANCES: dict[str, tuple[Callable[[], BaseDistance], Callable[[Matrix, Matrix]
 SCALES = [1.0, 0.3, 8.0]
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _oracle(

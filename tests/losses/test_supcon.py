@@ -17,6 +17,7 @@ from dmlkit.indices import all_pairs
 from dmlkit.losses.supcon import SupConLoss
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.reducers import MeanReducer
+from tests.losses.batches import random_batch as _batch
 from tests.reference import distances as ref_dist
 from tests.reference import supcon as ref
 from tests.reference.triplet import all_pairs as oracle_pairs
@@ -42,9 +43,6 @@ DISTANCES: dict[str, tuple[Callable[[], BaseDistance], Callable[[Matrix, Matrix]
 TEMPERATURES = [0.07, 0.5, 2.0]
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _pairs(

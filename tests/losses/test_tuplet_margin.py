@@ -16,6 +16,7 @@ from dmlkit.indices import all_pairs
 from dmlkit.losses.tuplet_margin import TupletMarginLoss, _cos_minus_angle
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.reducers import PerAnchorReducer
+from tests.losses.batches import random_batch as _batch
 from tests.reference import distances as ref_dist
 from tests.reference import tuplet_margin as ref
 from tests.reference.triplet import all_pairs as oracle_pairs
@@ -24,9 +25,6 @@ MARGINS = [0.0, 5.73, 30.0]
 SCALES = [1.0, 16.0, 64.0]
 
 
-def _batch(seed: int, n: int = 10, d: int = 4, classes: int = 3, scale: float = 1.0) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale, torch.randint(0, classes, (n,), generator=g)
 
 
 def _oracle(
