@@ -13,7 +13,7 @@ from torch import Tensor
 from dmlkit.distances import DotProductSimilarity, LpDistance
 from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.circle import CircleLoss
-from tests.losses.batches import random_batch as _batch
+from tests.losses.cases import random_batch as _batch
 from tests.reference import circle as ref
 from tests.reference import distances as dref
 

@@ -4,45 +4,28 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from dmlkit.distances import BaseDistance, CosineSimilarity, LpDistance
+from dmlkit.distances import LpDistance
 from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.contrastive import ContrastiveLoss
 from dmlkit.reducers import BaseReducer, MeanReducer, MultipleReducers
 from dmlkit.types import TermKind, Terms
-from tests.losses.batches import random_batch as _batch
+from tests.losses.cases import PAIR_LOSS_DISTANCES
+from tests.losses.cases import random_batch as _batch
 from tests.reference import contrastive as ref
 from tests.reference import distances as dref
 
-Oracle = Callable[[list, list], list]
 # name -> (dmlkit factory, oracle matrix, is_similarity, (PML class name, kwargs))
-DISTANCES: dict[str, tuple[Callable[[], BaseDistance], Oracle, bool, tuple[str, dict]]] = {
-    "lp": (LpDistance, dref.lp_matrix, False, ("LpDistance", {})),
-    "lp_raw": (
-        lambda: LpDistance(normalize_embeddings=False),
-        lambda q, r: dref.lp_matrix(q, r, normalize=False),
-        False,
-        ("LpDistance", {"normalize_embeddings": False}),
-    ),
-    "lp_squared": (
-        lambda: LpDistance(power=2),
-        lambda q, r: dref.lp_matrix(q, r, power=2),
-        False,
-        ("LpDistance", {"power": 2}),
-    ),
-    "cosine": (CosineSimilarity, dref.cosine_matrix, True, ("CosineSimilarity", {})),
-}
+DISTANCES = PAIR_LOSS_DISTANCES
 # (pos_margin, neg_margin) that make sense for a distance / a similarity
 MARGINS = {False: [(0.0, 1.0), (0.3, 0.9), (0.5, 1.6)], True: [(1.0, 0.0), (0.8, 0.2), (0.6, -0.1)]}
 GRID = [(name, pm, nm) for name, spec in DISTANCES.items() for pm, nm in MARGINS[spec[2]]]
-
-
 
 
 def _oracle(

@@ -5,44 +5,25 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from dmlkit.distances import BaseDistance, CosineSimilarity, LpDistance
+from dmlkit.distances import LpDistance
 from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.generalized_lifted_structure import GeneralizedLiftedStructureLoss
 from dmlkit.reducers import BaseReducer
 from dmlkit.types import TermKind, Terms
-from tests.losses.batches import random_batch as _batch
-from tests.reference import distances as dref
+from tests.losses.cases import PAIR_LOSS_DISTANCES
+from tests.losses.cases import random_batch as _batch
 from tests.reference import generalized_lifted_structure as ref
 
-Oracle = Callable[[list, list], list]
-DISTANCES: dict[str, tuple[Callable[[], BaseDistance], Oracle, bool, tuple[str, dict]]] = {
-    "lp": (LpDistance, dref.lp_matrix, False, ("LpDistance", {})),
-    "lp_raw": (
-        lambda: LpDistance(normalize_embeddings=False),
-        lambda q, r: dref.lp_matrix(q, r, normalize=False),
-        False,
-        ("LpDistance", {"normalize_embeddings": False}),
-    ),
-    "lp_squared": (
-        lambda: LpDistance(power=2),
-        lambda q, r: dref.lp_matrix(q, r, power=2),
-        False,
-        ("LpDistance", {"power": 2}),
-    ),
-    "cosine": (CosineSimilarity, dref.cosine_matrix, True, ("CosineSimilarity", {})),
-}
+DISTANCES = PAIR_LOSS_DISTANCES
 MARGINS = {False: [(1.0, 0.0), (0.5, 0.2), (3.0, 0.1)], True: [(0.0, 1.0), (0.3, 0.9), (-0.5, 0.5)]}
 GRID = [(name, nm, pm) for name, spec in DISTANCES.items() for nm, pm in MARGINS[spec[2]]]
 NAME = "GeneralizedLiftedStructureLoss"
-
-
 
 
 def _pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[list[int], ...]:

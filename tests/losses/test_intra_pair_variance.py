@@ -15,7 +15,7 @@ from dmlkit.distances import BaseDistance, CosineSimilarity, DotProductSimilarit
 from dmlkit.indices import all_pairs, all_triplets
 from dmlkit.losses.intra_pair_variance import IntraPairVarianceLoss
 from dmlkit.reducers import MultipleReducers, SumReducer
-from tests.losses.batches import random_batch as _batch
+from tests.losses.cases import random_batch as _batch
 from tests.reference import distances as dref
 from tests.reference import intra_pair_variance as ref
 

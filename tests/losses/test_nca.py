@@ -16,7 +16,7 @@ from torch import Tensor
 from dmlkit.distances import BaseDistance, CosineSimilarity, DotProductSimilarity, LpDistance
 from dmlkit.losses.nca import NCALoss
 from dmlkit.miners import TripletMarginMiner
-from tests.losses.batches import random_batch as _batch
+from tests.losses.cases import random_batch as _batch
 from tests.reference import distances as ref_dist
 from tests.reference import nca as ref
 

@@ -6,43 +6,23 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor
 
-from dmlkit.distances import BaseDistance, CosineSimilarity, DotProductSimilarity, LpDistance
 from dmlkit.indices import all_pairs
 from dmlkit.losses.ntxent import NTXentLoss
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.reducers import PerAnchorReducer
-from tests.losses.batches import random_batch as _batch
+from tests.losses.cases import SOFTMAX_LOSS_DISTANCES
+from tests.losses.cases import random_batch as _batch
 from tests.reference import distances as ref_dist
 from tests.reference import ntxent as ref
 from tests.reference.triplet import all_pairs as oracle_pairs
 
-Matrix = list[list[float]]
-
-DISTANCES: dict[str, tuple[Callable[[], BaseDistance], Callable[[Matrix, Matrix], Matrix], bool, tuple[str, dict]]] = {
-    "cosine": (CosineSimilarity, ref_dist.cosine_matrix, True, ("CosineSimilarity", {})),
-    "dot_raw": (
-        lambda: DotProductSimilarity(normalize_embeddings=False),
-        lambda q, r: ref_dist.dot_matrix(q, r, normalize=False),
-        True,
-        ("DotProductSimilarity", {"normalize_embeddings": False}),
-    ),
-    "lp": (LpDistance, ref_dist.lp_matrix, False, ("LpDistance", {})),
-    "lp_raw_squared": (
-        lambda: LpDistance(normalize_embeddings=False, power=2),
-        lambda q, r: ref_dist.lp_matrix(q, r, power=2, normalize=False),
-        False,
-        ("LpDistance", {"normalize_embeddings": False, "power": 2}),
-    ),
-}
+DISTANCES = SOFTMAX_LOSS_DISTANCES
 TEMPERATURES = [0.07, 0.5, 2.0]
-
-
 
 
 def _oracle(

@@ -16,7 +16,7 @@ from dmlkit.indices import all_pairs
 from dmlkit.losses.tuplet_margin import TupletMarginLoss, _cos_minus_angle
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.reducers import PerAnchorReducer
-from tests.losses.batches import random_batch as _batch
+from tests.losses.cases import random_batch as _batch
 from tests.reference import distances as ref_dist
 from tests.reference import tuplet_margin as ref
 from tests.reference.triplet import all_pairs as oracle_pairs
