@@ -13,7 +13,7 @@ from ..distances import LpDistance
 from ..indices import label_masks, ref_is_query
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import pair_values
+from .functional import miner_weights, pair_values
 
 __all__ = ["FastAPLoss"]
 
@@ -96,24 +96,6 @@ def _sparse_histograms(
     size = num_nodes if rows is None else num_rows * num_nodes
     out = values.new_zeros(size).index_add(0, index, 1 - frac).index_add(0, index + 1, frac)
     return out if rows is None else out.view(num_rows, num_nodes)
-
-
-def _miner_weights(
-    indices_tuple: tuple[Tensor, ...] | None, size: int, dtype: torch.dtype, device: torch.device, anchors_only: bool
-) -> Tensor | None:
-    """Per-query weights from a miner's output: how often each element occurs, divided by the largest count.
-
-    Elements the miner did not select get weight 0. ``None`` when there is nothing mined (every weight 1).
-    With a separate reference set only the anchor positions index the query batch, so only they count.
-    """
-    if indices_tuple is None or all(t.numel() == 0 for t in indices_tuple):
-        return None
-    if anchors_only:
-        parts = [indices_tuple[0]] if len(indices_tuple) == 3 else [indices_tuple[0], indices_tuple[2]]
-    else:
-        parts = list(indices_tuple)
-    counts = torch.bincount(torch.cat(parts), minlength=size)[:size].to(device=device, dtype=dtype)
-    return counts / counts.max()
 
 
 class FastAPLoss(BaseMetricLossFunction):
@@ -204,7 +186,7 @@ class FastAPLoss(BaseMetricLossFunction):
         ratio = torch.where(has_pos, pos_hist * cum_pos / torch.where(has_pos, cum_all, 1.0), 0.0)
         fast_ap = ratio.sum(1)[queries] / num_pos[queries].to(ratio.dtype)
         values = 1 - fast_ap
-        weights = _miner_weights(indices_tuple, labels.shape[0], values.dtype, values.device, not batch_is_ref)
+        weights = miner_weights(indices_tuple, labels.shape[0], values.dtype, values.device, not batch_is_ref)
         if weights is not None:
             values = values * weights[queries]
         return {"loss": Terms(values, queries, TermKind.ELEMENT)}

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["pair_values", "masked_logsumexp"]
+__all__ = ["pair_values", "masked_logsumexp", "row_logsumexp", "segment_logsumexp", "miner_weights"]
 
 
 class _PairValues(torch.autograd.Function):
@@ -65,3 +65,54 @@ def masked_logsumexp(x: Tensor, keep: Tensor | None = None, add_one: bool = True
     if empty is not None:
         out = out.masked_fill(empty, 0.0)
     return out
+
+
+def row_logsumexp(x: Tensor, keep: Tensor, add_one: bool = False) -> Tensor:
+    """Per row, ``log(sum_{j: keep} exp(x_j))`` (with ``+ 1`` inside the log when ``add_one``).
+
+    A row with nothing kept gives 0 with ``add_one`` and ``-inf`` without. One masked copy and one
+    exponential of ``x``; gradients are finite everywhere and zero for entries not kept. Unlike
+    :func:`masked_logsumexp`, rows come back as a 1-D tensor and an empty row without ``add_one`` is
+    ``-inf`` (so a caller can tell "no negatives" apart from a log-sum of 0).
+    """
+    masked = x.masked_fill(~keep, float("-inf"))
+    peak = masked.detach().amax(dim=1, keepdim=True)
+    peak = peak.clamp(min=0) if add_one else peak.masked_fill(peak == float("-inf"), 0.0)
+    sums = torch.exp(masked - peak).sum(dim=1)
+    peak = peak.squeeze(1)
+    if add_one:
+        return torch.log(sums + torch.exp(-peak)) + peak
+    # a non-empty row has sums >= 1 (its largest entry contributes exp(0)); only empty rows have 0
+    empty = sums == 0
+    return torch.where(empty, float("-inf"), torch.log(torch.where(empty, 1.0, sums)) + peak)
+
+
+def segment_logsumexp(values: Tensor, segments: Tensor, num_segments: int, add_one: bool = False) -> Tensor:
+    """``log(sum(exp(values[segments == k])))`` for every ``k`` (``+ 1`` inside the log when ``add_one``);
+    0 for an empty segment. Time and memory linear in ``len(values)``."""
+    start = 0.0 if add_one else float("-inf")
+    peak = values.new_full((num_segments,), start)
+    peak = peak.scatter_reduce(0, segments, values.detach(), reduce="amax", include_self=add_one)
+    peak = peak.masked_fill(peak == float("-inf"), 0.0)
+    sums = torch.exp(-peak) if add_one else values.new_zeros(num_segments)
+    sums = sums.index_add(0, segments, torch.exp(values - peak[segments]))
+    # only an empty segment without add_one sums to 0: its log is taken as 0
+    return torch.where(sums > 0, sums, 1.0).log() + peak
+
+
+def miner_weights(
+    indices_tuple: tuple[Tensor, ...] | None, size: int, dtype: torch.dtype, device: torch.device, anchors_only: bool
+) -> Tensor | None:
+    """Per-query weights from a miner's output: how often each element occurs, divided by the largest count.
+
+    Elements the miner did not select get weight 0. ``None`` when there is nothing mined (every weight 1).
+    With a separate reference set only the anchor positions index the query batch, so only they count.
+    """
+    if indices_tuple is None or all(t.numel() == 0 for t in indices_tuple):
+        return None
+    if anchors_only:
+        parts = [indices_tuple[0]] if len(indices_tuple) == 3 else [indices_tuple[0], indices_tuple[2]]
+    else:
+        parts = list(indices_tuple)
+    counts = torch.bincount(torch.cat(parts), minlength=size)[:size].to(device=device, dtype=dtype)
+    return counts / counts.max()

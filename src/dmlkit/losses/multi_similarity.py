@@ -11,9 +11,7 @@ from ..distances import CosineSimilarity
 from ..indices import pair_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import pair_values
-from .nca import _segment_logsumexp
-from .ntxent import _row_logsumexp
+from .functional import pair_values, row_logsumexp, segment_logsumexp
 
 __all__ = ["MultiSimilarityLoss"]
 
@@ -74,8 +72,8 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
         # Positives are few per anchor: their sum runs over the pair list, not over a masked matrix.
         rows, cols = torch.nonzero(positive, as_tuple=True)
         pos_exponent = self.distance.margin(pair_values(mat, rows, cols), self.base) * self.alpha  # type: ignore[arg-type]
-        pos_loss = _segment_logsumexp(pos_exponent, rows, size, add_one=True) / self.alpha
+        pos_loss = segment_logsumexp(pos_exponent, rows, size, add_one=True) / self.alpha
         neg_exponent = self.distance.margin(self.base, mat) * self.beta  # type: ignore[arg-type]
-        neg_loss = _row_logsumexp(neg_exponent, negative, add_one=True) / self.beta
+        neg_loss = row_logsumexp(neg_exponent, negative, add_one=True) / self.beta
         anchors = torch.arange(size, device=mat.device)
         return {"loss": Terms(pos_loss + neg_loss, anchors, TermKind.ELEMENT)}

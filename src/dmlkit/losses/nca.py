@@ -10,7 +10,7 @@ from .._validation import check_range, message
 from ..distances import BaseDistance, LpDistance
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import pair_values
+from .functional import miner_weights, pair_values, segment_logsumexp
 
 __all__ = ["NCALoss"]
 
@@ -77,35 +77,9 @@ class NCALoss(BaseMetricLossFunction):
         # log p_ij in one fused pass; log p_i sums the few same-label entries of each row over the pair list
         log_p = torch.log_softmax(logits, dim=1)
         keep = torch.bincount(rows, minlength=size) > 0
-        values = -_segment_logsumexp(pair_values(log_p, rows, cols), rows, size)[keep]
+        values = -segment_logsumexp(pair_values(log_p, rows, cols), rows, size)[keep]
         anchors = torch.nonzero(keep).flatten()
-        if indices_tuple is not None:
-            values = values * _miner_weights(indices_tuple, size, same_set, mat.dtype)[keep]
+        weights = miner_weights(indices_tuple, size, mat.dtype, mat.device, anchors_only=not same_set)
+        if weights is not None:
+            values = values * weights[keep]
         return {"loss": Terms(values, anchors, TermKind.ELEMENT)}
-
-
-def _segment_logsumexp(values: Tensor, segments: Tensor, num_segments: int, add_one: bool = False) -> Tensor:
-    """``log(sum(exp(values[segments == k])))`` for every ``k`` (``+ 1`` inside the log when ``add_one``);
-    0 for an empty segment. Time and memory linear in ``len(values)``."""
-    start = 0.0 if add_one else float("-inf")
-    peak = values.new_full((num_segments,), start)
-    peak = peak.scatter_reduce(0, segments, values.detach(), reduce="amax", include_self=add_one)
-    peak = peak.masked_fill(peak == float("-inf"), 0.0)
-    sums = torch.exp(-peak) if add_one else values.new_zeros(num_segments)
-    sums = sums.index_add(0, segments, torch.exp(values - peak[segments]))
-    # only an empty segment without add_one sums to 0: its log is taken as 0
-    return torch.where(sums > 0, sums, 1.0).log() + peak
-
-
-def _miner_weights(indices_tuple: tuple[Tensor, ...], size: int, same_set: bool, dtype: torch.dtype) -> Tensor:
-    """How often each query appears in the mined indices (anchors only with a distinct reference set),
-    relative to the most frequent one; all ones when nothing was mined."""
-    device = indices_tuple[0].device
-    if all(t.numel() == 0 for t in indices_tuple):
-        return torch.ones(size, dtype=dtype, device=device)
-    if same_set:
-        mentioned = torch.cat(indices_tuple)
-    else:
-        mentioned = indices_tuple[0] if len(indices_tuple) == 3 else torch.cat([indices_tuple[0], indices_tuple[2]])
-    counts = torch.bincount(mentioned, minlength=size).to(dtype)
-    return counts / counts.max()

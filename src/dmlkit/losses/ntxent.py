@@ -11,27 +11,9 @@ from ..distances import CosineSimilarity
 from ..indices import convert_to_pairs, label_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import pair_values
+from .functional import pair_values, row_logsumexp
 
 __all__ = ["NTXentLoss"]
-
-
-def _row_logsumexp(x: Tensor, keep: Tensor, add_one: bool = False) -> Tensor:
-    """Per row, ``log(sum_{j: keep} exp(x_j))`` (with ``+ 1`` inside the log when ``add_one``).
-
-    A row with nothing kept gives 0 with ``add_one`` and ``-inf`` without. One masked copy and one
-    exponential of ``x``; gradients are finite everywhere and zero for entries not kept.
-    """
-    masked = x.masked_fill(~keep, float("-inf"))
-    peak = masked.detach().amax(dim=1, keepdim=True)
-    peak = peak.clamp(min=0) if add_one else peak.masked_fill(peak == float("-inf"), 0.0)
-    sums = torch.exp(masked - peak).sum(dim=1)
-    peak = peak.squeeze(1)
-    if add_one:
-        return torch.log(sums + torch.exp(-peak)) + peak
-    # a non-empty row has sums >= 1 (its largest entry contributes exp(0)); only empty rows have 0
-    empty = sums == 0
-    return torch.where(empty, float("-inf"), torch.log(torch.where(empty, 1.0, sums)) + peak)
 
 
 def _positive_pair_terms(
@@ -53,12 +35,12 @@ def _positive_pair_terms(
     if indices_tuple is None:
         positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
         a, p = torch.nonzero(positive, as_tuple=True)
-        negative_lse = _row_logsumexp(logits, negative)
+        negative_lse = row_logsumexp(logits, negative)
     else:
         a, p, a_neg, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
         counts = logits.new_zeros(logits.shape).index_put_((a_neg, n), logits.new_ones(n.shape), accumulate=True)
         # sum_n k_n exp(x_n) = sum_n exp(x_n + log k_n); the clamp keeps cells that are not kept finite.
-        negative_lse = _row_logsumexp(logits + counts.clamp(min=1).log(), counts > 0)
+        negative_lse = row_logsumexp(logits + counts.clamp(min=1).log(), counts > 0)
         del counts
         ones = torch.ones(a.shape, dtype=torch.int32, device=a.device)
         pos_counts = torch.zeros(logits.shape, dtype=torch.int32, device=a.device).index_put_((a, p), ones, True)

@@ -13,7 +13,7 @@ from ..distances import CosineSimilarity
 from ..indices import ref_is_query
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .fast_ap import _miner_weights
+from .functional import miner_weights
 
 __all__ = ["SmoothAPLoss"]
 
@@ -177,7 +177,7 @@ class SmoothAPLoss(BaseMetricLossFunction):
         precision = (0.5 + above_pos) / (0.5 + above_all)
         ap = scores.new_zeros(labels.shape[0]).index_add_(0, rows, precision)[queries]
         values = 1 - ap / num_pos[queries].to(ap.dtype)
-        weights = _miner_weights(indices_tuple, labels.shape[0], values.dtype, values.device, not batch_is_ref)
+        weights = miner_weights(indices_tuple, labels.shape[0], values.dtype, values.device, not batch_is_ref)
         if weights is not None:
             values = values * weights[queries]
         return {"ap_loss": Terms(values, queries, TermKind.ELEMENT)}
