@@ -98,10 +98,15 @@ class BaseMetricLossFunction(nn.Module):
         checked = check_indices_tuple(name, indices_tuple, embeddings.shape[0], ref_emb.shape[0], embeddings.device)
         self._warn_if_single_class(labels, ref_labels, checked)
         groups = dict(self.compute_terms(embeddings, labels, checked, ref_emb, ref_labels))
-        if self.embedding_regularizer is not None and self.embedding_reg_weight != 0:
-            penalty = self.embedding_regularizer(embeddings) * self.embedding_reg_weight
-            groups["embedding_reg_loss"] = Terms.reduced(penalty)
+        groups.update(self.regularization_terms(embeddings))
         return self.reducer(groups, embeddings, labels)
+
+    def regularization_terms(self, embeddings: Tensor) -> dict[str, Terms]:
+        """Already-reduced penalties added to the loss: here the embedding regularizer's, if any."""
+        if self.embedding_regularizer is None or self.embedding_reg_weight == 0:
+            return {}
+        penalty = self.embedding_regularizer(embeddings) * self.embedding_reg_weight
+        return {"embedding_reg_loss": Terms.reduced(penalty)}
 
     def compute_terms(
         self,
