@@ -1,0 +1,98 @@
+"""Large-margin softmax (L-Softmax) loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from .._validation import message
+from ..distances import CosineSimilarity
+from ..types import Terms
+from .class_weights import BaseClassWeightLoss
+from .margin_softmax import (
+    check_scale,
+    full_precision,
+    margin_cross_entropy,
+    multiple_angle_margin,
+    require_cosine,
+)
+
+__all__ = ["LargeMarginSoftmaxLoss", "check_angle_multiplier"]
+
+
+def check_angle_multiplier(owner: str, margin: Any) -> int:
+    """The integer ``m >= 1`` of ``cos(m theta)``; ``4`` and ``4.0`` are accepted, ``2.5`` is not."""
+    integral = isinstance(margin, int) or (isinstance(margin, float) and margin.is_integer())
+    if isinstance(margin, bool) or not integral or margin < 1:
+        raise ValueError(message(owner, "margin", "a positive integer (the angle multiplier m)", margin))
+    return int(margin)
+
+
+class LargeMarginSoftmaxLoss(BaseClassWeightLoss):
+    """Large-margin softmax loss (Liu et al., 2016, "Large-Margin Softmax Loss for Convolutional Neural
+    Networks", arXiv:1612.02295).
+
+    A softmax cross-entropy over the logits ``scale * ||W_j|| ||x_i|| cos(theta_ij)``, where the target class's
+    ``cos(theta)`` is replaced by ``psi(theta) = (-1)^k cos(m theta) - 2k`` for ``theta`` in
+    ``[k pi / m, (k + 1) pi / m]``: the angle to the own class is effectively multiplied by ``m``.
+    ``cos(m theta)`` is a Chebyshev polynomial of ``cos(theta)`` (the paper's eq. 7). Each sample is one
+    term (reduction ``"element"``); a miner's ``indices_tuple`` weights each sample by how often it was mined.
+
+    The weights ``W`` have shape ``(embedding_size, num_classes)`` as in pytorch-metric-learning, so its
+    ``state_dict`` loads unchanged. Under autocast the computation runs in float32.
+
+    Args:
+        num_classes: the number of classes, ``>= 1``.
+        embedding_size: the embedding dimension, ``>= 1``.
+        margin: the angle multiplier ``m``, a positive integer (``1`` is the plain softmax).
+        scale: a factor on every logit, ``> 0``.
+        **kwargs: ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func`` (default
+            ``torch.nn.init.normal_``), ``distance`` (must be a ``CosineSimilarity``, the default),
+            ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Example:
+        >>> loss_fn = LargeMarginSoftmaxLoss(num_classes=3, embedding_size=4, margin=2)
+        >>> loss_fn.W.shape
+        torch.Size([4, 3])
+        >>> loss_fn(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])).ndim
+        0
+    """
+
+    default_distance = CosineSimilarity
+
+    def __init__(self, num_classes: int, embedding_size: int, margin: int = 4, scale: float = 1, **kwargs: Any) -> None:
+        super().__init__(num_classes, embedding_size, **kwargs)
+        name = type(self).__name__
+        require_cosine(name, self.distance)
+        self.margin = check_angle_multiplier(name, margin)
+        check_scale(name, scale)
+        self.scale = scale
+        self.W = self.new_weights(embedding_size, num_classes)
+
+    def class_weights(self) -> Tensor:
+        return self.W.t()
+
+    def get_logits(self, embeddings: Tensor) -> Tensor:
+        """``scale * ||W_j|| ||x_i|| cos(theta_ij)``, i.e. ``scale * x_i . W_j``: the logits without margin."""
+        with full_precision(embeddings) as emb:
+            return (emb * self.scale) @ self.W.to(emb.dtype)
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        assert labels is not None  # checked by the base
+        with full_precision(embeddings) as emb:
+            logits = self.get_logits(emb)
+            target_weights = self.W.t().to(emb.dtype)[labels]
+            d = self.distance
+            cosine = d.pairwise_distance(d.normalize(emb), d.normalize(target_weights))
+            magnitude = d.get_norm(emb) * d.get_norm(target_weights) * self.scale
+            target = multiple_angle_margin(cosine, self.margin) * magnitude
+            return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}

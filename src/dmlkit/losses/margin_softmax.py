@@ -1,0 +1,120 @@
+"""Steps shared by the margin-softmax losses (L-Softmax, SphereFace, ArcFace, sub-center ArcFace, CosFace,
+AdaFace, normalized softmax): scaled cosine logits against the class weights, a margin on each sample's
+target-class logit, and a per-sample cross-entropy.
+
+Not a loss module of its own: the concrete losses call these functions (composition, not a base class).
+Everything numerically delicate runs with autocast off and half-precision inputs promoted to float32, so a
+``torch.autocast`` region yields a float32 loss with finite gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._validation import check_range, message
+from ..distances import BaseDistance, CosineSimilarity
+from ..types import TermKind, Terms
+from .functional import miner_weights
+
+__all__ = [
+    "full_precision",
+    "require_cosine",
+    "check_scale",
+    "target_values",
+    "target_cosines",
+    "scaled_cosines",
+    "margin_cross_entropy",
+    "multiple_angle_margin",
+    "additive_angular_margin",
+    "SINE_FLOOR",
+]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+#: ``sin^2(theta)`` is floored here before its square root, so the gradient at angles 0 and pi stays finite.
+SINE_FLOOR = 1e-12
+
+
+@contextmanager
+def full_precision(embeddings: Tensor) -> Iterator[Tensor]:
+    """Autocast off inside; yields ``embeddings`` promoted to float32 when they are float16 or bfloat16."""
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        yield embeddings.float() if embeddings.dtype in _LOW_PRECISION else embeddings
+
+
+def require_cosine(owner: str, distance: BaseDistance) -> None:
+    """The angular-margin losses are defined on cosines: any other distance is a ``TypeError``."""
+    if not isinstance(distance, CosineSimilarity):
+        raise TypeError(message(owner, "distance", "a CosineSimilarity", type(distance).__name__))
+
+
+def check_scale(owner: str, scale: float, arg: str = "scale") -> None:
+    check_range(owner, arg, scale, low=0, low_inclusive=False)
+
+
+def target_values(matrix: Tensor, labels: Tensor) -> Tensor:
+    """``matrix[i, labels[i]]`` for every row ``i``."""
+    return matrix.gather(1, labels.unsqueeze(1)).squeeze(1)
+
+
+def target_cosines(distance: BaseDistance, embeddings: Tensor, weights: Tensor, labels: Tensor) -> Tensor:
+    """``cos(x_i, w_{labels[i]})`` row by row, without the full ``(batch, classes)`` matrix."""
+    return distance.pairwise_distance(distance.normalize(embeddings), distance.normalize(weights[labels]))
+
+
+def scaled_cosines(distance: BaseDistance, embeddings: Tensor, weights: Tensor, scale: float) -> Tensor:
+    """``scale * cos(x_i, w_j)`` as one matrix product, the scale folded into the (small) normalised batch."""
+    return (distance.normalize(embeddings) * scale) @ distance.normalize(weights).t()
+
+
+def margin_cross_entropy(
+    logits: Tensor, labels: Tensor, target_logits: Tensor | None, indices_tuple: tuple[Tensor, ...] | None
+) -> Terms:
+    """Per-sample softmax cross-entropy over ``logits`` whose target entries are replaced by ``target_logits``.
+
+    ``logits`` are the scaled logits without margin, ``(batch, num_classes)``; ``target_logits`` (``(batch,)``)
+    are the margined, scaled logits of each sample's own class (``None``: no margin). A miner's
+    ``indices_tuple`` weights each sample by how often it was mined, relative to the most mined one
+    (pytorch-metric-learning's convention for these losses).
+    """
+    if target_logits is not None:
+        logits = logits.scatter(1, labels.unsqueeze(1), target_logits.unsqueeze(1))
+    values = F.cross_entropy(logits, labels, reduction="none")
+    weights = miner_weights(indices_tuple, len(labels), values.dtype, values.device, anchors_only=False)
+    if weights is not None:
+        values = values * weights
+    return Terms(values, torch.arange(len(labels), device=values.device), TermKind.ELEMENT)
+
+
+def multiple_angle_margin(cosine: Tensor, margin: int) -> Tensor:
+    """L-Softmax's ``psi(theta) = (-1)^k cos(m theta) - 2k`` for ``theta`` in ``[k pi / m, (k + 1) pi / m]``.
+
+    ``cos(m theta)`` is the Chebyshev polynomial ``T_m(cos theta)`` (Liu et al., 2016, eq. 7), evaluated by
+    the three-term recurrence, so no ``acos`` enters the gradient; ``k`` is piecewise constant. ``k`` stays
+    below ``m`` so that the slope at ``theta = pi`` is the one of the last interval.
+    """
+    previous, current = torch.ones_like(cosine), cosine
+    for _ in range(margin - 1):
+        previous, current = current, 2 * cosine * current - previous
+    with torch.no_grad():
+        angle = torch.acos(cosine.clamp(-1, 1))
+        k = torch.floor(angle / (math.pi / margin)).clamp(max=margin - 1)
+        sign = 1 - 2 * torch.remainder(k, 2)
+    return sign * current - 2 * k
+
+
+def additive_angular_margin(cosine: Tensor, margin: float) -> Tensor:
+    """ArcFace's ``cos(theta + m)`` while ``theta + m <= pi``, else ``cos(theta) - m sin(m)``.
+
+    The fallback keeps the target logit decreasing in ``theta`` past ``pi - m`` (Deng et al., 2019).
+    ``cos(theta + m)`` is expanded as ``cos(theta) cos(m) - sin(theta) sin(m)``: its gradient is finite at
+    ``theta = 0`` and ``pi``, where the one through ``acos`` is not.
+    """
+    sine = ((1 - cosine) * (1 + cosine)).clamp(min=SINE_FLOOR).sqrt()
+    shifted = cosine * math.cos(margin) - sine * math.sin(margin)
+    return torch.where(cosine >= -math.cos(margin), shifted, cosine - margin * math.sin(margin))

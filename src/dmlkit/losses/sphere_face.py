@@ -1,0 +1,87 @@
+"""SphereFace (angular softmax, A-Softmax) loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from ..distances import CosineSimilarity
+from ..types import Terms
+from .class_weights import BaseClassWeightLoss
+from .large_margin_softmax import check_angle_multiplier
+from .margin_softmax import (
+    check_scale,
+    full_precision,
+    margin_cross_entropy,
+    multiple_angle_margin,
+    require_cosine,
+)
+
+__all__ = ["SphereFaceLoss"]
+
+
+class SphereFaceLoss(BaseClassWeightLoss):
+    """SphereFace loss (Liu et al., 2017, "SphereFace: Deep Hypersphere Embedding for Face Recognition",
+    arXiv:1704.08063).
+
+    The large-margin softmax with unit-norm class weights (A-Softmax): logits ``scale * ||x_i|| cos(theta_ij)``,
+    the target's ``cos(theta)`` replaced by ``psi(theta) = (-1)^k cos(m theta) - 2k`` for ``theta`` in
+    ``[k pi / m, (k + 1) pi / m]``. The stored ``W`` (shape ``(embedding_size, num_classes)``, as in
+    pytorch-metric-learning) keeps any norm; only its direction counts. One term per sample; a miner's
+    ``indices_tuple`` weights each sample by how often it was mined. Under autocast the computation runs in
+    float32.
+
+    pytorch-metric-learning derives this class from ``LargeMarginSoftmaxLoss``; here both derive from
+    :class:`~dmlkit.losses.class_weights.BaseClassWeightLoss` and share functions instead.
+
+    Args:
+        num_classes: the number of classes, ``>= 1``.
+        embedding_size: the embedding dimension, ``>= 1``.
+        margin: the angle multiplier ``m``, a positive integer.
+        scale: a factor on every logit, ``> 0``.
+        **kwargs: ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func`` (default
+            ``torch.nn.init.normal_``), ``distance`` (must be a ``CosineSimilarity``, the default),
+            ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Example:
+        >>> loss_fn = SphereFaceLoss(num_classes=3, embedding_size=4)
+        >>> loss_fn(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])).ndim
+        0
+    """
+
+    default_distance = CosineSimilarity
+
+    def __init__(self, num_classes: int, embedding_size: int, margin: int = 4, scale: float = 1, **kwargs: Any) -> None:
+        super().__init__(num_classes, embedding_size, **kwargs)
+        name = type(self).__name__
+        require_cosine(name, self.distance)
+        self.margin = check_angle_multiplier(name, margin)
+        check_scale(name, scale)
+        self.scale = scale
+        self.W = self.new_weights(embedding_size, num_classes)
+
+    def class_weights(self) -> Tensor:
+        return self.W.t()
+
+    def get_logits(self, embeddings: Tensor) -> Tensor:
+        """``scale * ||x_i|| cos(theta_ij)``: the logits without margin."""
+        with full_precision(embeddings) as emb:
+            return (emb * self.scale) @ self.distance.normalize(self.W.to(emb.dtype), dim=0)
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        assert labels is not None  # checked by the base
+        with full_precision(embeddings) as emb:
+            logits = self.get_logits(emb)
+            d = self.distance
+            cosine = d.pairwise_distance(d.normalize(emb), d.normalize(self.W.t().to(emb.dtype)[labels]))
+            target = multiple_angle_margin(cosine, self.margin) * (d.get_norm(emb) * self.scale)
+            return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
