@@ -1,0 +1,109 @@
+"""P2SGrad: squared error between cosine logits and one-hot targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._validation import message
+from ..distances import BaseDistance, CosineSimilarity
+from ..types import TermKind, Terms
+from .class_weights import BaseClassWeightLoss, resolve_class_sizes
+from .proxy_nca import _at_least_float32, _no_autocast
+
+__all__ = ["P2SGradLoss"]
+
+
+def _unit_columns(weights: Tensor) -> Tensor:
+    """Fill ``weights`` in place with uniform values in ``[-1, 1]``, each column rescaled to norm 1."""
+    weights.uniform_(-1, 1)
+    return weights.div_(torch.linalg.vector_norm(weights, dim=0, keepdim=True).clamp(min=1e-12))
+
+
+class P2SGradLoss(BaseClassWeightLoss):
+    """P2SGrad loss (Zhang, Zhao, Liu, Yan, Jiang, Wang and Li, 2019, "P2SGrad: Refined Gradients for
+    Optimizing Deep Face Models", CVPR, arXiv:1905.02479), in the mean-squared-error form of Wang and Yamagishi,
+    2021, "A Comparative Study on Recent Neural Spoofing Countermeasures for Synthetic Speech Detection",
+    Interspeech, arXiv:2103.11326.
+
+    P2SGrad replaces the gradient of a margin softmax by ``cos(theta_ij) - [j = y_i]`` for every class ``j``,
+    which is the gradient of a squared error between the cosine logits and the one-hot target::
+
+        loss_i = 1/C sum_j (cos(x_i, w_j) - [j = y_i])^2
+
+    with ``w_j`` the ``j``-th column of ``weight`` and ``C`` the number of classes. The default ``MeanReducer``
+    averages over the batch, so the loss is the mean over all ``batch x C`` entries, as in the reference
+    implementations (the paper's per-sample sum is ``C`` times larger; only the learning rate differs).
+
+    Differences from pytorch-metric-learning: the columns of ``weight`` are normalised inside the
+    (differentiable) cosine instead of being rescaled in place at every call, so the parameter is never
+    mutated and its gradient is the one of the cosine (the embeddings' gradient and the value are the same
+    as long as the columns have norm 1, which they do at initialisation); the per-sample values go through
+    ``reducer`` (pytorch-metric-learning returns an already averaged value); and a miner's
+    ``indices_tuple`` is rejected with an error, as pytorch-metric-learning does.
+
+    Args:
+        descriptors_dim: the embedding dimension (pytorch-metric-learning's name); or give ``embedding_size``.
+        num_classes: the number of classes, ``>= 1``.
+        embedding_size: the embedding dimension, the same as ``descriptors_dim``.
+        **kwargs: ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func`` (default uniform in
+            ``[-1, 1]`` with unit-norm columns), ``distance`` (must be ``CosineSimilarity()``, the default),
+            ``reducer`` (default ``MeanReducer()``), ``embedding_regularizer``, ``embedding_reg_weight``.
+
+    Attributes:
+        weight: ``(descriptors_dim, num_classes)`` class weights, one per column, float32.
+
+    Example:
+        >>> loss_fn = P2SGradLoss(2, 2, weight_init_func=torch.nn.init.eye_)
+        >>> loss_fn(torch.tensor([[3.0, 0.0], [0.0, 0.5]]), torch.tensor([0, 1])).item()
+        0.0
+    """
+
+    default_weight_init = staticmethod(_unit_columns)
+
+    def __init__(
+        self,
+        descriptors_dim: int | None = None,
+        num_classes: int | None = None,
+        *,
+        embedding_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        name = type(self).__name__
+        num_classes, embedding_size = resolve_class_sizes(
+            name, num_classes, embedding_size, descriptors_dim__embedding_size=descriptors_dim
+        )
+        super().__init__(num_classes, embedding_size, **kwargs)
+        if not isinstance(self.distance, CosineSimilarity):
+            raise ValueError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
+        self.descriptors_dim = embedding_size
+        self.weight = self.new_weights(embedding_size, num_classes)
+
+    def get_default_distance(self) -> BaseDistance:
+        return CosineSimilarity()
+
+    def class_weights(self) -> Tensor:
+        return self.weight.t()
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        assert labels is not None  # checked by BaseClassWeightLoss.forward
+        if indices_tuple is not None:
+            rule = "None: this loss scores every sample against every class"
+            raise ValueError(message(type(self).__name__, "indices_tuple", rule, "a tuple of tensors"))
+        with _no_autocast(embeddings):
+            x = _at_least_float32(embeddings)
+            cos = self.get_logits(x).clamp(-1, 1)
+            # sum_j (cos_ij - [j = y_i])^2 without a one-hot matrix
+            own = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+            values = (cos.square().sum(dim=1) - 2 * own + 1) / self.num_classes
+        return {"loss": Terms(values, torch.arange(values.shape[0], device=values.device), TermKind.ELEMENT)}

@@ -1,0 +1,152 @@
+"""SoftTriple: a softmax over classes whose similarity is relaxed over several centres per class."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .._validation import check_range, message
+from ..distances import BaseDistance, CosineSimilarity
+from ..types import TermKind, Terms
+from .class_weights import BaseClassWeightLoss
+from .functional import miner_weights
+from .proxy_nca import _at_least_float32, _no_autocast
+
+__all__ = ["SoftTripleLoss"]
+
+#: at most this many (sample, centre) similarities are held at once while relaxing the similarities
+_BLOCK_ELEMENTS = 1 << 24
+
+
+class SoftTripleLoss(BaseClassWeightLoss):
+    """SoftTriple loss (Qian, Shang, Sun, Hu, Li and Jin, 2019, "SoftTriple Loss: Deep Metric Learning Without
+    Triplet Sampling", ICCV, arXiv:1909.05235).
+
+    Every class ``c`` has ``K = centers_per_class`` learned centres ``w_c^k``. The relaxed similarity of
+    embedding ``x`` to class ``c`` weights the centre similarities by their softmax at temperature ``gamma``::
+
+        S'(x, c) = sum_k softmax_k(s(x, w_c^k) / gamma) * s(x, w_c^k)
+
+    and the loss of sample ``i`` is the cross-entropy of the logits ``la * (S'(x_i, c) - margin [c = y_i])``.
+    ``s`` is the cosine similarity by default. The paper adds ``tau * R`` with a regularizer ``R`` that lets
+    a class's centres merge (``tau = 0.2``); as in pytorch-metric-learning it is not built in: pass
+    ``weight_regularizer=SparseCentersRegularizer(num_classes, centers_per_class)`` and
+    ``weight_reg_weight=0.2`` to train exactly as in the paper (the regularizer sees ``fc.t()``, one centre
+    per row, class after class).
+
+    Pairs or triplets from a miner weight sample ``i`` by how often it appears in them, divided by the
+    largest count (0 if never), as pytorch-metric-learning does.
+
+    Unlike pytorch-metric-learning, ``gamma`` is stored as given (pytorch-metric-learning stores
+    ``1 / gamma`` under that name), and with many classes the ``(batch, num_classes * centers_per_class)``
+    centre similarities are relaxed block by block and recomputed in the backward pass, so that only the
+    ``(batch, num_classes)`` relaxed similarities are held.
+
+    Args:
+        num_classes: the number of classes, ``>= 1``.
+        embedding_size: the embedding dimension, ``>= 1``.
+        centers_per_class: centres per class ``K``, ``>= 1``.
+        la: the logit scale ``lambda``, ``> 0``.
+        gamma: the softmax temperature over a class's centres, ``> 0``.
+        margin: the margin ``delta`` subtracted from the true class's relaxed similarity, ``>= 0``.
+        **kwargs: ``weight_regularizer``, ``weight_reg_weight``, ``weight_init_func`` (default Kaiming-uniform
+            with ``a = sqrt(5)``, ``nn.Linear``'s initialisation), ``distance`` (a similarity; default
+            ``CosineSimilarity()``), ``reducer`` (default ``MeanReducer()``), ``embedding_regularizer``,
+            ``embedding_reg_weight``.
+
+    Attributes:
+        fc: ``(embedding_size, num_classes * centers_per_class)`` learned centres, one per column, the
+            ``centers_per_class`` centres of class 0 first; float32.
+
+    Example:
+        >>> loss_fn = SoftTripleLoss(num_classes=2, embedding_size=2, centers_per_class=1,
+        ...                          weight_init_func=torch.nn.init.eye_)
+        >>> emb = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        >>> round(loss_fn(emb, torch.tensor([0, 1])).item(), 4)
+        0.0
+    """
+
+    default_weight_init = staticmethod(functools.partial(nn.init.kaiming_uniform_, a=math.sqrt(5)))
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_size: int,
+        centers_per_class: int = 10,
+        la: float = 20,
+        gamma: float = 0.1,
+        margin: float = 0.01,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_classes, embedding_size, **kwargs)
+        name = type(self).__name__
+        check_range(name, "centers_per_class", centers_per_class, low=1, integer=True)
+        check_range(name, "la", la, low=0, low_inclusive=False)
+        check_range(name, "gamma", gamma, low=0, low_inclusive=False)
+        check_range(name, "margin", margin, low=0)
+        if not self.distance.higher_is_closer:
+            rule = "a similarity (higher is closer), e.g. CosineSimilarity()"
+            raise ValueError(message(name, "distance", rule, type(self.distance).__name__))
+        self.centers_per_class = centers_per_class
+        self.la = la
+        self.gamma = gamma
+        self.margin = margin
+        self.fc = self.new_weights(embedding_size, num_classes * centers_per_class)
+
+    def get_default_distance(self) -> BaseDistance:
+        return CosineSimilarity()
+
+    def class_weights(self) -> Tensor:
+        return self.fc.t()
+
+    def get_logits(self, embeddings: Tensor) -> Tensor:
+        """``(batch, num_classes)`` relaxed similarities ``S'(x, c)`` (before the margin and the scale ``la``)."""
+        return self._relaxed_similarity(embeddings, self.fc.t().to(embeddings.dtype))
+
+    def compute_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+    ) -> Mapping[str, Terms]:
+        assert labels is not None  # checked by BaseClassWeightLoss.forward
+        with _no_autocast(embeddings):
+            x = _at_least_float32(embeddings)
+            relaxed = self._relaxed_similarity(x, self.fc.t().to(x.dtype))
+            own = torch.zeros_like(relaxed).scatter_(1, labels.unsqueeze(1), self.margin)
+            values = F.cross_entropy(self.la * (relaxed - own), labels, reduction="none")
+        size = embeddings.shape[0]
+        weights = miner_weights(indices_tuple, size, values.dtype, values.device, anchors_only=False)
+        if weights is not None:
+            values = values * weights
+        return {"loss": Terms(values, torch.arange(size, device=values.device), TermKind.ELEMENT)}
+
+    def _relaxed_similarity(self, x: Tensor, centers: Tensor) -> Tensor:
+        k = self.centers_per_class
+        classes_per_block = max(1, _BLOCK_ELEMENTS // max(1, x.shape[0] * k))
+        if classes_per_block >= self.num_classes:
+            return self._relax_block(x, centers)
+        blocks = []
+        recompute = torch.is_grad_enabled() and (x.requires_grad or centers.requires_grad)
+        for start in range(0, self.num_classes, classes_per_block):
+            part = centers[start * k : (start + classes_per_block) * k]
+            if recompute:
+                # keep only the block's inputs; its (batch, classes, K) similarities are rebuilt in backward
+                blocks.append(checkpoint(self._relax_block, x, part, use_reentrant=False))
+            else:
+                blocks.append(self._relax_block(x, part))
+        return torch.cat(blocks, dim=1)
+
+    def _relax_block(self, x: Tensor, centers: Tensor) -> Tensor:
+        sim = self.distance(x, centers).view(x.shape[0], -1, self.centers_per_class)
+        prob = torch.softmax(sim / self.gamma, dim=2)
+        return (prob * sim).sum(dim=2)
