@@ -14,7 +14,9 @@ from torch import Tensor
 from dmlkit.distances import BaseDistance, CosineSimilarity, LpDistance
 from dmlkit.indices import all_pairs, random_triplets
 from dmlkit.losses import TripletMarginLoss
+from dmlkit.losses import triplet_margin as triplet_module
 from dmlkit.miners import TripletMarginMiner
+from dmlkit.reducers import AvgNonZeroReducer, MeanReducer, SumReducer
 from tests.reference import triplet as ref
 
 # name -> (dmlkit distance factory, oracle spec, PML distance class name and kwargs)
@@ -488,3 +490,64 @@ def test_pml_parity_with_pairs_indices_tuple() -> None:
             rtol=0,
             atol=1e-6,
         )
+
+
+# ------------------------------------------------------------------------- fused (chunked) reductions
+
+
+def _plain_reducer(reducer_cls: type) -> object:
+    """A subclass of ``reducer_cls`` reduces the same way, but the loss keeps every term for it (per-term path)."""
+    return type(f"Plain{reducer_cls.__name__}", (reducer_cls,), {})()
+
+
+@pytest.mark.parametrize("reducer_cls", [AvgNonZeroReducer, MeanReducer, SumReducer])
+@pytest.mark.parametrize("distance", ["lp", "lp_raw_squared", "cosine"])
+@pytest.mark.parametrize("swap", [False, True])
+@pytest.mark.parametrize("smooth", [False, True])
+@pytest.mark.parametrize("mined", [False, True])
+def test_chunked_reduction_equals_the_per_term_path(
+    monkeypatch: pytest.MonkeyPatch, reducer_cls: type, distance: str, swap: bool, smooth: bool, mined: bool
+) -> None:
+    # Tiny chunks so that every path crosses several chunk boundaries.
+    monkeypatch.setattr(triplet_module, "_CHUNK_CELLS", 40)
+    monkeypatch.setattr(triplet_module, "_LISTED_CHUNK", 7)
+    factory = DISTANCES[distance][0]
+    emb, labels = _batch(5, n=24, classes=4)
+    indices = TripletMarginMiner(0.3, "all", distance=factory())(emb, labels) if mined else None
+    values, grads = [], []
+    for reducer in (reducer_cls(), _plain_reducer(reducer_cls)):
+        x = emb.clone().requires_grad_(True)
+        loss = TripletMarginLoss(margin=0.2, swap=swap, smooth_loss=smooth, distance=factory(), reducer=reducer)
+        value = loss(x, labels, indices)
+        value.backward()
+        values.append(value.detach())
+        grads.append(x.grad)
+    assert values[0].item() > 0
+    assert torch.allclose(values[0], values[1], rtol=1e-12, atol=1e-14)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_chunked_reduction_with_a_reference_set(monkeypatch: pytest.MonkeyPatch, swap: bool) -> None:
+    monkeypatch.setattr(triplet_module, "_CHUNK_CELLS", 40)
+    emb, labels = _batch(6, n=12, classes=3)
+    ref_emb, ref_labels = _batch(7, n=16, classes=3)
+    values, grads = [], []
+    for reducer in (AvgNonZeroReducer(), _plain_reducer(AvgNonZeroReducer)):
+        x, r = emb.clone().requires_grad_(True), ref_emb.clone().requires_grad_(True)
+        value = TripletMarginLoss(margin=0.3, swap=swap, reducer=reducer)(x, labels, ref_emb=r, ref_labels=ref_labels)
+        value.backward()
+        values.append(value.detach())
+        grads.append(torch.cat([x.grad, r.grad]))
+    assert torch.allclose(values[0], values[1], rtol=1e-12)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-10, atol=1e-13)
+
+
+def test_chunked_reduction_without_positive_terms_is_a_connected_zero() -> None:
+    emb = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1])
+    for indices in (None, (torch.tensor([0]), torch.tensor([1]), torch.tensor([2]))):
+        loss = TripletMarginLoss(margin=0.1)(emb, labels, indices)
+        loss.backward()
+        assert loss.item() == 0.0 and emb.grad is not None and not emb.grad.any()
+        emb.grad = None

@@ -39,7 +39,7 @@ class BaseClassWeightLoss(BaseMetricLossFunction):
 
     supports_ref_emb: ClassVar[bool] = False
     #: how new weights are initialised when ``weight_init_func`` is not given (in place, like ``nn.init``).
-    default_weight_init: ClassVar[Callable[[Tensor], Any]] = staticmethod(nn.init.normal_)
+    default_weight_init: ClassVar[Callable[..., Any]] = staticmethod(nn.init.normal_)
 
     def __init__(
         self,

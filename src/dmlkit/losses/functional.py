@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["pair_values", "masked_logsumexp", "row_logsumexp", "segment_logsumexp", "miner_weights"]
+from ..reducers import AvgNonZeroReducer, BaseReducer, MeanReducer, SumReducer
+from ..reducers.base import zero_loss
+
+__all__ = [
+    "pair_values",
+    "masked_logsumexp",
+    "row_logsumexp",
+    "segment_logsumexp",
+    "miner_weights",
+    "FusedReduction",
+    "fused_reduction",
+    "reduce_in_chunks",
+]
 
 
 class _PairValues(torch.autograd.Function):
@@ -116,3 +131,62 @@ def miner_weights(
         parts = list(indices_tuple)
     counts = torch.bincount(torch.cat(parts), minlength=size)[:size].to(device=device, dtype=dtype)
     return counts / counts.max()
+
+
+class FusedReduction(str, enum.Enum):
+    """Reductions that need only a running sum and a count, so terms can be reduced chunk by chunk."""
+
+    MEAN = "mean"
+    NONZERO = "nonzero"
+    SUM = "sum"
+
+
+_FUSABLE: dict[type, FusedReduction] = {
+    MeanReducer: FusedReduction.MEAN,
+    AvgNonZeroReducer: FusedReduction.NONZERO,
+    SumReducer: FusedReduction.SUM,
+}
+
+
+def fused_reduction(reducer: BaseReducer) -> FusedReduction | None:
+    """The chunkable reduction ``reducer`` performs, or ``None`` when it needs every term at once (it groups by
+    anchor, weighs by class, keeps the terms …). Exact types only: a subclass may reduce differently."""
+    return _FUSABLE.get(type(reducer))
+
+
+def reduce_in_chunks(
+    chunk_terms: Callable[[int, int], tuple[Tensor, Tensor | None]],
+    num_rows: int,
+    rows_per_chunk: int,
+    reduction: FusedReduction,
+    like: Tensor,
+) -> Tensor:
+    """Reduce terms that are produced ``rows_per_chunk`` rows at a time, never holding them all.
+
+    ``chunk_terms(start, end)`` returns the terms of rows ``start:end`` and an optional mask of the valid ones.
+    Each chunk is checkpointed: its intermediates are recomputed in the backward pass instead of kept, so memory
+    is one chunk's, whatever the number of terms. The result equals reducing the concatenated valid terms with
+    the reducer ``reduction`` stands for (mean, mean of the positive ones, or sum); no valid (or, for the
+    non-zero mean, no positive) term gives a graph-connected 0.
+    """
+
+    def reduced(start: int, end: int) -> tuple[Tensor, Tensor]:
+        values, keep = chunk_terms(start, end)
+        if keep is not None:
+            values = torch.where(keep, values, values.new_zeros(()))
+        if reduction is FusedReduction.NONZERO:
+            counted = values > 0
+        else:
+            counted = keep if keep is not None else torch.ones_like(values, dtype=torch.bool)
+        return values.sum(), counted.sum()
+
+    total: Tensor | None = None
+    count = 0
+    for start in range(0, num_rows, rows_per_chunk):
+        end = min(num_rows, start + rows_per_chunk)
+        chunk_sum, chunk_count = checkpoint(reduced, start, end, use_reentrant=False)
+        total = chunk_sum if total is None else total + chunk_sum
+        count += int(chunk_count)
+    if total is None or (count == 0 and reduction is not FusedReduction.SUM):
+        return zero_loss(like)
+    return total if reduction is FusedReduction.SUM else total / count

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -12,9 +12,14 @@ from ..indices import label_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import pair_values
+from .functional import FusedReduction, fused_reduction, pair_values, reduce_in_chunks
 
 __all__ = ["TripletMarginLoss"]
+
+#: terms computed at once by the chunked (fused-reduction) paths: 4M floats, 16 MiB per temporary.
+_CHUNK_CELLS = 1 << 22
+#: listed triplets handled at once: their flat indices and values take a few MiB.
+_LISTED_CHUNK = 1 << 20
 
 
 class TripletMarginLoss(BaseMetricLossFunction):
@@ -71,15 +76,65 @@ class TripletMarginLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         mat = self.distance(embeddings, ref_emb)
+        ref_is_batch = ref_emb is embeddings
+        fused = fused_reduction(self.reducer)
         if indices_tuple is None and self.triplets_per_anchor == "all":
-            return {"loss": self._all_triplet_terms(mat, labels, ref_emb is embeddings, ref_emb, ref_labels)}
+            if fused is not None:
+                return {"loss": self._all_triplets_reduced(mat, labels, ref_is_batch, ref_emb, ref_labels, fused)}
+            return {"loss": self._all_triplet_terms(mat, labels, ref_is_batch, ref_emb, ref_labels)}
         a, p, n = self.triplets(labels, indices_tuple, ref_labels, self.triplets_per_anchor, self.generator)
         if a.numel() == 0:
             return {"loss": Terms(embeddings.new_zeros(0), a, TermKind.TRIPLET)}
+        if fused is not None and not self.swap:
+            return {"loss": self._given_triplets_reduced(mat, a, p, n, fused)}
         an = pair_values(mat, a, n)
         if self.swap:
-            an = self.distance.smallest_dist(an, self._positive_negative(mat, ref_emb is embeddings, ref_emb, p, n))
+            an = self.distance.smallest_dist(an, self._positive_negative(mat, ref_is_batch, ref_emb, p, n))
         return {"loss": Terms(self._loss(self.distance.gap(pair_values(mat, a, p), an)), a, TermKind.TRIPLET)}
+
+    def _given_triplets_reduced(self, mat: Tensor, a: Tensor, p: Tensor, n: Tensor, fused: FusedReduction) -> Terms:
+        """Listed triplets reduced chunk by chunk: no per-triplet tensor outlives its chunk."""
+        sign = -1.0 if self.distance.is_inverted else 1.0
+        value = _ListedTripletMargin.apply(mat, a, p, n, self.margin, sign, self.smooth_loss, fused)
+        return Terms.reduced(value)
+
+    def _all_triplets_reduced(
+        self,
+        mat: Tensor,
+        labels: Tensor | None,
+        ref_is_batch: bool,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+        fused: FusedReduction,
+    ) -> Terms:
+        """Every triplet reduced chunk by chunk of anchors, each positive pair against its anchor's whole row.
+
+        ``mat`` is split into row blocks once, so each chunk's gradient covers only its block; the positive
+        pairs' values are gathered once for all chunks.
+        """
+        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+        a, p = torch.nonzero(positive, as_tuple=True)  # sorted by anchor
+        ap = pair_values(mat, a, p)
+        rows_per_block = max(1, _CHUNK_CELLS // max(1, 4 * mat.shape[1]))
+        blocks = mat.split(rows_per_block)
+        pair_starts = torch.searchsorted(a, torch.arange(0, mat.shape[0] + rows_per_block, rows_per_block))
+        bounds = pair_starts.tolist()
+        pn_source = mat if ref_is_batch else None
+
+        def chunk(index: int, _: int) -> tuple[Tensor, Tensor]:
+            lo, hi = bounds[index], bounds[index + 1]
+            anchors = a[lo:hi]
+            an = blocks[index].index_select(0, anchors - index * rows_per_block)
+            if self.swap:
+                positives = p[lo:hi]
+                pn = pn_source.index_select(0, positives) if pn_source is not None else None
+                if pn is None:
+                    pn = self.distance(ref_emb[positives], ref_emb)
+                an = self.distance.smallest_dist(an, pn)
+            gap = self.distance.gap(ap[lo:hi].unsqueeze(1), an)
+            return self._loss(gap), negative.index_select(0, anchors)
+
+        return Terms.reduced(reduce_in_chunks(chunk, len(blocks), 1, fused, mat))
 
     def _all_triplet_terms(
         self, mat: Tensor, labels: Tensor | None, ref_is_batch: bool, ref_emb: Tensor, ref_labels: Tensor | None
@@ -108,3 +163,69 @@ class TripletMarginLoss(BaseMetricLossFunction):
         d = self.distance
         pn = d.pairwise_distance(d.maybe_normalize(ref_emb[p]), d.maybe_normalize(ref_emb[n]))
         return pn**d.power if d.power != 1 else pn
+
+
+class _ListedTripletMargin(torch.autograd.Function):
+    """The fused-reduced triplet margin loss of listed triplets, in chunks, with a hand-written backward.
+
+    Forward keeps only the running sum and count; backward recomputes each chunk's violations and scatters
+    ``d loss / d mat`` into one flat buffer, so memory is the index lists plus one chunk, not several tensors
+    per triplet.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        mat: Tensor,
+        a: Tensor,
+        p: Tensor,
+        n: Tensor,
+        margin: float,
+        sign: float,
+        smooth: bool,
+        reduction: FusedReduction,
+    ) -> Tensor:
+        total = mat.new_zeros(())
+        count = 0
+        for ap, an, _, _ in _listed_chunks(mat, a, p, n):
+            values = _margin_values(ap, an, margin, sign, smooth)
+            total += values.sum()
+            count += int((values > 0).sum()) if reduction is FusedReduction.NONZERO else values.numel()
+        ctx.save_for_backward(mat, a, p, n)
+        ctx.settings = (margin, sign, smooth, reduction, count)
+        if reduction is FusedReduction.SUM:
+            return total
+        return total / count if count else total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        mat, a, p, n = ctx.saved_tensors
+        margin, sign, smooth, reduction, count = ctx.settings
+        scale = grad if reduction is FusedReduction.SUM or count == 0 else grad / count
+        out = mat.new_zeros(mat.numel())
+        for ap, an, ap_index, an_index in _listed_chunks(mat.detach(), a, p, n):
+            violation = margin - sign * (an - ap)
+            slope = torch.sigmoid(violation) if smooth else (violation > 0).to(mat.dtype)
+            if smooth and reduction is FusedReduction.NONZERO:
+                slope = slope * (F.softplus(violation) > 0)
+            slope *= scale * sign
+            out.index_add_(0, ap_index, slope)
+            out.index_add_(0, an_index, slope.neg_())
+        return out.view_as(mat), None, None, None, None, None, None, None
+
+
+def _listed_chunks(mat: Tensor, a: Tensor, p: Tensor, n: Tensor) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """``(d(a, p), d(a, n), flat index of (a, p), flat index of (a, n))`` for consecutive chunks of triplets."""
+    flat = mat.reshape(-1)
+    width = mat.shape[1]
+    for start in range(0, a.numel(), _LISTED_CHUNK):
+        end = start + _LISTED_CHUNK
+        ap_index = a[start:end] * width
+        an_index = ap_index + n[start:end]
+        ap_index += p[start:end]
+        yield flat.index_select(0, ap_index), flat.index_select(0, an_index), ap_index, an_index
+
+
+def _margin_values(ap: Tensor, an: Tensor, margin: float, sign: float, smooth: bool) -> Tensor:
+    violation = margin - sign * (an - ap)
+    return F.softplus(violation) if smooth else F.relu(violation)

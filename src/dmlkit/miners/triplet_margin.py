@@ -14,7 +14,7 @@ from .base import BaseMiner
 __all__ = ["TripletMarginMiner", "TripletType"]
 
 #: how many (positive pair, reference) cells one mining block may hold.
-_BLOCK_CELLS = 1 << 24
+_BLOCK_CELLS = 1 << 22
 
 
 class TripletType(str, enum.Enum):
@@ -58,21 +58,31 @@ class TripletMarginMiner(BaseMiner):
     def mine(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor) -> Triplets:
         mat = self.distance(embeddings, ref_emb)
         positive, negative = label_masks(labels, ref_labels)
-        # Scan (positive pair) x (reference) rows: the work is proportional to the candidate triplets,
-        # not to batch_size ** 3, and positive pairs come in (a, p) order, so the output is lexicographic.
         anchors, positives = torch.nonzero(positive, as_tuple=True)
         block = max(1, _BLOCK_CELLS // max(1, mat.shape[1]))
-        found: list[tuple[Tensor, Tensor, Tensor]] = []
+        # First pass keeps one bit per candidate triplet; the output is then allocated once at its final size,
+        # so the peak is the output plus the masks instead of the output twice (blocks, then their concatenation).
+        selected: list[Tensor] = []
         for start in range(0, anchors.numel(), block):
             a = anchors[start : start + block]
-            p = positives[start : start + block]
-            gap = self.distance.gap(mat[a, p].unsqueeze(1), mat[a])
-            pair, n = torch.nonzero(self._select(gap) & negative[a], as_tuple=True)
-            found.append((a[pair], p[pair], n))
-        if not found:
-            empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
-            return Triplets(empty, empty.clone(), empty.clone())
-        return Triplets(*(torch.cat(parts) for parts in zip(*found, strict=True)))
+            gap = self.distance.gap(mat[a, positives[start : start + block]].unsqueeze(1), mat[a])
+            keep = self._select(gap)
+            keep &= negative[a]
+            selected.append(keep)
+        total = int(sum(int(keep.sum()) for keep in selected))
+        out = Triplets(*(torch.empty(total, dtype=torch.long, device=mat.device) for _ in range(3)))
+        filled = 0
+        for index, keep in enumerate(selected):
+            flat = torch.nonzero(keep.view(-1)).squeeze(1)
+            selected[index] = keep.new_empty(0)  # release the block's mask as soon as it is used
+            end = filled + flat.numel()
+            pair = torch.div(flat, keep.shape[1], rounding_mode="floor")
+            torch.remainder(flat, keep.shape[1], out=out.negatives[filled:end])
+            pair += index * block
+            torch.index_select(anchors, 0, pair, out=out.anchors[filled:end])
+            torch.index_select(positives, 0, pair, out=out.positives[filled:end])
+            filled = end
+        return out
 
     def _select(self, gap: Tensor) -> Tensor:
         kind = TripletType(self.type_of_triplets)
