@@ -1,0 +1,79 @@
+"""Shared pieces of the proxy-loss tests: PML twins with copied weights, separable blobs to train on, and the
+inputs that stress low precision (huge and tiny norms, angles 0 and pi to a class weight)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from dmlkit.losses.class_weights import BaseClassWeightLoss
+
+
+def pml_losses() -> object:
+    return pytest.importorskip("pytorch_metric_learning.losses")
+
+
+def copy_weights(ours: BaseClassWeightLoss, theirs: nn.Module, name: str) -> None:
+    """Make ``ours`` float64 and give it ``theirs``'s parameter ``name``."""
+    ours.double()
+    with torch.no_grad():
+        getattr(ours, name).copy_(getattr(theirs, name))
+
+
+def blobs(seed: int = 0, classes: int = 4, per_class: int = 12, dim: int = 8) -> tuple[Tensor, Tensor]:
+    """Well separated Gaussian blobs: ``classes`` random centres of norm ~6, unit noise."""
+    g = torch.Generator().manual_seed(seed)
+    centres = 2.0 * torch.randn(classes, dim, generator=g)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return centres[labels] + 0.5 * torch.randn(len(labels), dim, generator=g), labels
+
+
+def train(
+    loss_fn: BaseClassWeightLoss, x: Tensor, labels: Tensor, embedding_size: int, steps: int = 200, lr: float = 0.05
+) -> tuple[float, float, nn.Module]:
+    """Adam on a linear embedder and the loss's own parameters; returns (first loss, last loss, embedder)."""
+    torch.manual_seed(0)
+    embedder = nn.Linear(x.shape[1], embedding_size)
+    optimizer = torch.optim.Adam([*embedder.parameters(), *loss_fn.parameters()], lr=lr)
+    first = last = float("nan")
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = loss_fn(embedder(x), labels)
+        loss.backward()
+        optimizer.step()
+        if step == 0:
+            first = loss.item()
+        last = loss.item()
+    return first, last, embedder
+
+
+def hard_precision_inputs(weights: Tensor, dim: int, seed: int = 0) -> Tensor:
+    """Rows at angle 0 and pi to class weight 0, with norms 1e4 and 1e-8, and random rows with those norms."""
+    w = weights.detach().float()[0]
+    direction = w / w.norm()
+    g = torch.Generator().manual_seed(seed)
+    random = torch.nn.functional.normalize(torch.randn(2, dim, generator=g), dim=1)
+    rows = [direction, -direction, random[0], random[1]]
+    return torch.stack([r * s for s in (1e4, 1e-8) for r in rows])
+
+
+def assert_finite_under_bf16_autocast(
+    make_loss: Callable[[], BaseClassWeightLoss], dim: int, labels_for: Callable[[int], Tensor]
+) -> None:
+    """Finite float32 loss and finite gradients for embeddings in float32 and in bfloat16 under autocast."""
+    loss_fn = make_loss()
+    base = hard_precision_inputs(loss_fn.class_weights(), dim)
+    labels = labels_for(base.shape[0])
+    for dtype in (torch.float32, torch.bfloat16):
+        emb = base.to(dtype).detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_fn(emb, labels)
+        assert loss.dtype == torch.float32 and bool(torch.isfinite(loss)), (dtype, loss)
+        loss.backward()
+        assert emb.grad is not None and bool(torch.isfinite(emb.grad).all()), dtype
+        for p in loss_fn.parameters():
+            assert p.dtype == torch.float32 and (p.grad is None or bool(torch.isfinite(p.grad).all()))
+        loss_fn.zero_grad()
