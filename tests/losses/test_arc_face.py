@@ -72,7 +72,7 @@ def test_bf16_autocast_is_finite() -> None:
 
 
 def test_class_weights_train() -> None:
-    checks.assert_class_weights_train(lambda c, d: ArcFaceLoss(c, d, scale=16))
+    checks.assert_class_weights_train(lambda c, d: ArcFaceLoss(c, d))
 
 
 # --------------------------------------------------------------------------------------------- PML parity

@@ -35,13 +35,23 @@ def updated_statistics(emb: Matrix, mean: float, std: float, alpha: float) -> tu
 
 
 def ada_face_values(
-    emb: Matrix, labels: list[int], weights: Matrix, margin: float, h: float, scale: float, mean: float, std: float
+    emb: Matrix,
+    labels: list[int],
+    weights: Matrix,
+    margin: float,
+    h: float,
+    scale: float,
+    mean: float,
+    std: float,
+    norms: list[float] | None = None,
 ) -> list[float]:
-    """Per-sample losses given the (already updated) statistics ``mean`` and ``std``."""
+    """Per-sample losses given the (already updated) statistics ``mean`` and ``std``; ``norms`` overrides the
+    clipped feature norms (to differentiate with the norms held fixed, as the paper's stop-gradient does)."""
     cos = cosine_matrix(emb, class_rows(weights))
+    norms = _clipped_norms(emb) if norms is None else norms
     values = []
-    for i, (x, row) in enumerate(zip(emb, cos, strict=True)):
-        z = min(max(h * (_clipped_norms([x])[0] - mean) / (std + 1e-3), -1.0), 1.0)
+    for i, row in enumerate(cos):
+        z = min(max(h * (norms[i] - mean) / (std + 1e-3), -1.0), 1.0)
         theta = math.acos(max(-1.0, min(1.0, row[labels[i]])))
         shifted = min(max(theta - margin * z, 0.0), math.pi)
         logits = list(row)
