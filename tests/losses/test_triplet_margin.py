@@ -504,16 +504,24 @@ def _plain_reducer(reducer_cls: type) -> object:
 @pytest.mark.parametrize("distance", ["lp", "lp_raw_squared", "cosine"])
 @pytest.mark.parametrize("swap", [False, True])
 @pytest.mark.parametrize("smooth", [False, True])
-@pytest.mark.parametrize("mined", [False, True])
+@pytest.mark.parametrize("mined", ["nothing", "triplets", "pairs", "repeated pairs"])
 def test_chunked_reduction_equals_the_per_term_path(
-    monkeypatch: pytest.MonkeyPatch, reducer_cls: type, distance: str, swap: bool, smooth: bool, mined: bool
+    monkeypatch: pytest.MonkeyPatch, reducer_cls: type, distance: str, swap: bool, smooth: bool, mined: str
 ) -> None:
     # Tiny chunks so that every path crosses several chunk boundaries.
     monkeypatch.setattr(triplet_module, "_CHUNK_CELLS", 40)
     monkeypatch.setattr(triplet_module, "_LISTED_CHUNK", 7)
     factory = DISTANCES[distance][0]
     emb, labels = _batch(5, n=24, classes=4)
-    indices = TripletMarginMiner(0.3, "all", distance=factory())(emb, labels) if mined else None
+    indices: tuple[Tensor, ...] | None = None
+    if mined == "triplets":
+        indices = TripletMarginMiner(0.3, "all", distance=factory())(emb, labels)
+    elif mined != "nothing":
+        a1, p, a2, n = all_pairs(labels)
+        keep_pos, keep_neg = torch.arange(a1.numel()) % 3 != 0, torch.arange(a2.numel()) % 2 == 0
+        indices = (a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
+        if mined == "repeated pairs":  # repeated pairs repeat their triplets: the masks cannot say so
+            indices = tuple(torch.cat([t, t[:5]]) for t in indices)
     values, grads = [], []
     for reducer in (reducer_cls(), _plain_reducer(reducer_cls)):
         x = emb.clone().requires_grad_(True)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range, message
-from ..indices import label_masks
+from ..indices import label_masks, pair_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
@@ -80,8 +80,15 @@ class TripletMarginLoss(BaseMetricLossFunction):
         fused = fused_reduction(self.reducer)
         if indices_tuple is None and self.triplets_per_anchor == "all":
             if fused is not None:
-                return {"loss": self._all_triplets_reduced(mat, labels, ref_is_batch, ref_emb, ref_labels, fused)}
+                masks = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+                return {"loss": self._masked_triplets_reduced(mat, masks, ref_is_batch, ref_emb, fused)}
             return {"loss": self._all_triplet_terms(mat, labels, ref_is_batch, ref_emb, ref_labels)}
+        if indices_tuple is not None and len(indices_tuple) == 4 and fused is not None:
+            # Triplets from mined pairs are (positive pair) x (negative pair) per anchor: with distinct pairs,
+            # masks describe them exactly, without listing the product.
+            masks = pair_masks(indices_tuple, labels, ref_labels, tuple(mat.shape))  # type: ignore[arg-type]
+            if int(masks[0].sum()) == indices_tuple[0].numel() and int(masks[1].sum()) == indices_tuple[2].numel():
+                return {"loss": self._masked_triplets_reduced(mat, masks, ref_is_batch, ref_emb, fused)}
         a, p, n = self.triplets(labels, indices_tuple, ref_labels, self.triplets_per_anchor, self.generator)
         if a.numel() == 0:
             return {"loss": Terms(embeddings.new_zeros(0), a, TermKind.TRIPLET)}
@@ -98,21 +105,21 @@ class TripletMarginLoss(BaseMetricLossFunction):
         value = _ListedTripletMargin.apply(mat, a, p, n, self.margin, sign, self.smooth_loss, fused)
         return Terms.reduced(value)
 
-    def _all_triplets_reduced(
+    def _masked_triplets_reduced(
         self,
         mat: Tensor,
-        labels: Tensor | None,
+        masks: tuple[Tensor, Tensor],
         ref_is_batch: bool,
         ref_emb: Tensor,
-        ref_labels: Tensor | None,
         fused: FusedReduction,
     ) -> Terms:
-        """Every triplet reduced chunk by chunk of anchors, each positive pair against its anchor's whole row.
+        """Every triplet (a, p, n) with ``positive[a, p]`` and ``negative[a, n]``, reduced chunk by chunk of
+        anchors, each positive pair against its anchor's whole row.
 
         ``mat`` is split into row blocks once, so each chunk's gradient covers only its block; the positive
         pairs' values are gathered once for all chunks.
         """
-        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+        positive, negative = masks
         a, p = torch.nonzero(positive, as_tuple=True)  # sorted by anchor
         ap = pair_values(mat, a, p)
         rows_per_block = max(1, _CHUNK_CELLS // max(1, 4 * mat.shape[1]))
