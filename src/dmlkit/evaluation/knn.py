@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +12,11 @@ from torch import Tensor
 from .._validation import check_choice, check_embeddings, check_range, message
 from ..types import Neighbors
 
-__all__ = ["KnnDistance", "knn"]
+__all__ = ["KnnDistance", "ExactKNN", "iter_knn", "knn"]
 
 _OWNER = "knn"
+#: queries per block of the streamed search: a (256, block_size) block of keys stays in cache.
+_QUERY_ROWS = 256
 
 
 class KnnDistance(str, enum.Enum):
@@ -28,17 +31,32 @@ class KnnDistance(str, enum.Enum):
     INNER_PRODUCT = "inner_product"
 
 
-def _block_keys(query: Tensor, reference: Tensor, measure: KnnDistance) -> Tensor:
-    """A (len(query), len(reference)) matrix in which smaller means closer."""
-    if measure is KnnDistance.EUCLIDEAN:
-        # ||q||^2 + ||r||^2 - 2 q.r: one matrix product instead of a (bq, br, d) difference tensor.
-        squared = (query * query).sum(1, keepdim=True) + (reference * reference).sum(1)
-        keys = torch.addmm(squared, query, reference.T, alpha=-2).clamp_(min=0).sqrt_()
-    else:
-        keys = (query @ reference.T).neg_()
-    # Real candidates must stay strictly below the +inf used for excluded and not-yet-filled slots.
-    big = torch.finfo(keys.dtype).max
-    return torch.nan_to_num_(keys, nan=big, posinf=big, neginf=-big)
+class _Operand:
+    """A block of rows prepared so that one matrix product gives the ranking keys (smaller = closer).
+
+    For the Euclidean distance the key of (q, r) is ``||r||^2 - 2 q.r``: the squared distance minus the
+    query's own ``||q||^2``, which does not change the ranking of a row. Appending a column of ones to the
+    queries and ``||r||^2`` to the scaled references folds the whole key into one matrix product, so no
+    separate pass adds the norms, clamps or takes square roots over the block.
+    """
+
+    @staticmethod
+    def queries(x: Tensor, measure: KnnDistance, dtype: torch.dtype) -> Tensor:
+        x = x.to(dtype)
+        if measure is KnnDistance.COSINE:
+            return F.normalize(x, dim=1)
+        if measure is KnnDistance.EUCLIDEAN:
+            return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
+        return x
+
+    @staticmethod
+    def references(x: Tensor, measure: KnnDistance, dtype: torch.dtype) -> Tensor:
+        x = x.to(dtype)
+        if measure is KnnDistance.COSINE:
+            return F.normalize(x, dim=1).neg_()
+        if measure is KnnDistance.EUCLIDEAN:
+            return torch.cat([x * -2, (x * x).sum(1, keepdim=True)], dim=1)
+        return x.neg()
 
 
 def _smallest(cand: Tensor, k: int) -> Tensor:
@@ -66,14 +84,6 @@ def _merge(run_keys: Tensor, run_idx: Tensor, keys: Tensor, start: int, k: int) 
     by column resolves them by index. The result keeps the invariant.
     """
     num_run = run_keys.shape[1]
-    kth = run_keys.amax(dim=1, keepdim=True)
-    if bool(torch.isfinite(kth).all()):
-        # Once every row holds k real candidates, only block entries strictly below the running k-th can
-        # enter (an equal one has a higher index). After the first blocks these are few: gather them
-        # instead of selecting over the whole block.
-        hits = (keys < kth).nonzero()
-        if hits.shape[0] * 8 <= keys.numel():
-            return _merge_hits(run_keys, run_idx, keys, start, k, hits)
     cand = torch.cat([run_keys, keys], dim=1)
     cols = _smallest(cand, k)
     from_run = cols < num_run
@@ -84,9 +94,10 @@ def _merge(run_keys: Tensor, run_idx: Tensor, keys: Tensor, start: int, k: int) 
 def _merge_hits(
     run_keys: Tensor, run_idx: Tensor, keys: Tensor, start: int, k: int, hits: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """``_merge`` when only the block entries at ``hits`` (row-major (row, column) pairs) can enter."""
-    if hits.shape[0] == 0:
-        return run_keys, run_idx
+    """``_merge`` when only the block entries at ``hits`` (row-major (row, column) pairs) can enter.
+
+    Every row must already hold k finite candidates, and every hit must lie strictly below its row's k-th.
+    """
     rows, cols = hits[:, 0], hits[:, 1]
     counts = torch.bincount(rows, minlength=keys.shape[0])
     width = int(counts.max())
@@ -101,54 +112,110 @@ def _merge_hits(
     return cand.gather(1, chosen), torch.cat([run_idx, hit_idx], dim=1).gather(1, chosen)
 
 
-def knn(
+def _exclude_own(keys: Tensor, qs: int, rs: int) -> None:
+    """Set the key of query ``qs + i`` against reference ``qs + i`` (when in this block) to +inf."""
+    lo, hi = max(qs, rs), min(qs + keys.shape[0], rs + keys.shape[1])
+    if lo < hi:
+        own = torch.arange(lo, hi, device=keys.device)
+        keys[own - qs, own - rs] = float("inf")
+
+
+def _topk_streamed(
+    q: Tensor, reference: Tensor, qs: int, k: int, own: bool, measure: KnnDistance, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """Running top-k of the prepared query block ``q`` over reference blocks: (keys, indices), unsorted."""
+    rows = q.shape[0]
+    run_keys = q.new_full((rows, k), float("inf"))
+    run_idx = torch.full((rows, k), -1, dtype=torch.long, device=q.device)
+    kth: Tensor | None = None
+    for rs in range(0, reference.shape[0], block_size):
+        keys = q @ reference[rs : rs + block_size].T
+        if own:
+            _exclude_own(keys, qs, rs)
+        if kth is None:
+            run_keys, run_idx = _merge(run_keys, run_idx, keys, rs, k)
+            top = run_keys.amax(dim=1)
+            if bool(torch.isfinite(top).all()):
+                kth = top
+            continue
+        # Only entries strictly below a row's k-th can enter (an equal one has a higher index). One cheap
+        # row minimum finds the rows that have any; later blocks rarely do.
+        active = (keys.amin(dim=1) < kth).nonzero().squeeze(1)
+        if active.numel() == 0:
+            continue
+        if active.numel() < rows:
+            sub_keys, sub_kth = keys[active], kth[active]
+            new_keys, new_idx = _merge_hits(
+                run_keys[active], run_idx[active], sub_keys, rs, k, (sub_keys < sub_kth[:, None]).nonzero()
+            )
+            run_keys[active], run_idx[active] = new_keys, new_idx
+            kth[active] = new_keys.amax(dim=1)
+        else:
+            run_keys, run_idx = _merge_hits(run_keys, run_idx, keys, rs, k, (keys < kth[:, None]).nonzero())
+            kth = run_keys.amax(dim=1)
+    return run_keys, run_idx
+
+
+def _topk_panel(
+    q: Tensor, reference: Tensor, qs: int, k: int, own: bool, measure: KnnDistance, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """Top-k of the prepared query block ``q`` from its keys against every reference at once."""
+    panel = q.new_empty(q.shape[0], reference.shape[0])
+    for rs in range(0, reference.shape[0], block_size):
+        r = reference[rs : rs + block_size]
+        torch.mm(q, r.T, out=panel[:, rs : rs + r.shape[0]])
+    if own:
+        _exclude_own(panel, qs, 0)
+    if k == panel.shape[1] - int(own):
+        # Every available reference: a stable sort orders ties by index. The excluded own row sorts last.
+        keys, idx = panel.sort(dim=1, stable=True)
+        return keys[:, :k], idx[:, :k]
+    cols = _smallest(panel, k)
+    return panel.gather(1, cols), cols
+
+
+def _search_block(
+    query_block: Tensor,
+    reference: Tensor,
+    raw_reference: Tensor,
+    qs: int,
+    k: int,
+    own: bool,
+    measure: KnnDistance,
+    dtype: torch.dtype,
+    block_size: int,
+    panel: bool,
+) -> tuple[Tensor, Tensor]:
+    """Sorted (keys, indices) of one query block; falls back to a safe float64 pass if a key overflowed."""
+    q = _Operand.queries(query_block, measure, dtype)
+    search = _topk_panel if panel else _topk_streamed
+    keys, idx = search(q, reference, qs, k, own, measure, block_size)
+    if bool((idx < 0).any()) or not bool(torch.isfinite(keys).all()):
+        # Keys overflowed to inf (embeddings beyond ~1e19 in float32): redo this block in float64, where
+        # every real key is finite and ranks below the +inf of an excluded row.
+        q = _Operand.queries(query_block, measure, torch.float64)
+        prepared = _Operand.references(raw_reference, measure, torch.float64)
+        keys, idx = _topk_panel(q, prepared, qs, k, own, measure, block_size)
+        keys = torch.nan_to_num(keys, posinf=torch.finfo(torch.float64).max)
+    order = keys.sort(dim=1, stable=True).indices
+    return keys.gather(1, order), idx.gather(1, order)
+
+
+def _keys_to_values(keys: Tensor, query_block: Tensor, measure: KnnDistance) -> Tensor:
+    if measure is KnnDistance.EUCLIDEAN:
+        q = query_block.to(keys.dtype)
+        return (keys + (q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_()
+    return keys.neg()
+
+
+def _check_search(
     query: Tensor,
     k: int,
-    reference: Tensor | None = None,
-    ref_includes_query: bool = False,
-    distance: KnnDistance | str = "euclidean",
-    block_size: int = 4096,
-) -> Neighbors:
-    """Exact k nearest neighbours of each query row among the reference rows.
-
-    The search streams over blocks of ``block_size`` queries and ``block_size`` references and keeps a
-    running top-k per query, so memory is ``O(len(query) * k + block_size ** 2)`` and the full
-    query-by-reference matrix never exists. Computation is in float32 (float64 when an input is float64)
-    on the inputs' device; float16 / bfloat16 inputs are upcast block by block.
-
-    Results are sorted nearest first; equal distances are ordered by ascending reference index, so the
-    output does not depend on ``block_size``. "Exact" means exhaustive: every reference is compared.
-    Euclidean distances come from ``||q||^2 + ||r||^2 - 2 q.r`` (one matrix product per block, as in
-    faiss), so in float32 a distance near 0 carries a rounding error of about ``1e-3 * ||x||``; pass
-    float64 inputs when that matters.
-
-    Args:
-        query: (Nq, d) floating-point embeddings.
-        k: neighbours per query, ``1 <= k <=`` the number of available references.
-        reference: (Nr, d) embeddings searched; None searches ``query`` itself with each query's own row
-            excluded (``ref_includes_query`` is then implied).
-        ref_includes_query: query ``i`` is reference row ``i`` (``query == reference[:Nq]``, checked), and
-            that row is excluded from query ``i``'s neighbours. The exclusion is by index, never by
-            distance: other rows at distance 0 (duplicates) are kept.
-        distance: ``"euclidean"`` (``distances`` are L2 distances, ascending; the ranking of
-            pytorch-metric-learning's default ``FaissKNN``, which reports squared distances),
-            ``"cosine"`` (cosine similarities, descending) or ``"inner_product"`` (dot products, descending).
-        block_size: rows per query block and per reference block, ``>= 1``.
-
-    Returns:
-        ``Neighbors(distances, indices)``, both (Nq, k); ``indices`` are long reference row numbers.
-
-    Example:
-        >>> x = torch.tensor([[0.0], [1.0], [3.0], [1.0]])
-        >>> knn(x, 2)
-        Neighbors(distances=tensor([[1., 1.],
-                [0., 1.],
-                [2., 2.],
-                [0., 1.]]), indices=tensor([[1, 3],
-                [3, 0],
-                [1, 3],
-                [1, 0]]))
-    """
+    reference: Tensor | None,
+    ref_includes_query: bool,
+    distance: KnnDistance | str,
+    block_size: int,
+) -> tuple[Tensor, bool, KnnDistance]:
     measure = check_choice(_OWNER, "distance", distance, KnnDistance)
     check_embeddings(_OWNER, query, "query")
     if reference is None:
@@ -173,33 +240,146 @@ def knn(
     if k > available:
         rule = f"<= the number of available references ({available})"
         raise ValueError(message(_OWNER, "k", rule, k))
+    return reference, ref_includes_query, measure
 
+
+def _iter_checked(
+    query: Tensor, k: int, reference: Tensor, ref_includes_query: bool, measure: KnnDistance, block_size: int
+) -> Iterator[tuple[int, Neighbors]]:
+    """``iter_knn`` without the argument checks (the caller has made them)."""
     dtype = torch.float64 if torch.float64 in (query.dtype, reference.dtype) else torch.float32
-    device = query.device
-    out_keys = torch.empty(num_query, k, dtype=dtype, device=device)
-    out_idx = torch.empty(num_query, k, dtype=torch.long, device=device)
+    num_ref = reference.shape[0]
+    # When k is a large share of the references, keeping a running top-k costs more than selecting once
+    # from a panel of the block's keys against every reference; the panel's rows are bounded so that it
+    # holds at most block_size ** 2 entries.
+    panel = 4 * k >= num_ref - int(ref_includes_query)
+    rows = max(1, min(_QUERY_ROWS, block_size**2 // max(num_ref, 1))) if panel else min(_QUERY_ROWS, block_size)
     with torch.no_grad():
-        for qs in range(0, num_query, block_size):
-            qe = min(qs + block_size, num_query)
-            q = query[qs:qe].to(dtype)
-            if measure is KnnDistance.COSINE:
-                q = F.normalize(q, dim=1)
-            run_keys = torch.full((qe - qs, k), float("inf"), dtype=dtype, device=device)
-            run_idx = torch.full((qe - qs, k), -1, dtype=torch.long, device=device)
-            for rs in range(0, num_ref, block_size):
-                re = min(rs + block_size, num_ref)
-                r = reference[rs:re].to(dtype)
-                if measure is KnnDistance.COSINE:
-                    r = F.normalize(r, dim=1)
-                keys = _block_keys(q, r, measure)
-                lo, hi = max(qs, rs), min(qe, re)
-                if ref_includes_query and lo < hi:
-                    own = torch.arange(lo, hi, device=device)
-                    keys[own - qs, own - rs] = float("inf")
-                run_keys, run_idx = _merge(run_keys, run_idx, keys, rs, k)
-            order = run_keys.sort(dim=1, stable=True).indices
-            out_keys[qs:qe] = run_keys.gather(1, order)
-            out_idx[qs:qe] = run_idx.gather(1, order)
-    if measure is not KnnDistance.EUCLIDEAN:
-        out_keys = out_keys.neg_()
-    return Neighbors(out_keys, out_idx)
+        # Prepared once: for float32 Euclidean search, a (Nr, d + 1) copy of the references.
+        prepared = _Operand.references(reference, measure, dtype)
+        for qs in range(0, query.shape[0], rows):
+            block = query[qs : qs + rows]
+            keys, idx = _search_block(
+                block, prepared, reference, qs, k, ref_includes_query, measure, dtype, block_size, panel
+            )
+            yield qs, Neighbors(_keys_to_values(keys, block, measure), idx)
+
+
+def iter_knn(
+    query: Tensor,
+    k: int,
+    reference: Tensor | None = None,
+    ref_includes_query: bool = False,
+    distance: KnnDistance | str = "euclidean",
+    block_size: int = 4096,
+) -> Iterator[tuple[int, Neighbors]]:
+    """:func:`knn`, one block of consecutive queries at a time: yields ``(first_query_row, Neighbors)``.
+
+    Consumers that reduce each query's neighbours to a few numbers (the retrieval metrics) never hold
+    the (Nq, k) result: memory stays ``O(rows * (k + block_size))``. Arguments as in :func:`knn`; they are
+    checked before the first block is yielded.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [3.0], [1.0]])
+        >>> [(start, n.indices.shape) for start, n in iter_knn(x, 2)]
+        [(0, torch.Size([4, 2]))]
+    """
+    reference, ref_includes_query, measure = _check_search(
+        query, k, reference, ref_includes_query, distance, block_size
+    )
+    return _iter_checked(query, k, reference, ref_includes_query, measure, block_size)
+
+
+def knn(
+    query: Tensor,
+    k: int,
+    reference: Tensor | None = None,
+    ref_includes_query: bool = False,
+    distance: KnnDistance | str = "euclidean",
+    block_size: int = 4096,
+) -> Neighbors:
+    """Exact k nearest neighbours of each query row among the reference rows.
+
+    The search takes 256 queries at a time, streams over blocks of ``block_size`` references and keeps a
+    running top-k per query, so memory is ``O(len(query) * k + 256 * block_size)`` and the full
+    query-by-reference matrix never exists. When ``k`` is at least a quarter of the references, each query
+    block instead selects from its keys against all references at once, with the block's rows limited so
+    that this holds at most ``block_size ** 2`` entries. Computation is in float32 (float64 when an input
+    is float64) on the inputs' device; float16 / bfloat16 inputs are upcast block by block.
+
+    Results are sorted nearest first; equal keys are ordered by ascending reference index, so the output
+    does not depend on ``block_size``. "Exact" means exhaustive: every reference is compared. Euclidean
+    rankings come from ``||r||^2 - 2 q.r`` (one matrix product per block, as in faiss) and the reported
+    distances from adding ``||q||^2``; in float32 a distance near 0 carries a rounding error of about
+    ``1e-3 * ||x||``, so pass float64 inputs when that matters.
+
+    Args:
+        query: (Nq, d) floating-point embeddings.
+        k: neighbours per query, ``1 <= k <=`` the number of available references.
+        reference: (Nr, d) embeddings searched; None searches ``query`` itself with each query's own row
+            excluded (``ref_includes_query`` is then implied).
+        ref_includes_query: query ``i`` is reference row ``i`` (``query == reference[:Nq]``, checked), and
+            that row is excluded from query ``i``'s neighbours. The exclusion is by index, never by
+            distance: other rows at distance 0 (duplicates) are kept.
+        distance: ``"euclidean"`` (``distances`` are L2 distances, ascending; the ranking of
+            pytorch-metric-learning's default ``FaissKNN``, which reports squared distances),
+            ``"cosine"`` (cosine similarities, descending) or ``"inner_product"`` (dot products, descending).
+        block_size: references per block, ``>= 1`` (also caps the queries per block).
+
+    Returns:
+        ``Neighbors(distances, indices)``, both (Nq, k); ``indices`` are long reference row numbers.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [3.0], [1.0]])
+        >>> knn(x, 2)
+        Neighbors(distances=tensor([[1., 1.],
+                [0., 1.],
+                [2., 2.],
+                [0., 1.]]), indices=tensor([[1, 3],
+                [3, 0],
+                [1, 3],
+                [1, 0]]))
+    """
+    reference, ref_includes_query, measure = _check_search(
+        query, k, reference, ref_includes_query, distance, block_size
+    )
+    dtype = torch.float64 if torch.float64 in (query.dtype, reference.dtype) else torch.float32
+    out_values = torch.empty(query.shape[0], k, dtype=dtype, device=query.device)
+    out_idx = torch.empty(query.shape[0], k, dtype=torch.long, device=query.device)
+    for qs, found in _iter_checked(query, k, reference, ref_includes_query, measure, block_size):
+        out_values[qs : qs + found.indices.shape[0]] = found.distances
+        out_idx[qs : qs + found.indices.shape[0]] = found.indices
+    return Neighbors(out_values, out_idx)
+
+
+class ExactKNN:
+    """Exact, exhaustive k-nn search usable wherever pytorch-metric-learning accepts a ``knn_func``.
+
+    ``ExactKNN()(query, k, reference, ref_includes_query)`` returns ``(distances, indices)`` like
+    pytorch-metric-learning's ``FaissKNN``, from :func:`knn` (streamed blocks, ties by index, no faiss).
+    Passed as :class:`~dmlkit.evaluation.AccuracyCalculator`'s ``knn_func`` (the default), it also lets
+    the calculator stream per-query metrics without holding every query's neighbours.
+
+    Args:
+        distance: ``"euclidean"``, ``"cosine"`` or ``"inner_product"`` (see :func:`knn`).
+        block_size: references per block, ``>= 1``.
+
+    Example:
+        >>> distances, indices = ExactKNN()(torch.tensor([[0.0], [1.0], [3.0]]), 1, None, False)
+        >>> indices.flatten().tolist()
+        [1, 0, 1]
+    """
+
+    def __init__(self, distance: KnnDistance | str = "euclidean", block_size: int = 4096) -> None:
+        self.distance = check_choice("ExactKNN", "distance", distance, KnnDistance)
+        check_range("ExactKNN", "block_size", block_size, low=1, integer=True)
+        self.block_size = block_size
+
+    def __call__(
+        self, query: Tensor, k: int, reference: Tensor | None = None, ref_includes_query: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        found = knn(query, k, reference, ref_includes_query, self.distance, self.block_size)
+        return found.distances, found.indices
+
+    def __repr__(self) -> str:
+        return f"ExactKNN(distance={self.distance.value!r}, block_size={self.block_size})"
