@@ -1,4 +1,8 @@
-"""The ``dmlkit`` command line: ``dmlkit train [CONFIG] [--set key=value ...] [--out DIR] [--name NAME] [--quiet]``.
+"""The ``dmlkit`` command line.
+
+* ``dmlkit train [CONFIG] [--set key=value ...] [--out DIR] [--name NAME] [--quiet]``
+* ``dmlkit eval QUERY QUERY_LABELS [--reference R --reference-labels RL] [--k K] [--json OUT] ...``: the
+  :class:`~dmlkit.evaluation.AccuracyCalculator` metrics of saved embeddings (``.npy`` or ``.pt``).
 
 Without a configuration file, ``dmlkit train`` runs the embedded default (:class:`~dmlkit.training.TrainConfig`):
 a small MLP trained with a triplet loss plus an instance-discrimination term on the digits 0-4 of scikit-learn,
@@ -17,7 +21,7 @@ from typing import Any
 from ..errors import CorruptFileError, MissingDependencyError
 from .config import TrainConfig
 
-__all__ = ["build_parser", "load_config_file", "main"]
+__all__ = ["build_parser", "load_config_file", "load_array", "main"]
 
 _PROG = "dmlkit"
 
@@ -47,7 +51,51 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", metavar="DIR", help="parent folder of the run folder (default: runs)")
     train.add_argument("--name", metavar="NAME", help="run folder name (default: the current time)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_eval_parser(commands)
     return parser
+
+
+def _add_eval_parser(commands: Any) -> None:
+    evaluate = commands.add_parser(
+        "eval",
+        help="retrieval and clustering metrics of saved embeddings",
+        description=(
+            "Compute AccuracyCalculator metrics (precision@1, R-precision, MAP@R, MAP, MRR, NMI, AMI, and "
+            "precision/recall@k with --at-k) of saved embeddings and labels (.npy or .pt files holding one "
+            "array each). Without --reference the queries are searched against each other, own rows excluded. "
+            "Prints a table; --json also writes the values to a file."
+        ),
+    )
+    evaluate.add_argument("query", metavar="QUERY", help="(N, d) query embeddings, .npy or .pt")
+    evaluate.add_argument("query_labels", metavar="QUERY_LABELS", help="(N,) query labels, .npy or .pt")
+    evaluate.add_argument("--reference", metavar="R", help="(M, d) reference embeddings, .npy or .pt")
+    evaluate.add_argument("--reference-labels", metavar="RL", help="(M,) reference labels, .npy or .pt")
+    evaluate.add_argument(
+        "--ref-includes-query",
+        action="store_true",
+        help="the reference file starts with the queries; each query's own row is excluded",
+    )
+    evaluate.add_argument(
+        "--k",
+        default=None,
+        metavar="K",
+        help="neighbours the metrics read: an integer, max_bin_count, or all (default)",
+    )
+    evaluate.add_argument("--at-k", type=int, nargs="+", default=[], metavar="K", help="precision/recall@K sizes")
+    evaluate.add_argument("--include", nargs="+", default=[], metavar="METRIC", help="compute only these metrics")
+    evaluate.add_argument("--exclude", nargs="+", default=[], metavar="METRIC", help="skip these metrics")
+    evaluate.add_argument(
+        "--distance", default="euclidean", choices=["euclidean", "cosine", "inner_product"], help="k-nn measure"
+    )
+    evaluate.add_argument(
+        "--knn",
+        default="exact",
+        choices=["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"],
+        help="neighbour search: exact streamed torch search (default) or faiss",
+    )
+    evaluate.add_argument("--avg-of-avgs", action="store_true", help="average per class, then over classes")
+    evaluate.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    evaluate.add_argument("--json", metavar="OUT", help="also write the metrics to this JSON file (atomically)")
 
 
 def load_config_file(path: str | Path) -> TrainConfig:
@@ -89,11 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
         return _train(args)
+    if args.command == "eval":
+        return _eval(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover - argparse rejects others
 
 
-def _error(text: str) -> int:
-    print(f"{_PROG} train: error: {text}", file=sys.stderr)
+def _error(text: str, command: str = "train") -> int:
+    print(f"{_PROG} {command}: error: {text}", file=sys.stderr)
     return 2
 
 
@@ -133,3 +183,122 @@ def _train(args: argparse.Namespace) -> int:
 
 def _classes(classes: Sequence[int]) -> str:
     return ", ".join(str(c) for c in classes)
+
+
+def load_array(path: str | Path) -> Any:
+    """One array from a ``.npy`` file (no pickles) or a ``.pt`` file holding a single tensor (weights only).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another file extension.
+        CorruptFileError: the file cannot be read as one array.
+    """
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in (".npy", ".pt"):
+        raise ValueError(f"{file}: an array file must end in .npy or .pt.")
+    if not file.exists():
+        raise FileNotFoundError(f"{file}: no such file.")
+    import torch
+
+    if suffix == ".npy":
+        import numpy as np
+
+        try:
+            array = np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise CorruptFileError(f"{file}: not a readable .npy array (truncated or corrupt): {exc}") from None
+        if array.dtype.kind not in "biuf":
+            raise CorruptFileError(f"{file}: expected a numeric array, got dtype {array.dtype}.")
+        return torch.from_numpy(array)
+    try:
+        value = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (RuntimeError, UnpicklingError, EOFError) for bad files
+        raise CorruptFileError(f"{file}: not a readable .pt tensor file (truncated or corrupt): {exc}") from None
+    if not isinstance(value, torch.Tensor):
+        raise CorruptFileError(f"{file}: expected a single tensor, got {type(value).__name__}.")
+    return value
+
+
+def _labels(path: str) -> Any:
+    """A label file as a 1-D array; (N, 1) is flattened."""
+    labels = load_array(path)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"{path}: labels must be 1-D (or of shape (N, 1)), got shape {tuple(labels.shape)}.")
+    return labels
+
+
+def _parse_k(text: str | None) -> int | str | None:
+    if text is None or text == "all":
+        return None
+    if text == "max_bin_count":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--k must be an integer, max_bin_count or all, got {text!r}.") from None
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..evaluation import AccuracyCalculator, ExactKNN, FaissKNN
+
+    try:
+        if (args.reference is None) != (args.reference_labels is None):
+            raise ValueError("--reference and --reference-labels must be given together.")
+        query, query_labels = load_array(args.query), _labels(args.query_labels)
+        reference = load_array(args.reference) if args.reference is not None else None
+        reference_labels = _labels(args.reference_labels) if args.reference_labels is not None else None
+        if args.knn == "exact":
+            knn_func: Any = ExactKNN(distance=args.distance)
+        else:
+            if args.distance == "cosine":
+                raise ValueError("--distance cosine needs --knn exact (faiss searches l2 or inner_product).")
+            metric = "l2" if args.distance == "euclidean" else "inner_product"
+            knn_func = FaissKNN(index=args.knn.removeprefix("faiss-"), metric=metric)
+        calculator = AccuracyCalculator(
+            include=tuple(args.include),
+            exclude=tuple(args.exclude),
+            avg_of_avgs=args.avg_of_avgs,
+            k=_parse_k(args.k),
+            device=args.device,
+            knn_func=knn_func,
+            at_k=tuple(args.at_k),
+        )
+        metrics = calculator.get_accuracy(
+            query, query_labels, reference, reference_labels, ref_includes_query=args.ref_includes_query
+        )
+    except (OSError, ValueError, TypeError, NotImplementedError, MissingDependencyError) as exc:
+        return _error(str(exc), "eval")
+    num_ref = query.shape[0] if reference is None else reference.shape[0]
+    print(f"{query.shape[0]} queries, {num_ref} references, embedding size {query.shape[1]}:")
+    width = max(len(name) for name in metrics) if metrics else 6
+    print(f"{'metric':<{width}}  value")
+    for name, value in metrics.items():
+        shown = f"{value:.6f}" if isinstance(value, float) else ", ".join(f"{v:.6f}" for v in value)
+        print(f"{name:<{width}}  {shown}")
+    if args.json:
+        from .run_folder import write_json
+
+        body = {
+            "metrics": {name: _json_value(value) for name, value in metrics.items()},
+            "num_queries": int(query.shape[0]),
+            "num_references": int(num_ref),
+            "k": args.k if args.k is not None else "all",
+            "knn": args.knn,
+            "distance": args.distance,
+        }
+        try:
+            write_json(args.json, body)
+        except OSError as exc:
+            return _error(str(exc), "eval")
+        print(f"Wrote {args.json}")
+    return 0
+
+
+def _json_value(value: Any) -> Any:
+    """NaN (no query with a relevant reference) becomes null: JSON has no NaN."""
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return None if value != value else value
