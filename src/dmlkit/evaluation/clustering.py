@@ -160,6 +160,21 @@ def adjusted_mutual_info(labels_true: Tensor, labels_pred: Tensor) -> float:
     return numerator / denominator
 
 
+def _kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding (Arthur and Vassilvitskii, 2007): each next centre drawn with probability ~ D(x)^2."""
+    first = int(torch.randint(x.shape[0], (1,), generator=generator))
+    centres = [x[first]]
+    nearest = ((x - x[first]) ** 2).sum(1)
+    for _ in range(1, num_clusters):
+        weights = nearest.double().cpu()
+        if float(weights.sum()) <= 0:  # fewer distinct points than clusters: any point will do
+            weights = torch.ones_like(weights)
+        pick = int(torch.multinomial(weights, 1, generator=generator))
+        centres.append(x[pick])
+        nearest = torch.minimum(nearest, ((x - x[pick]) ** 2).sum(1))
+    return torch.stack(centres).clone()
+
+
 class KMeansBackend(str, enum.Enum):
     """Which library runs :class:`KMeans`: ``AUTO`` is faiss when installed, else torch."""
 
@@ -174,8 +189,8 @@ class KMeans:
 
     Like faiss, training uses at most ``max_points_per_centroid * num_clusters`` points drawn at random;
     every point is then assigned to its nearest centroid by the streamed exact search of
-    :func:`~dmlkit.evaluation.knn`, so memory stays bounded for millions of points. The torch backend starts
-    from ``num_clusters`` distinct random points and keeps a centroid in place when its cluster empties.
+    :func:`~dmlkit.evaluation.knn`, so memory stays bounded for millions of points. The torch backend seeds
+    with k-means++ (Arthur and Vassilvitskii, 2007) and keeps a centroid in place when its cluster empties.
 
     Args:
         niter: Lloyd iterations, ``>= 1`` (pytorch-metric-learning uses 20).
@@ -232,7 +247,7 @@ class KMeans:
         generator = torch.Generator().manual_seed(self.seed)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         train = self._sample(x, num_clusters, generator).to(dtype)
-        centroids = train[torch.randperm(train.shape[0], generator=generator)[:num_clusters].to(x.device)].clone()
+        centroids = _kmeans_plus_plus(train, num_clusters, generator)
         for _ in range(self.niter):
             assign = knn(train, 1, centroids).indices[:, 0]
             sums = torch.zeros_like(centroids).index_add_(0, assign, train)
