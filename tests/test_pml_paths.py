@@ -143,3 +143,19 @@ def test_random_triplets_weights_are_not_supported() -> None:
         match=re.escape("get_random_triplet_indices: `weights` (weighted negative sampling) is not supported"),
     ):
         lmu.get_random_triplet_indices(labels, weights=torch.ones(4, 4))
+
+
+def test_accuracy_calculator_path_and_signatures() -> None:
+    from dmlkit.evaluation import AccuracyCalculator
+    from dmlkit.utils import accuracy_calculator
+
+    pml_ac = pytest.importorskip("pytorch_metric_learning.utils.accuracy_calculator")
+    assert importlib.import_module("dmlkit.utils.accuracy_calculator").AccuracyCalculator is AccuracyCalculator
+    assert accuracy_calculator.__all__ == ["AccuracyCalculator"]
+    for method in ("__init__", "get_accuracy"):
+        ours = inspect.signature(getattr(AccuracyCalculator, method)).parameters
+        theirs = inspect.signature(getattr(pml_ac.AccuracyCalculator, method)).parameters
+        # PML's parameters, in PML's order and with PML's defaults; dmlkit may add more after them.
+        assert list(ours)[: len(theirs)] == list(theirs)
+        for key in theirs:
+            assert ours[key].default == theirs[key].default, (method, key)

@@ -409,3 +409,13 @@ def test_pml_import_path() -> None:
 
     assert Aliased is AccuracyCalculator
     assert isinstance(np.float64(1.0), float)
+
+
+def test_import_costs_torch_only() -> None:
+    code = (
+        "import sys, dmlkit.evaluation, dmlkit.utils.accuracy_calculator\n"
+        "loaded = [m for m in ('sklearn', 'faiss', 'pytorch_metric_learning', 'scipy') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from dmlkit.evaluation import KnnDistance, knn
+from dmlkit.evaluation import ExactKNN, KnnDistance, iter_knn, knn
 from dmlkit.types import Neighbors
 from tests.reference import retrieval as ref
 
@@ -255,3 +255,46 @@ def test_memory_stays_bounded_on_a_large_search() -> None:
     assert done.returncode == 0, done.stderr
     growth_kib = int(done.stdout.strip())
     assert growth_kib < 128 * 1024, f"peak memory grew by {growth_kib} KiB"
+
+
+# ---------------------------------------------------------------- panel path, iter_knn, ExactKNN, overflow
+
+
+@pytest.mark.parametrize(("k", "block_size"), [(10, 5), (39, 7), (40, 64), (20, 1000)])
+def test_panel_path_for_large_k_matches_brute_force(k: int, block_size: int) -> None:
+    # k >= a quarter of the references selects from a panel of keys per query block instead of streaming.
+    x = integer_points(41, 2, seed=14)
+    got = knn(x, k, block_size=block_size)
+    want_dist, want_idx = brute_force(x, k, x, ref_includes_query=True)
+    assert torch.equal(got.indices, want_idx)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-6)
+
+
+def test_iter_knn_blocks_concatenate_to_knn() -> None:
+    x = integer_points(600, 3, seed=15)
+    starts, parts = zip(*[(start, found) for start, found in iter_knn(x, 4, block_size=50)], strict=True)
+    assert starts[0] == 0 and all(b > a for a, b in zip(starts, starts[1:], strict=False))
+    whole = knn(x, 4, block_size=50)
+    assert torch.equal(torch.cat([p.indices for p in parts]), whole.indices)
+
+
+def test_iter_knn_checks_arguments_before_the_first_block() -> None:
+    with pytest.raises(ValueError, match=re.escape("knn: `k` must be an integer >= 1, got 0.")):
+        iter_knn(X, 0)
+
+
+def test_exact_knn_is_a_pml_knn_func() -> None:
+    x = integer_points(30, 2, seed=16)
+    distances, indices = ExactKNN(distance="cosine", block_size=8)(x, 3, x, True)
+    want = knn(x, 3, x, True, distance="cosine")
+    assert torch.equal(indices, want.indices) and torch.equal(distances, want.distances)
+    with pytest.raises(ValueError, match=re.escape("ExactKNN: `block_size` must be an integer >= 1, got 0.")):
+        ExactKNN(block_size=0)
+
+
+def test_huge_embeddings_fall_back_to_float64() -> None:
+    # float32 keys overflow for |x| ~ 1e20; the block is redone in float64 and every neighbour is real.
+    x = torch.tensor([[3e20, 0.0], [-3e20, 0.0], [0.0, 0.0], [1e20, 0.0]])
+    got = knn(x, 3)
+    assert (got.indices >= 0).all()
+    assert got.indices[:, 0].tolist() == [3, 2, 3, 2]
