@@ -15,11 +15,11 @@ from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .margin_softmax import (
     check_scale,
+    cosine_logits,
     full_precision,
     margin_cross_entropy,
     require_cosine,
     scaled_cosines,
-    target_cosines,
 )
 
 __all__ = ["AdaFaceLoss"]
@@ -138,8 +138,7 @@ class AdaFaceLoss(BaseClassWeightLoss):
                     self._update_statistics(norms)
             mean, std = self.batch_mean.to(emb.dtype), self.batch_std.to(emb.dtype)  # type: ignore[operator]
             quality = ((norms - mean) / (std + _STD_EPS) * self.h).clamp(-1, 1)
-            logits = self.get_logits(emb)
-            cosine = target_cosines(self.distance, emb, self.W.t().to(emb.dtype), labels)
+            logits, cosine = cosine_logits(self.distance, emb, self.W.t().to(emb.dtype), labels, self.scale)
             angle = torch.acos(cosine.clamp(-1 + _COS_EPS, 1 - _COS_EPS))
             shifted = (angle - self.margin * quality).clamp(0, math.pi)
             target = (torch.cos(shifted) - (self.margin + self.margin * quality)) * self.scale

@@ -15,11 +15,11 @@ from .class_weights import BaseClassWeightLoss
 from .margin_softmax import (
     additive_angular_margin,
     check_scale,
+    cosine_logits,
     full_precision,
     margin_cross_entropy,
     require_cosine,
     scaled_cosines,
-    target_cosines,
 )
 
 __all__ = ["ArcFaceLoss", "check_degrees"]
@@ -92,7 +92,6 @@ class ArcFaceLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            logits = self.get_logits(emb)
-            cosine = target_cosines(self.distance, emb, self.W.t().to(emb.dtype), labels)
+            logits, cosine = cosine_logits(self.distance, emb, self.W.t().to(emb.dtype), labels, self.scale)
             target = additive_angular_margin(cosine, self._radians) * self.scale
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}

@@ -13,11 +13,11 @@ from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .margin_softmax import (
     check_scale,
+    cosine_logits,
     full_precision,
     margin_cross_entropy,
     require_cosine,
     scaled_cosines,
-    target_cosines,
 )
 
 __all__ = ["CosFaceLoss"]
@@ -79,7 +79,6 @@ class CosFaceLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            logits = self.get_logits(emb)
-            cosine = target_cosines(self.distance, emb, self.W.t().to(emb.dtype), labels)
+            logits, cosine = cosine_logits(self.distance, emb, self.W.t().to(emb.dtype), labels, self.scale)
             target = (cosine - self.margin) * self.scale
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}

@@ -12,11 +12,13 @@ from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .margin_softmax import (
+    NORM_FLOOR,
     check_scale,
     full_precision,
     margin_cross_entropy,
     multiple_angle_margin,
     require_cosine,
+    scaled_product,
 )
 
 __all__ = ["LargeMarginSoftmaxLoss", "check_angle_multiplier"]
@@ -77,7 +79,7 @@ class LargeMarginSoftmaxLoss(BaseClassWeightLoss):
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * ||W_j|| ||x_i|| cos(theta_ij)``, i.e. ``scale * x_i . W_j``: the logits without margin."""
         with full_precision(embeddings) as emb:
-            return (emb * self.scale) @ self.W.to(emb.dtype)
+            return scaled_product(emb, self.W.t().to(emb.dtype), self.scale)
 
     def compute_terms(
         self,
@@ -89,10 +91,11 @@ class LargeMarginSoftmaxLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            logits = self.get_logits(emb)
-            target_weights = self.W.t().to(emb.dtype)[labels]
+            weights = self.W.t().to(emb.dtype)
+            logits = scaled_product(emb, weights, self.scale)
+            own = weights[labels]
             d = self.distance
-            cosine = d.pairwise_distance(d.normalize(emb), d.normalize(target_weights))
-            magnitude = d.get_norm(emb) * d.get_norm(target_weights) * self.scale
-            target = multiple_angle_margin(cosine, self.margin) * magnitude
+            magnitude = d.get_norm(emb).clamp_min(NORM_FLOOR) * d.get_norm(own).clamp_min(NORM_FLOOR)
+            cosine = (emb * own).sum(dim=1) / magnitude
+            target = multiple_angle_margin(cosine, self.margin) * (magnitude * self.scale)
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}

@@ -12,11 +12,14 @@ from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .large_margin_softmax import check_angle_multiplier
 from .margin_softmax import (
+    NORM_FLOOR,
     check_scale,
     full_precision,
     margin_cross_entropy,
     multiple_angle_margin,
     require_cosine,
+    scaled_product,
+    unit_rows,
 )
 
 __all__ = ["SphereFaceLoss"]
@@ -68,7 +71,7 @@ class SphereFaceLoss(BaseClassWeightLoss):
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * ||x_i|| cos(theta_ij)``: the logits without margin."""
         with full_precision(embeddings) as emb:
-            return (emb * self.scale) @ self.distance.normalize(self.W.to(emb.dtype), dim=0)
+            return scaled_product(emb, unit_rows(self.distance, self.W.t().to(emb.dtype)), self.scale)
 
     def compute_terms(
         self,
@@ -80,8 +83,9 @@ class SphereFaceLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            logits = self.get_logits(emb)
-            d = self.distance
-            cosine = d.pairwise_distance(d.normalize(emb), d.normalize(self.W.t().to(emb.dtype)[labels]))
-            target = multiple_angle_margin(cosine, self.margin) * (d.get_norm(emb) * self.scale)
+            weights = unit_rows(self.distance, self.W.t().to(emb.dtype))
+            logits = scaled_product(emb, weights, self.scale)
+            norms = self.distance.get_norm(emb).clamp_min(NORM_FLOOR)
+            cosine = (emb * weights[labels]).sum(dim=1) / norms
+            target = multiple_angle_margin(cosine, self.margin) * (norms * self.scale)
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}

@@ -21,6 +21,8 @@ from .margin_softmax import (
     margin_cross_entropy,
     require_cosine,
     scaled_cosines,
+    scaled_product,
+    unit_rows,
 )
 
 __all__ = ["SubCenterArcFaceLoss"]
@@ -91,15 +93,16 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * max_k cos(theta_ijk)``: the logits without margin, ``(batch, num_classes)``."""
         with full_precision(embeddings) as emb:
-            cosines = scaled_cosines(self.distance, emb, self.W.t().to(emb.dtype), self.scale)
-            return cosines.view(len(emb), self.num_classes, self.sub_centers).amax(dim=2)
+            return self._best_sub_center(scaled_cosines(self.distance, emb, self.W.t().to(emb.dtype), self.scale))
 
-    def _own_sub_center_cosines(self, emb: Tensor, labels: Tensor) -> Tensor:
+    def _best_sub_center(self, cosines: Tensor) -> Tensor:
+        # max (not amax) keeps only the winning indices for backward, not the (batch, classes * K) input
+        return cosines.view(len(cosines), self.num_classes, self.sub_centers).max(dim=2).values
+
+    def _own_sub_center_cosines(self, unit_emb: Tensor, unit_weights: Tensor, labels: Tensor) -> Tensor:
         """``(batch, sub_centers)`` cosines of each sample to its own class's sub-centres."""
-        d = self.distance
         columns = labels.unsqueeze(1) * self.sub_centers + torch.arange(self.sub_centers, device=labels.device)
-        own = d.normalize(self.W.t().to(emb.dtype)[columns], dim=2)
-        return (d.normalize(emb).unsqueeze(1) * own).sum(dim=2)
+        return (unit_emb.unsqueeze(1) * unit_weights[columns]).sum(dim=2)
 
     def compute_terms(
         self,
@@ -111,8 +114,9 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            logits = self.get_logits(emb)
-            cosine = self._own_sub_center_cosines(emb, labels).amax(dim=1)
+            x, w = unit_rows(self.distance, emb), unit_rows(self.distance, self.W.t().to(emb.dtype))
+            logits = self._best_sub_center(scaled_product(x, w, self.scale))
+            cosine = self._own_sub_center_cosines(x, w, labels).amax(dim=1)
             target = additive_angular_margin(cosine, self._radians) * self.scale
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
 
@@ -146,7 +150,8 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
             bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
             raise ValueError(message(name, "labels", f"class indices in [0, {self.num_classes})", bad))
         with torch.no_grad(), full_precision(embeddings) as emb:
-            cosines = self._own_sub_center_cosines(emb, labels)
+            x, w = unit_rows(self.distance, emb), unit_rows(self.distance, self.W.t().to(emb.dtype))
+            cosines = self._own_sub_center_cosines(x, w, labels)
             k = self.sub_centers
             votes = torch.bincount(labels * k + cosines.argmax(dim=1), minlength=self.num_classes * k)
             dominant = votes.view(self.num_classes, k).argmax(dim=1)

@@ -1,0 +1,142 @@
+"""Forward+backward time and peak extra memory of the classification and proxy losses, dmlkit vs PML.
+
+Usage: ``python bench/class_losses.py [--sizes 256 1024 4096] [--classes 100 10000] [--only ArcFace]``.
+Cases come from every ``bench/cases/*_class.py`` module: ``CASES = {name: factory(lib, num_classes, dim)}``
+and optionally ``DMLKIT_ONLY = [names]`` (cases PML lacks, timed for dmlkit alone). Each (case, library,
+batch size, class count) runs in its own subprocess (see ``bench/_harness.py``). Inputs: embedding dim 128,
+labels uniform over the classes, float32, fixed seed; the gradient reaches the embeddings and the loss's own
+parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import pkgutil
+import sys
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from bench import cases as cases_package  # noqa: E402
+from bench._harness import fmt_cell, machine_line, measure, ratio, run_case_in_subprocess  # noqa: E402
+
+DIM = 128
+Factory = Callable[[Any, int, int], Any]
+
+
+def class_cases() -> tuple[dict[str, Factory], set[str]]:
+    """Every ``CASES`` of the ``bench/cases/*_class.py`` modules, and the names that exist in dmlkit only."""
+    found: dict[str, Factory] = {}
+    only_ours: set[str] = set()
+    for info in sorted(pkgutil.iter_modules(cases_package.__path__), key=lambda m: m.name):
+        if not info.name.endswith("_class"):
+            continue
+        module = importlib.import_module(f"{cases_package.__name__}.{info.name}")
+        found.update(getattr(module, "CASES", {}))
+        only_ours.update(getattr(module, "DMLKIT_ONLY", []))
+    return found, only_ours
+
+
+def _lib(name: str) -> Any:
+    if name == "dmlkit":
+        import dmlkit.distances
+        import dmlkit.losses
+        import dmlkit.reducers
+        import dmlkit.regularizers
+
+        return dmlkit
+    import pytorch_metric_learning.distances
+    import pytorch_metric_learning.losses
+    import pytorch_metric_learning.reducers
+    import pytorch_metric_learning.regularizers
+
+    return pytorch_metric_learning
+
+
+def run_one(case: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(case["threads"])
+    torch.manual_seed(0)
+    batch, num_classes = case["batch"], case["classes"]
+    embeddings = torch.randn(batch, DIM, requires_grad=True)
+    labels = torch.randint(0, num_classes, (batch,))
+    loss_fn = class_cases()[0][case["name"]](_lib(case["lib"]), num_classes, DIM)
+    parameters = list(loss_fn.parameters())
+
+    def step() -> None:
+        loss = loss_fn(embeddings, labels)
+        loss.backward()
+        embeddings.grad = None
+        for parameter in parameters:
+            parameter.grad = None
+
+    return measure(step, repeats=case.get("repeats", 5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--classes", type=int, nargs="+", default=[100, 10000])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
+    parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--memory-limit-gib", type=float, default=10.0, help="address-space cap per case")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_one(json.loads(args.case))))
+        return
+    torch.set_num_threads(args.threads)
+    factories, only_ours = class_cases()
+    names = [n for n in factories if args.only is None or any(part in n for part in args.only)]
+    lines = [
+        f"Machine: {machine_line()}. Embedding dim {DIM}, labels uniform over the classes, float32.",
+        "",
+        "| case | classes | batch | dmlkit (time / peak extra) | PML (time / peak extra) | speed-up | memory ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    speedups: dict[int, list[float]] = {size: [] for size in args.sizes}
+    for name in names:
+        for num_classes in args.classes:
+            for size in args.sizes:
+                results = {}
+                for lib in ("dmlkit", "pml"):
+                    if lib == "pml" and name in only_ours:
+                        results[lib] = {"error": "not in PML"}
+                        continue
+                    results[lib] = run_case_in_subprocess(
+                        "bench.class_losses",
+                        {"name": name, "lib": lib, "batch": size, "classes": num_classes, "threads": args.threads},
+                        timeout_s=args.timeout,
+                        memory_limit_gib=args.memory_limit_gib,
+                    )
+                ours, pml = results["dmlkit"], results["pml"]
+                if "error" not in ours and "error" not in pml:
+                    speedups[size].append(pml["seconds"] / ours["seconds"])
+                pml_cell = "not in PML" if name in only_ours else fmt_cell(pml)
+                speed = "-" if name in only_ours else ratio(pml, ours, "seconds")
+                memory = "-" if name in only_ours else ratio(pml, ours, "peak_extra_mib")
+                row = f"| {name} | {num_classes} | {size} | {fmt_cell(ours)} | {pml_cell} | {speed} | {memory} |"
+                print(row, flush=True)
+                lines.append(row)
+    lines.append("")
+    for size, values in speedups.items():
+        if values:
+            geo = math.exp(sum(math.log(v) for v in values) / len(values))
+            lines.append(f"- batch {size}: geometric-mean speed-up {geo:.2f}x over {len(values)} cases")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
