@@ -113,3 +113,31 @@ def test_pairwise_distance_pml_parity() -> None:
     torch.testing.assert_close(
         LpDistance().pairwise_distance(q, r), pml.LpDistance().pairwise_distance(q, r), rtol=0, atol=1e-5
     )
+
+
+def test_euclidean_gradient_matches_cdist_including_repeated_rows() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 5, generator=g, dtype=torch.float64)
+    x[4] = x[1]  # a zero distance: cdist's gradient there is 0, never NaN
+    y = torch.cat([x[:3], torch.randn(4, 5, generator=g, dtype=torch.float64)])
+    weights = {None: torch.randn(9, 9, generator=g, dtype=torch.float64)}
+    weights["ref"] = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    for ref in (None, y):
+        ours = x.clone().requires_grad_(True)
+        theirs = x.clone().requires_grad_(True)
+        ours_ref = ours if ref is None else ref.clone().requires_grad_(True)
+        theirs_ref = theirs if ref is None else ref.clone().requires_grad_(True)
+        w = weights[None] if ref is None else weights["ref"]
+        (LpDistance(normalize_embeddings=False)(ours, None if ref is None else ours_ref) * w).sum().backward()
+        (torch.cdist(theirs, theirs_ref) * w).sum().backward()
+        assert torch.isfinite(ours.grad).all()
+        assert torch.allclose(ours.grad, theirs.grad, atol=1e-12)
+        if ref is not None:
+            assert torch.allclose(ours_ref.grad, theirs_ref.grad, atol=1e-12)
+
+
+def test_euclidean_gradcheck() -> None:
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: LpDistance()(a, b), (x, y))

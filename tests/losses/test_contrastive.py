@@ -347,3 +347,25 @@ def test_pml_difference_one_positive_and_one_negative_pair() -> None:
     assert expected > 0
     assert ContrastiveLoss(neg_margin=2.0)(emb, labels, pairs).item() == pytest.approx(expected, rel=1e-10)
     assert _pml("lp", neg_margin=2.0)(emb, labels, pairs).item() == 0.0
+
+
+@pytest.mark.parametrize("reducer_name", ["AvgNonZeroReducer", "MeanReducer", "SumReducer"])
+@pytest.mark.parametrize("distance", list(PAIR_LOSS_DISTANCES))
+def test_masked_negative_reduction_equals_the_listed_path(reducer_name: str, distance: str) -> None:
+    """The fused path (negative pairs reduced under their mask) against a reducer subclass, which lists them."""
+    import dmlkit.reducers as reducers
+
+    reducer_cls = getattr(reducers, reducer_name)
+    listed_cls = type(f"Listed{reducer_name}", (reducer_cls,), {})
+    emb, labels = _batch(8, n=16, classes=4)
+    results = []
+    for reducer in (reducer_cls(), listed_cls()):
+        x = emb.clone().requires_grad_(True)
+        loss_fn = ContrastiveLoss(pos_margin=0.1, neg_margin=0.9, distance=PAIR_LOSS_DISTANCES[distance][0]())
+        loss_fn.reducer = reducer
+        value = loss_fn(x, labels)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    assert results[0][0].item() > 0
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-13)

@@ -28,7 +28,36 @@ class LpDistance(BaseDistance):
         if query_emb.dtype in (torch.float16, torch.bfloat16):
             # cdist has no half-precision kernel on every device; compute in float32 and cast back.
             return torch.cdist(query_emb.float(), ref_emb.float(), p=self.p).to(query_emb.dtype)
+        if self.p == 2 and (query_emb.requires_grad or ref_emb.requires_grad):
+            return _EuclideanMatrix.apply(query_emb, ref_emb)
         return torch.cdist(query_emb, ref_emb, p=self.p)
 
     def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
         return torch.linalg.vector_norm(query_emb - ref_emb, ord=self.p, dim=1)
+
+
+class _EuclideanMatrix(torch.autograd.Function):
+    """``torch.cdist(x, y)`` (p = 2) with a backward of two matrix products.
+
+    ``d_ij = ||x_i - y_j||`` has ``d d_ij / d x_i = (x_i - y_j) / d_ij``, so with ``W = grad / d`` (0 where
+    ``d = 0``, as cdist's own backward) the gradients are ``x * W.sum(1) - W @ y`` and ``y * W.sum(0) - W.T @ x``:
+    on CPU several times faster than cdist's generic backward, which dominates many losses at large batches.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        mat = torch.cdist(x, y)
+        ctx.save_for_backward(x, y, mat)
+        return mat
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, y, mat = ctx.saved_tensors
+        weights = grad / mat
+        weights.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # d = 0: cdist's convention, a zero gradient
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x * weights.sum(1, keepdim=True) - weights @ y
+        if ctx.needs_input_grad[1]:
+            grad_y = y * weights.sum(0).unsqueeze(1) - weights.T @ x
+        return grad_x, grad_y

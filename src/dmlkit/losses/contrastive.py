@@ -4,7 +4,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range
@@ -13,7 +12,7 @@ from ..indices import convert_to_pairs, label_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import pair_values
+from .functional import FusedReduction, fused_reduction, masked_hinge, pair_values
 
 __all__ = ["ContrastiveLoss", "contrastive_terms", "pair_entries"]
 
@@ -70,7 +69,14 @@ class ContrastiveLoss(BaseMetricLossFunction):
     ) -> Mapping[str, Terms]:
         mat = self.distance(embeddings, ref_emb)
         return contrastive_terms(
-            self.distance, mat, labels, indices_tuple, ref_labels, self.pos_margin, self.neg_margin
+            self.distance,
+            mat,
+            labels,
+            indices_tuple,
+            ref_labels,
+            self.pos_margin,
+            self.neg_margin,
+            fused_reduction(self.reducer),
         )
 
 
@@ -82,18 +88,27 @@ def contrastive_terms(
     ref_labels: Tensor | None,
     pos_margin: float,
     neg_margin: float,
+    reduction: FusedReduction | None = None,
 ) -> dict[str, Terms]:
-    """The ``"pos_loss"`` and ``"neg_loss"`` terms of the contrastive loss on a (query, reference) matrix."""
-    pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
-    if distance.higher_is_closer:
-        pos_excess, neg_excess = pos_margin - pos, neg - neg_margin
+    """The ``"pos_loss"`` and ``"neg_loss"`` terms of the contrastive loss on a (query, reference) matrix.
+
+    With a chunkable ``reduction`` and no ``indices_tuple``, the (millions of) negative pairs are reduced in row
+    blocks of ``mat`` under their label mask instead of being listed.
+    """
+    def pos_term(values: Tensor) -> Tensor:
+        excess = pos_margin - values if distance.higher_is_closer else values - pos_margin
+        return excess.clamp_min_(0)
+
+    if reduction is not None and indices_tuple is not None or reduction is None:
+        pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
+        neg_excess = neg - neg_margin if distance.higher_is_closer else neg_margin - neg
+        neg_terms = Terms(neg_excess.clamp_min_(0), neg_anchors, TermKind.NEG_PAIR)
     else:
-        pos_excess, neg_excess = pos - pos_margin, neg_margin - neg
-    # In place: the excesses are fresh tensors, and the (millions of) negative values need no second copy.
-    return {
-        "pos_loss": Terms(F.relu(pos_excess, inplace=True), pos_anchors, TermKind.POS_PAIR),
-        "neg_loss": Terms(F.relu(neg_excess, inplace=True), neg_anchors, TermKind.NEG_PAIR),
-    }
+        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+        pos_anchors, p = torch.nonzero(positive, as_tuple=True)
+        pos = pair_values(mat, pos_anchors, p)
+        neg_terms = Terms.reduced(masked_hinge(mat, negative, neg_margin, distance.higher_is_closer, reduction))
+    return {"pos_loss": Terms(pos_term(pos), pos_anchors, TermKind.POS_PAIR), "neg_loss": neg_terms}
 
 
 def pair_entries(

@@ -22,6 +22,8 @@ __all__ = [
     "FusedReduction",
     "fused_reduction",
     "reduce_in_chunks",
+    "reduce_pair_terms",
+    "masked_hinge",
 ]
 
 
@@ -155,38 +157,109 @@ def fused_reduction(reducer: BaseReducer) -> FusedReduction | None:
 
 
 def reduce_in_chunks(
-    chunk_terms: Callable[[int, int], tuple[Tensor, Tensor | None]],
-    num_rows: int,
-    rows_per_chunk: int,
+    chunk_terms: Callable[[int], tuple[Tensor, Tensor | None]],
+    num_chunks: int,
     reduction: FusedReduction,
     like: Tensor,
 ) -> Tensor:
-    """Reduce terms that are produced ``rows_per_chunk`` rows at a time, never holding them all.
+    """Reduce terms that are produced one chunk at a time, never holding them all.
 
-    ``chunk_terms(start, end)`` returns the terms of rows ``start:end`` and an optional mask of the valid ones.
-    Each chunk is checkpointed: its intermediates are recomputed in the backward pass instead of kept, so memory
-    is one chunk's, whatever the number of terms. The result equals reducing the concatenated valid terms with
-    the reducer ``reduction`` stands for (mean, mean of the positive ones, or sum); no valid (or, for the
-    non-zero mean, no positive) term gives a graph-connected 0.
+    ``chunk_terms(index)`` returns chunk ``index``'s terms and an optional mask of the valid ones. Each chunk is
+    checkpointed: its intermediates are recomputed in the backward pass instead of kept, so memory is one
+    chunk's, whatever the number of terms. The result equals reducing the concatenated valid terms with the
+    reducer ``reduction`` stands for (mean, mean of the positive ones, or sum); no valid (or, for the non-zero
+    mean, no positive) term gives a graph-connected 0.
     """
 
-    def reduced(start: int, end: int) -> tuple[Tensor, Tensor]:
-        values, keep = chunk_terms(start, end)
+    def reduced(index: int) -> tuple[Tensor, Tensor]:
+        values, keep = chunk_terms(index)
         if keep is not None:
             values = torch.where(keep, values, values.new_zeros(()))
         if reduction is FusedReduction.NONZERO:
-            counted = values > 0
+            positive = values > 0
+            values = torch.where(positive, values, values.new_zeros(()))
+            counted = torch.count_nonzero(positive)
         else:
-            counted = keep if keep is not None else torch.ones_like(values, dtype=torch.bool)
-        return values.sum(), counted.sum()
+            counted = torch.count_nonzero(keep) if keep is not None else torch.tensor(values.numel())
+        return values.sum(), counted
 
     total: Tensor | None = None
     count = 0
-    for start in range(0, num_rows, rows_per_chunk):
-        end = min(num_rows, start + rows_per_chunk)
-        chunk_sum, chunk_count = checkpoint(reduced, start, end, use_reentrant=False)
+    for index in range(num_chunks):
+        # A single chunk is all the terms anyway: recomputing it in the backward pass would save nothing.
+        step = reduced(index) if num_chunks == 1 else checkpoint(reduced, index, use_reentrant=False)
+        chunk_sum, chunk_count = step
         total = chunk_sum if total is None else total + chunk_sum
         count += int(chunk_count)
     if total is None or (count == 0 and reduction is not FusedReduction.SUM):
         return zero_loss(like)
     return total if reduction is FusedReduction.SUM else total / count
+
+
+def reduce_pair_terms(
+    term: Callable[[Tensor], Tensor], mat: Tensor, keep: Tensor, reduction: FusedReduction, cells: int = 1 << 22
+) -> Tensor:
+    """Reduce ``term(mat)`` over the entries where ``keep`` is true, in row blocks of about ``cells`` entries.
+
+    For losses whose per-pair term is an element-wise function of the pair's distance: no list of pairs, no
+    per-pair anchors, and memory of one block.
+
+    Example:
+        >>> mat = torch.tensor([[0.0, 2.0], [3.0, 0.0]])
+        >>> keep = torch.tensor([[False, True], [True, False]])
+        >>> reduce_pair_terms(lambda d: d * 10, mat, keep, FusedReduction.MEAN)
+        tensor(25.)
+    """
+    rows = max(1, cells // max(1, mat.shape[1]))
+    blocks, masks = (mat.split(rows), keep.split(rows)) if rows < mat.shape[0] else ((mat,), (keep,))
+    return reduce_in_chunks(lambda index: (term(blocks[index]), masks[index]), len(blocks), reduction, mat)
+
+
+def masked_hinge(
+    mat: Tensor, keep: Tensor, threshold: float, above: bool, reduction: FusedReduction, cells: int = 1 << 22
+) -> Tensor:
+    """Reduce the hinge ``relu(threshold - mat)`` (``relu(mat - threshold)`` when ``above``) over the entries
+    where ``keep`` is true: the contrastive-style penalty of every pair on the wrong side of a margin.
+
+    Equal to ``reduce_pair_terms`` with that hinge, in fewer passes: the backward is written by hand (the
+    slope is 0 or -/+1), so no intermediate is kept or recomputed beyond one block of ``cells`` entries.
+
+    Example:
+        >>> mat = torch.tensor([[0.0, 0.25], [2.0, 0.5]])
+        >>> masked_hinge(mat, torch.ones(2, 2, dtype=torch.bool), 1.0, False, FusedReduction.NONZERO)
+        tensor(0.7500)
+    """
+    return _MaskedHinge.apply(mat, keep, threshold, above, reduction, max(1, cells // max(1, mat.shape[1])))
+
+
+class _MaskedHinge(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, mat: Tensor, keep: Tensor, threshold: float, above: bool, reduction: FusedReduction, rows: int
+    ) -> Tensor:
+        total = mat.new_zeros(())
+        count = 0
+        for block, mask in zip(mat.split(rows), keep.split(rows), strict=True):
+            excess = block - threshold if above else threshold - block
+            excess.clamp_min_(0)
+            excess = torch.where(mask, excess, excess.new_zeros(()))
+            total += excess.sum()
+            if reduction is FusedReduction.NONZERO:
+                count += int(torch.count_nonzero(excess))
+            elif reduction is FusedReduction.MEAN:
+                count += int(torch.count_nonzero(mask))
+        ctx.save_for_backward(mat, keep)
+        ctx.settings = (threshold, above, rows, count if reduction is not FusedReduction.SUM else 1)
+        return total / count if count else total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        mat, keep = ctx.saved_tensors
+        threshold, above, rows, count = ctx.settings
+        slope = (grad if above else -grad) / max(count, 1)
+        out = torch.empty_like(mat)
+        for block, mask, out_block in zip(mat.split(rows), keep.split(rows), out.split(rows), strict=True):
+            active = block > threshold if above else block < threshold
+            active &= mask
+            torch.mul(active, slope, out=out_block)
+        return out, None, None, None, None, None

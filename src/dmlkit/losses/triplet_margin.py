@@ -128,7 +128,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
         bounds = pair_starts.tolist()
         pn_source = mat if ref_is_batch else None
 
-        def chunk(index: int, _: int) -> tuple[Tensor, Tensor]:
+        def chunk(index: int) -> tuple[Tensor, Tensor]:
             lo, hi = bounds[index], bounds[index + 1]
             anchors = a[lo:hi]
             an = blocks[index].index_select(0, anchors - index * rows_per_block)
@@ -141,7 +141,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
             gap = self.distance.gap(ap[lo:hi].unsqueeze(1), an)
             return self._loss(gap), negative.index_select(0, anchors)
 
-        return Terms.reduced(reduce_in_chunks(chunk, len(blocks), 1, fused, mat))
+        return Terms.reduced(reduce_in_chunks(chunk, len(blocks), fused, mat))
 
     def _all_triplet_terms(
         self, mat: Tensor, labels: Tensor | None, ref_is_batch: bool, ref_emb: Tensor, ref_labels: Tensor | None
