@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .._validation import check_range, message
-from ..distances import BaseDistance, CosineSimilarity
+from ..distances import BaseDistance, CosineSimilarity, DotProductSimilarity
 from ..types import TermKind, Terms
 from .class_weights import BaseClassWeightLoss
 from .functional import miner_weights
@@ -45,9 +45,10 @@ class SoftTripleLoss(BaseClassWeightLoss):
     largest count (0 if never), as pytorch-metric-learning does.
 
     Unlike pytorch-metric-learning, ``gamma`` is stored as given (pytorch-metric-learning stores
-    ``1 / gamma`` under that name), and with many classes the ``(batch, num_classes * centers_per_class)``
-    centre similarities are relaxed block by block and recomputed in the backward pass, so that only the
-    ``(batch, num_classes)`` relaxed similarities are held.
+    ``1 / gamma`` under that name), and the ``(batch, num_classes * centers_per_class)`` centre similarities
+    are relaxed block by block and rebuilt in the backward pass, so that only the ``(batch, num_classes)``
+    relaxed similarities are held (a hand-written backward for inner-product similarities, recomputation by
+    checkpointing for other ones).
 
     Args:
         num_classes: the number of classes, ``>= 1``.
@@ -131,8 +132,12 @@ class SoftTripleLoss(BaseClassWeightLoss):
         return {"loss": Terms(values, torch.arange(size, device=values.device), TermKind.ELEMENT)}
 
     def _relaxed_similarity(self, x: Tensor, centers: Tensor) -> Tensor:
-        k = self.centers_per_class
+        k, dist = self.centers_per_class, self.distance
         classes_per_block = max(1, _BLOCK_ELEMENTS // max(1, x.shape[0] * k))
+        if isinstance(dist, DotProductSimilarity) and dist.power == 1:
+            # inner products of the (normalised) vectors: relaxed block by block with a hand-written backward
+            query, ref = dist.maybe_normalize(x), dist.maybe_normalize(centers)
+            return _RelaxedInnerProduct.apply(query, ref, k, self.gamma, classes_per_block)
         if classes_per_block >= self.num_classes:
             return self._relax_block(x, centers)
         blocks = []
@@ -150,3 +155,44 @@ class SoftTripleLoss(BaseClassWeightLoss):
         sim = self.distance(x, centers).view(x.shape[0], -1, self.centers_per_class)
         prob = torch.softmax(sim / self.gamma, dim=2)
         return (prob * sim).sum(dim=2)
+
+
+class _RelaxedInnerProduct(torch.autograd.Function):
+    """``S[i, c] = sum_k softmax_k(s_ick / gamma) s_ick`` with ``s_ick = query_i . ref_{cK+k}``, computed over
+    blocks of classes; only ``S`` is kept, and backward rebuilds each block's similarities once.
+
+    ``dS / ds_k = p_k (1 + (s_k - S) / gamma)`` with ``p`` the softmax weights.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, query: Tensor, ref: Tensor, k: int, gamma: float, classes_per_block: int) -> Tensor:
+        batch, num_classes = query.shape[0], ref.shape[0] // k
+        out = query.new_empty(batch, num_classes)
+        for start in range(0, num_classes, classes_per_block):
+            stop = min(num_classes, start + classes_per_block)
+            sim = (query @ ref[start * k : stop * k].t()).view(batch, stop - start, k)
+            out[:, start:stop] = (torch.softmax(sim / gamma, dim=2) * sim).sum(dim=2)
+        ctx.save_for_backward(query, ref, out)
+        ctx.k, ctx.gamma, ctx.classes_per_block = k, gamma, classes_per_block
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        query, ref, out = ctx.saved_tensors
+        k, gamma = ctx.k, ctx.gamma
+        batch, num_classes = out.shape
+        grad_query = torch.zeros_like(query) if ctx.needs_input_grad[0] else None
+        grad_ref = torch.empty_like(ref) if ctx.needs_input_grad[1] else None
+        for start in range(0, num_classes, ctx.classes_per_block):
+            stop = min(num_classes, start + ctx.classes_per_block)
+            part = ref[start * k : stop * k]
+            sim = (query @ part.t()).view(batch, stop - start, k)
+            prob = torch.softmax(sim / gamma, dim=2)
+            # in place on the rebuilt block: g = p (1 + (s - S) / gamma) dL/dS
+            g = sim.sub_(out[:, start:stop, None]).div_(gamma).add_(1).mul_(prob).mul_(grad[:, start:stop, None])
+            g = g.view(batch, -1)
+            if grad_query is not None:
+                grad_query.addmm_(g, part)
+            if grad_ref is not None:
+                grad_ref[start * k : stop * k] = g.t() @ query
+        return grad_query, grad_ref, None, None, None
