@@ -91,9 +91,9 @@ class LargeMarginSoftmaxLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            weights = self.W.t().to(emb.dtype)
+            weights = self.W.t().to(emb.dtype).contiguous()  # whole rows for the gather below
             logits = scaled_product(emb, weights, self.scale)
-            own = weights[labels]
+            own = weights.index_select(0, labels)  # backward: index_add_, faster than index_put_
             d = self.distance
             magnitude = d.get_norm(emb).clamp_min(NORM_FLOOR) * d.get_norm(own).clamp_min(NORM_FLOOR)
             cosine = (emb * own).sum(dim=1) / magnitude

@@ -91,8 +91,9 @@ def cosine_logits(
     distance: BaseDistance, embeddings: Tensor, weights: Tensor, labels: Tensor, scale: float
 ) -> tuple[Tensor, Tensor]:
     """``(scale * cos(x_i, w_j)`` for all pairs, ``cos(x_i, w_{labels[i]})`` row by row``), normalising once."""
-    x, w = unit_rows(distance, embeddings), unit_rows(distance, weights)
-    return scaled_product(x, w, scale), (x * w[labels]).sum(dim=1)
+    # class rows contiguous: the row gather below reads whole rows (W is stored column-major)
+    x, w = unit_rows(distance, embeddings), unit_rows(distance, weights.contiguous())
+    return scaled_product(x, w, scale), (x * w.index_select(0, labels)).sum(dim=1)
 
 
 def margin_cross_entropy(

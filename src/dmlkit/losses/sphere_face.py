@@ -83,9 +83,9 @@ class SphereFaceLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            weights = unit_rows(self.distance, self.W.t().to(emb.dtype))
+            weights = unit_rows(self.distance, self.W.t().to(emb.dtype).contiguous())  # whole rows to gather
             logits = scaled_product(emb, weights, self.scale)
             norms = self.distance.get_norm(emb).clamp_min(NORM_FLOOR)
-            cosine = (emb * weights[labels]).sum(dim=1) / norms
+            cosine = (emb * weights.index_select(0, labels)).sum(dim=1) / norms
             target = multiple_angle_margin(cosine, self.margin) * (norms * self.scale)
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}

@@ -20,7 +20,6 @@ from .margin_softmax import (
     full_precision,
     margin_cross_entropy,
     require_cosine,
-    scaled_cosines,
     scaled_product,
     unit_rows,
 )
@@ -93,16 +92,24 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * max_k cos(theta_ijk)``: the logits without margin, ``(batch, num_classes)``."""
         with full_precision(embeddings) as emb:
-            return self._best_sub_center(scaled_cosines(self.distance, emb, self.W.t().to(emb.dtype), self.scale))
+            return self._best_sub_center(unit_rows(self.distance, emb), self._unit_sub_centers(emb.dtype))
 
-    def _best_sub_center(self, cosines: Tensor) -> Tensor:
+    def _unit_sub_centers(self, dtype: torch.dtype) -> Tensor:
+        """Unit sub-centres ``(sub_centers, num_classes, embedding_size)``: sub-centre-major, so the maximum
+        over sub-centres runs across contiguous class rows instead of along a short inner axis."""
+        unit = unit_rows(self.distance, self.W.t().to(dtype))
+        return unit.view(self.num_classes, self.sub_centers, -1).transpose(0, 1).contiguous()
+
+    def _best_sub_center(self, unit_emb: Tensor, unit_centers: Tensor) -> Tensor:
+        cosines = scaled_product(unit_emb, unit_centers.view(-1, unit_centers.shape[-1]), self.scale)
         # max (not amax) keeps only the winning indices for backward, not the (batch, classes * K) input
-        return cosines.view(len(cosines), self.num_classes, self.sub_centers).max(dim=2).values
+        return cosines.view(len(unit_emb), self.sub_centers, self.num_classes).max(dim=1).values
 
-    def _own_sub_center_cosines(self, unit_emb: Tensor, unit_weights: Tensor, labels: Tensor) -> Tensor:
+    @staticmethod
+    def _own_sub_center_cosines(unit_emb: Tensor, unit_centers: Tensor, labels: Tensor) -> Tensor:
         """``(batch, sub_centers)`` cosines of each sample to its own class's sub-centres."""
-        columns = labels.unsqueeze(1) * self.sub_centers + torch.arange(self.sub_centers, device=labels.device)
-        return (unit_emb.unsqueeze(1) * unit_weights[columns]).sum(dim=2)
+        own = unit_centers.index_select(1, labels)  # (sub_centers, batch, embedding_size)
+        return (unit_emb.unsqueeze(0) * own).sum(dim=2).t()
 
     def compute_terms(
         self,
@@ -114,9 +121,9 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            x, w = unit_rows(self.distance, emb), unit_rows(self.distance, self.W.t().to(emb.dtype))
-            logits = self._best_sub_center(scaled_product(x, w, self.scale))
-            cosine = self._own_sub_center_cosines(x, w, labels).amax(dim=1)
+            x, centers = unit_rows(self.distance, emb), self._unit_sub_centers(emb.dtype)
+            logits = self._best_sub_center(x, centers)
+            cosine = self._own_sub_center_cosines(x, centers, labels).amax(dim=1)
             target = additive_angular_margin(cosine, self._radians) * self.scale
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
 
@@ -150,8 +157,9 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
             bad = int(labels.min()) if int(labels.min()) < 0 else int(labels.max())
             raise ValueError(message(name, "labels", f"class indices in [0, {self.num_classes})", bad))
         with torch.no_grad(), full_precision(embeddings) as emb:
-            x, w = unit_rows(self.distance, emb), unit_rows(self.distance, self.W.t().to(emb.dtype))
-            cosines = self._own_sub_center_cosines(x, w, labels)
+            cosines = self._own_sub_center_cosines(
+                unit_rows(self.distance, emb), self._unit_sub_centers(emb.dtype), labels
+            )
             k = self.sub_centers
             votes = torch.bincount(labels * k + cosines.argmax(dim=1), minlength=self.num_classes * k)
             dominant = votes.view(self.num_classes, k).argmax(dim=1)
