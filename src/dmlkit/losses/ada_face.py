@@ -136,8 +136,8 @@ class AdaFaceLoss(BaseClassWeightLoss):
             if self.training:
                 with torch.no_grad():
                     self._update_statistics(norms)
-            mean: Tensor = self.batch_mean.to(emb.dtype)  # type: ignore[operator]
-            std: Tensor = self.batch_std.to(emb.dtype)  # type: ignore[operator]
+            mean: Tensor = self.batch_mean.to(emb.dtype)  # type: ignore[operator,assignment]
+            std: Tensor = self.batch_std.to(emb.dtype)  # type: ignore[operator,assignment]
             quality = ((norms - mean) / (std + _STD_EPS) * self.h).clamp(-1, 1)
             logits, cosine = cosine_logits(self.distance, emb, self.W.t().to(emb.dtype), labels, self.scale)
             angle = torch.acos(cosine.clamp(-1 + _COS_EPS, 1 - _COS_EPS))
