@@ -59,8 +59,11 @@ class _Operand:
         return x.neg()
 
 
-def _smallest(cand: Tensor, k: int) -> Tensor:
-    """Ascending column positions of the k smallest entries of each row, ties going to the lower column."""
+def _smallest(cand: Tensor, k: int, cand_idx: Tensor | None = None) -> Tensor:
+    """Column positions (unordered) of the k smallest entries of each row, ties going to the lower index.
+
+    ``cand_idx`` holds each entry's reference index; None means the column number is the index.
+    """
     vals, cols = torch.topk(cand, k, dim=1, largest=False, sorted=False)
     kth = vals.amax(dim=1, keepdim=True)
     # topk picks arbitrarily among values equal to the k-th one; redo the rows where it had a choice.
@@ -71,45 +74,21 @@ def _smallest(cand: Tensor, k: int) -> Tensor:
         below = sub < sub_kth
         tie = sub == sub_kth
         room = k - below.sum(1, keepdim=True)
-        take = below | (tie & (tie.cumsum(1) <= room))
+        width = sub.shape[1]
+        order_key = torch.arange(width, device=sub.device).expand_as(sub) if cand_idx is None else cand_idx[rows]
+        # rank of each tied entry among its row's ties, by reference index
+        order = torch.where(tie, order_key, torch.iinfo(torch.long).max).argsort(dim=1, stable=True)
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(width, device=sub.device).expand_as(order))
+        take = below | (tie & (rank < room))
         cols[rows] = take.nonzero()[:, 1].view(-1, k)
-    return cols.sort(dim=1).values
+    return cols
 
 
 def _merge(run_keys: Tensor, run_idx: Tensor, keys: Tensor, start: int, k: int) -> tuple[Tensor, Tensor]:
-    """The k smallest of the running ``run_keys`` and a block's ``keys``, ties going to the lower index.
-
-    Invariant: each row of ``run_idx`` is ascending and below ``start``, and column ``j`` of ``keys`` is
-    reference ``start + j``; so in ``cat([run, block])`` column order is index order, and resolving ties
-    by column resolves them by index. The result keeps the invariant.
-    """
-    num_run = run_keys.shape[1]
-    cand = torch.cat([run_keys, keys], dim=1)
-    cols = _smallest(cand, k)
-    from_run = cols < num_run
-    idx = torch.where(from_run, run_idx.gather(1, cols.clamp(max=num_run - 1)), cols - num_run + start)
-    return cand.gather(1, cols), idx
-
-
-def _merge_hits(
-    run_keys: Tensor, run_idx: Tensor, keys: Tensor, start: int, k: int, hits: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``_merge`` when only the block entries at ``hits`` (row-major (row, column) pairs) can enter.
-
-    Every row must already hold k finite candidates, and every hit must lie strictly below its row's k-th.
-    """
-    rows, cols = hits[:, 0], hits[:, 1]
-    counts = torch.bincount(rows, minlength=keys.shape[0])
-    width = int(counts.max())
-    slot = torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[rows]
-    # Padding is +inf and never chosen: every row already has k finite candidates.
-    hit_keys = keys.new_full((keys.shape[0], width), float("inf"))
-    hit_keys[rows, slot] = keys[rows, cols]
-    hit_idx = run_idx.new_full((keys.shape[0], width), -1)
-    hit_idx[rows, slot] = cols + start
-    cand = torch.cat([run_keys, hit_keys], dim=1)
-    chosen = _smallest(cand, k)
-    return cand.gather(1, chosen), torch.cat([run_idx, hit_idx], dim=1).gather(1, chosen)
+    """The k smallest of the running (``run_keys``, ``run_idx``) and a block's ``keys`` (column j is
+    reference ``start + j``), ties going to the lower index."""
+    block_idx = torch.arange(start, start + keys.shape[1], device=keys.device).expand(keys.shape[0], -1)
+    return _select(run_keys, run_idx, [keys], [block_idx], k)
 
 
 def _exclude_own(keys: Tensor, qs: int, rs: int) -> None:
@@ -123,37 +102,74 @@ def _exclude_own(keys: Tensor, qs: int, rs: int) -> None:
 def _topk_streamed(
     q: Tensor, reference: Tensor, qs: int, k: int, own: bool, measure: KnnDistance, block_size: int
 ) -> tuple[Tensor, Tensor]:
-    """Running top-k of the prepared query block ``q`` over reference blocks: (keys, indices), unsorted."""
+    """Running top-k of the prepared query block ``q`` over reference blocks: (keys, indices), unsorted.
+
+    Once every row holds k candidates, a block contributes only its entries strictly below the row's
+    current k-th: an equal one has a higher index than every candidate held, so it loses the tie. These
+    hits wait in a buffer that is merged once it is k columns wide, so the selection over ``k + buffer``
+    columns is paid about once per k hits instead of once per block; meanwhile the k-th is stale (too
+    high), which only admits a few extra hits.
+    """
     rows = q.shape[0]
     run_keys = q.new_full((rows, k), float("inf"))
     run_idx = torch.full((rows, k), -1, dtype=torch.long, device=q.device)
     kth: Tensor | None = None
+    buffer_keys: list[Tensor] = []
+    buffer_idx: list[Tensor] = []
+    buffered = 0
     for rs in range(0, reference.shape[0], block_size):
         keys = q @ reference[rs : rs + block_size].T
         if own:
             _exclude_own(keys, qs, rs)
         if kth is None:
-            run_keys, run_idx = _merge(run_keys, run_idx, keys, rs, k)
+            if rs == 0 and keys.shape[1] >= k:
+                cols = _smallest(keys, k)
+                run_keys, run_idx = keys.gather(1, cols), cols
+            else:
+                run_keys, run_idx = _merge(run_keys, run_idx, keys, rs, k)
             top = run_keys.amax(dim=1)
             if bool(torch.isfinite(top).all()):
                 kth = top
             continue
-        # Only entries strictly below a row's k-th can enter (an equal one has a higher index). One cheap
-        # row minimum finds the rows that have any; later blocks rarely do.
-        active = (keys.amin(dim=1) < kth).nonzero().squeeze(1)
-        if active.numel() == 0:
+        # One cheap row minimum tells whether the block has any hit at all; late blocks often have none.
+        if not bool((keys.amin(dim=1) < kth).any()):
             continue
-        if active.numel() < rows:
-            sub_keys, sub_kth = keys[active], kth[active]
-            new_keys, new_idx = _merge_hits(
-                run_keys[active], run_idx[active], sub_keys, rs, k, (sub_keys < sub_kth[:, None]).nonzero()
-            )
-            run_keys[active], run_idx[active] = new_keys, new_idx
-            kth[active] = new_keys.amax(dim=1)
-        else:
-            run_keys, run_idx = _merge_hits(run_keys, run_idx, keys, rs, k, (keys < kth[:, None]).nonzero())
+        hit_keys, hit_idx = _pad_hits(keys, (keys < kth[:, None]).nonzero(), rs, run_idx)
+        buffer_keys.append(hit_keys)
+        buffer_idx.append(hit_idx)
+        buffered += hit_keys.shape[1]
+        if buffered >= k:
+            run_keys, run_idx = _select(run_keys, run_idx, buffer_keys, buffer_idx, k)
             kth = run_keys.amax(dim=1)
+            buffer_keys, buffer_idx, buffered = [], [], 0
+    if buffered:
+        run_keys, run_idx = _select(run_keys, run_idx, buffer_keys, buffer_idx, k)
     return run_keys, run_idx
+
+
+def _pad_hits(keys: Tensor, hits: Tensor, start: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The block entries at ``hits`` (row-major (row, column) pairs) packed left into (rows, width) arrays.
+
+    Padding is +inf with index -1 and is never selected: every row already holds k finite candidates.
+    """
+    rows, cols = hits[:, 0], hits[:, 1]
+    counts = torch.bincount(rows, minlength=keys.shape[0])
+    width = int(counts.max())
+    slot = torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    hit_keys = keys.new_full((keys.shape[0], width), float("inf"))
+    hit_keys[rows, slot] = keys[rows, cols]
+    hit_idx = like.new_full((keys.shape[0], width), -1)
+    hit_idx[rows, slot] = cols + start
+    return hit_keys, hit_idx
+
+
+def _select(
+    run_keys: Tensor, run_idx: Tensor, more_keys: list[Tensor], more_idx: list[Tensor], k: int
+) -> tuple[Tensor, Tensor]:
+    cand = torch.cat([run_keys, *more_keys], dim=1)
+    cand_idx = torch.cat([run_idx, *more_idx], dim=1)
+    chosen = _smallest(cand, k, cand_idx)
+    return cand.gather(1, chosen), cand_idx.gather(1, chosen)
 
 
 def _topk_panel(
@@ -197,6 +213,9 @@ def _search_block(
         prepared = _Operand.references(raw_reference, measure, torch.float64)
         keys, idx = _topk_panel(q, prepared, qs, k, own, measure, block_size)
         keys = torch.nan_to_num(keys, posinf=torch.finfo(torch.float64).max)
+    # nearest first, equal keys by index: order by index, then stably by key
+    by_index = idx.argsort(dim=1)
+    keys, idx = keys.gather(1, by_index), idx.gather(1, by_index)
     order = keys.sort(dim=1, stable=True).indices
     return keys.gather(1, order), idx.gather(1, order)
 
