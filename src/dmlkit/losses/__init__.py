@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 from ..registry import Registry
+from .ada_face import AdaFaceLoss
 from .angular import AngularLoss
+from .arc_face import ArcFaceLoss
 from .base import BaseMetricLossFunction
 from .circle import CircleLoss
+from .class_weights import BaseClassWeightLoss
 from .contrastive import ContrastiveLoss
+from .cos_face import CosFaceLoss
 from .dynamic_soft_margin import DynamicSoftMarginLoss
 from .fast_ap import FastAPLoss
 from .generalized_lifted_structure import GeneralizedLiftedStructureLoss
 from .histogram import HistogramLoss
 from .instance import InstanceLoss
 from .intra_pair_variance import IntraPairVarianceLoss
+from .large_margin_softmax import LargeMarginSoftmaxLoss
 from .lifted_structure import LiftedStructureLoss
 from .margin import MarginLoss
 from .multi_similarity import MultiSimilarityLoss
 from .n_pairs import NPairsLoss
 from .nca import NCALoss
+from .normalized_softmax import NormalizedSoftmaxLoss
 from .ntxent import NTXentLoss
 from .pnp import PNPLoss, PNPVariant
 from .ranked_list import RankedListLoss
 from .smooth_ap import SmoothAPLoss
 from .snr_contrastive import SignalToNoiseRatioContrastiveLoss
+from .sphere_face import SphereFaceLoss
+from .sub_center_arc_face import SubCenterArcFaceLoss
 from .supcon import SupConLoss
 from .threshold_consistent_margin import ThresholdConsistentMarginLoss
 from .triplet_margin import TripletMarginLoss
@@ -31,6 +39,14 @@ from .vicreg import VICRegLoss
 
 __all__ = [
     "BaseMetricLossFunction",
+    "BaseClassWeightLoss",
+    "AdaFaceLoss",
+    "ArcFaceLoss",
+    "CosFaceLoss",
+    "LargeMarginSoftmaxLoss",
+    "NormalizedSoftmaxLoss",
+    "SphereFaceLoss",
+    "SubCenterArcFaceLoss",
     "AngularLoss",
     "CircleLoss",
     "ContrastiveLoss",
@@ -67,6 +83,13 @@ LOSSES: Registry[BaseMetricLossFunction] = Registry(
     "loss",
     {
         "angular": AngularLoss,
+        "ada_face": AdaFaceLoss,
+        "arc_face": ArcFaceLoss,
+        "cos_face": CosFaceLoss,
+        "large_margin_softmax": LargeMarginSoftmaxLoss,
+        "normalized_softmax": NormalizedSoftmaxLoss,
+        "sphere_face": SphereFaceLoss,
+        "sub_center_arc_face": SubCenterArcFaceLoss,
         "circle": CircleLoss,
         "contrastive": ContrastiveLoss,
         "dynamic_soft_margin": DynamicSoftMarginLoss,

@@ -102,6 +102,11 @@ class BaseClassWeightLoss(BaseMetricLossFunction):
                 raise ValueError(message(name, "labels", f"class indices in [0, {self.num_classes})", bad))
         return super().forward(embeddings, labels, indices_tuple, ref_emb, ref_labels)
 
+    def _warn_if_single_class(
+        self, labels: Tensor | None, ref_labels: Tensor | None, indices_tuple: tuple[Tensor, ...] | None
+    ) -> None:
+        """A batch of one class is ordinary here: every sample is scored against every class's weights."""
+
     def regularization_terms(self, embeddings: Tensor) -> dict[str, Terms]:
         groups = super().regularization_terms(embeddings)
         if self.weight_regularizer is not None and self.weight_reg_weight != 0:
