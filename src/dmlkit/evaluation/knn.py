@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterator
 
 import torch
@@ -172,6 +173,57 @@ def _select(
     return cand.gather(1, chosen), cand_idx.gather(1, chosen)
 
 
+def _sample_threshold(q: Tensor, sample: Tensor, sample_idx: Tensor, qs: int, own: bool, k: int, total: int) -> Tensor:
+    """Per query, a key that very likely has at least k of the ``total`` references at or below it.
+
+    The keys against a random sample of ``m`` references are cut at the sample rank that the k-th nearest
+    reaches with 4 standard deviations to spare (binomial count of sample members among the k nearest).
+    """
+    keys = q @ sample.T
+    if own:
+        mine = sample_idx[None, :] == torch.arange(qs, qs + q.shape[0], device=q.device)[:, None]
+        keys.masked_fill_(mine, float("inf"))
+    m = sample.shape[0]
+    p = k / total
+    rank = min(m, int(m * p + 4 * math.sqrt(m * p * (1 - p)) + 2))
+    return keys.topk(rank, dim=1, largest=False, sorted=False).values.amax(dim=1)
+
+
+def _topk_thresholded(
+    q: Tensor, reference: Tensor, qs: int, k: int, own: bool, block_size: int, threshold: Tensor
+) -> tuple[Tensor, Tensor] | None:
+    """Top-k from the references whose key is at most ``threshold``: one pass, one selection at the end.
+
+    Every reference at or below the threshold is kept, so when a row keeps at least k of them its top-k
+    (ties by index included) is among them; None when some row kept fewer (the caller falls back).
+    """
+    rows = q.shape[0]
+    hit_rows, hit_slots, hit_cols, hit_keys = [], [], [], []
+    held = torch.zeros(rows, dtype=torch.long, device=q.device)
+    for rs in range(0, reference.shape[0], block_size):
+        keys = q @ reference[rs : rs + block_size].T
+        if own:
+            _exclude_own(keys, qs, rs)
+        r, c = (keys <= threshold[:, None]).nonzero(as_tuple=True)
+        # nonzero is row-major: a hit's place in its row is the row's earlier hits plus its rank in this block
+        counts = torch.bincount(r, minlength=rows)
+        hit_slots.append(held[r] + torch.arange(r.shape[0], device=r.device) - (counts.cumsum(0) - counts)[r])
+        held += counts
+        hit_rows.append(r)
+        hit_cols.append(c + rs)
+        hit_keys.append(keys[r, c])
+    if rows == 0 or int(held.min()) < k:
+        return None
+    row, slot = torch.cat(hit_rows), torch.cat(hit_slots)
+    width = int(held.max())
+    cand = q.new_full((rows, width), float("inf"))
+    cand[row, slot] = torch.cat(hit_keys)
+    cand_idx = torch.full((rows, width), -1, dtype=torch.long, device=q.device)
+    cand_idx[row, slot] = torch.cat(hit_cols)
+    chosen = _smallest(cand, k, cand_idx)
+    return cand.gather(1, chosen), cand_idx.gather(1, chosen)
+
+
 def _topk_panel(
     q: Tensor, reference: Tensor, qs: int, k: int, own: bool, measure: KnnDistance, block_size: int
 ) -> tuple[Tensor, Tensor]:
@@ -201,11 +253,20 @@ def _search_block(
     dtype: torch.dtype,
     block_size: int,
     panel: bool,
+    sample_idx: Tensor | None = None,
+    sample: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sorted (keys, indices) of one query block; falls back to a safe float64 pass if a key overflowed."""
     q = _Operand.queries(query_block, measure, dtype)
-    search = _topk_panel if panel else _topk_streamed
-    keys, idx = search(q, reference, qs, k, own, measure, block_size)
+    found = None
+    if sample is not None and sample_idx is not None:
+        threshold = _sample_threshold(q, sample, sample_idx, qs, own, k, reference.shape[0] - int(own))
+        if bool(torch.isfinite(threshold).all()):
+            found = _topk_thresholded(q, reference, qs, k, own, block_size, threshold)
+    if found is None:
+        search = _topk_panel if panel else _topk_streamed
+        found = search(q, reference, qs, k, own, measure, block_size)
+    keys, idx = found
     if bool((idx < 0).any()) or not bool(torch.isfinite(keys).all()):
         # Keys overflowed to inf (embeddings beyond ~1e19 in float32): redo this block in float64, where
         # every real key is finite and ranks below the +inf of an excluded row.
@@ -276,10 +337,30 @@ def _iter_checked(
     with torch.no_grad():
         # Prepared once: for float32 Euclidean search, a (Nr, d + 1) copy of the references.
         prepared = _Operand.references(reference, measure, dtype)
+        # A threshold from a fixed random sample of references lets one pass keep only the few references
+        # that can be among the k nearest, instead of merging a running top-k block after block.
+        size = min(8192, num_ref // 8)
+        sample_idx = sample = None
+        p = k / max(num_ref, 1)
+        if not panel and num_ref > 2 * block_size and size * p + 4 * math.sqrt(size * p) + 2 < size / 4:
+            generator = torch.Generator().manual_seed(0)
+            sample_idx = torch.randperm(num_ref, generator=generator)[:size].sort().values.to(query.device)
+            sample = prepared[sample_idx]
         for qs in range(0, query.shape[0], rows):
             block = query[qs : qs + rows]
             keys, idx = _search_block(
-                block, prepared, reference, qs, k, ref_includes_query, measure, dtype, block_size, panel
+                block,
+                prepared,
+                reference,
+                qs,
+                k,
+                ref_includes_query,
+                measure,
+                dtype,
+                block_size,
+                panel,
+                sample_idx,
+                sample,
             )
             yield qs, Neighbors(_keys_to_values(keys, block, measure), idx)
 
