@@ -194,7 +194,8 @@ class KMeans:
 
     Args:
         niter: Lloyd iterations, ``>= 1`` (pytorch-metric-learning uses 20).
-        seed: seed of the point sampling and initialisation.
+        seed: seed of the point sampling and initialisation (faiss's default, so that the faiss backend
+            clusters exactly like pytorch-metric-learning's ``FaissKMeans``).
         backend: ``"auto"`` (faiss if installed, else torch), ``"faiss"``, ``"sklearn"`` or ``"torch"``.
         max_points_per_centroid: training-sample cap per cluster, ``>= 1``.
 
@@ -208,7 +209,7 @@ class KMeans:
     def __init__(
         self,
         niter: int = 20,
-        seed: int = 0,
+        seed: int = 1234,
         backend: KMeansBackend | str = "auto",
         max_points_per_centroid: int = 256,
     ) -> None:
