@@ -29,6 +29,7 @@ __all__ = [
     "convert_to_triplets",
     "check_indices_tuple",
     "pair_masks",
+    "triplets_from_selection",
 ]
 
 
@@ -251,3 +252,33 @@ def pair_masks(
     positive[a1, p] = True
     negative[a2, n] = True
     return positive, negative
+
+
+def triplets_from_selection(anchors: Tensor, positives: Tensor, selected: list[Tensor], rows_per_block: int) -> Triplets:
+    """The triplets marked in blocks of ``(positive pair, reference)`` masks, in (pair, negative) order.
+
+    ``selected[i]`` is the boolean mask of the positive pairs ``anchors[i * rows_per_block:][:rows]`` against
+    every reference element. The outputs are allocated once at their final size and each mask is released as
+    soon as it is read, so the peak is the triplets plus the masks, never the triplets twice. The list is
+    emptied.
+
+    Example:
+        >>> keep = [torch.tensor([[False, True, True]]), torch.tensor([[True, False, False]])]
+        >>> triplets_from_selection(torch.tensor([0, 1]), torch.tensor([1, 0]), keep, 1)
+        Triplets(anchors=tensor([0, 0, 1]), positives=tensor([1, 1, 0]), negatives=tensor([1, 2, 0]))
+    """
+    total = sum(int(torch.count_nonzero(keep)) for keep in selected)
+    out = Triplets(*(torch.empty(total, dtype=torch.long, device=anchors.device) for _ in range(3)))
+    filled = 0
+    for index in range(len(selected)):
+        keep = selected[index]
+        selected[index] = keep.new_empty(0)
+        flat = torch.nonzero(keep.reshape(-1)).squeeze(1)
+        end = filled + flat.numel()
+        torch.remainder(flat, keep.shape[1], out=out.negatives[filled:end])
+        pair = flat.div_(keep.shape[1], rounding_mode="floor").add_(index * rows_per_block)
+        torch.index_select(anchors, 0, pair, out=out.anchors[filled:end])
+        torch.index_select(positives, 0, pair, out=out.positives[filled:end])
+        filled = end
+    selected.clear()
+    return out

@@ -426,3 +426,25 @@ def test_pml_leaves_negatives_unnormalised() -> None:
     ours = AngularLoss()(emb, labels).item()
     assert ours == pytest.approx(ref.angular_loss(emb, labels, 40), rel=1e-10)
     assert abs(ours - theirs) > 1e-3
+
+
+@pytest.mark.parametrize("reducer_name", ["MeanReducer", "AvgNonZeroReducer", "SumReducer"])
+def test_repeated_mined_pairs_weighted_by_count_equal_the_repeated_terms(reducer_name: str) -> None:
+    """With a chunkable reducer, a pair listed k times is scored once and weighed by k: same value, same gradient."""
+    import dmlkit.reducers as reducers
+    from dmlkit.miners import TripletMarginMiner
+
+    reducer_cls = getattr(reducers, reducer_name)
+    listed_cls = type(f"Listed{reducer_name}", (reducer_cls,), {})
+    g = torch.Generator().manual_seed(11)
+    emb, labels = torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (20,), generator=g)
+    indices = TripletMarginMiner(0.5, "all")(emb, labels)
+    assert indices[0].numel() > len(set(zip(indices[0].tolist(), indices[1].tolist(), strict=True)))
+    results = []
+    for reducer in (reducer_cls(), listed_cls()):
+        x = emb.clone().requires_grad_(True)
+        value = AngularLoss(alpha=40, reducer=reducer)(x, labels, indices)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-13)

@@ -12,6 +12,7 @@ from .._validation import Described, check_range, message
 from ..distances import LpDistance
 from ..indices import convert_to_pairs, label_masks
 from ..types import TermKind, Terms, empty_index
+from .functional import fused_reduction, reduce_repeated
 from .base import BaseMetricLossFunction
 
 __all__ = ["AngularLoss"]
@@ -103,6 +104,12 @@ class AngularLoss(BaseMetricLossFunction):
             values = self._pair_values(embeddings, ref_emb, a, p, labels, ref_labels)
         else:
             # A miner may list a positive pair many times (once per triplet): score each distinct pair once.
+            fused = fused_reduction(self.reducer)
+            if fused is not None:
+                # ... and weigh it by its count, instead of repeating its value (tens of millions of terms).
+                a_unique, p_unique, counts = _counted_pairs(a, p, embeddings.shape[0], ref_emb.shape[0])
+                values = self._pair_values(embeddings, ref_emb, a_unique, p_unique, labels, ref_labels)
+                return {"loss": Terms.reduced(reduce_repeated(values, counts, fused))}
             a_unique, p_unique, inverse = _distinct_pairs(a, p, embeddings.shape[0], ref_emb.shape[0])
             values = self._pair_values(embeddings, ref_emb, a_unique, p_unique, labels, ref_labels)
             values = values.index_select(0, inverse)  # backward: one index_add, fast for millions of pairs
@@ -134,6 +141,19 @@ def _distinct_pairs(a: Tensor, p: Tensor, num_query: int, num_ref: int) -> tuple
     unique = torch.nonzero(seen).squeeze(1)
     position = torch.cumsum(seen, dim=0, dtype=torch.int32 if cells < 2**31 else torch.int64) - 1
     return unique // num_ref, unique % num_ref, position[keys].long()
+
+
+def _counted_pairs(a: Tensor, p: Tensor, num_query: int, num_ref: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The distinct pairs ``(a, p)`` in row-major order and how many times each is listed."""
+    keys = a * num_ref
+    keys += p
+    if keys.numel() * 8 < num_query * num_ref:
+        unique, counts = torch.unique(keys, return_counts=True)
+    else:
+        counts = torch.bincount(keys, minlength=num_query * num_ref)
+        unique = torch.nonzero(counts).squeeze(1)
+        counts = counts[unique]
+    return unique // num_ref, unique % num_ref, counts
 
 
 # Elements of one (pairs x reference) block: bounds the memory of the log-sum-exp whatever the batch size.

@@ -24,6 +24,7 @@ __all__ = [
     "reduce_in_chunks",
     "reduce_pair_terms",
     "masked_hinge",
+    "reduce_repeated",
 ]
 
 
@@ -263,3 +264,20 @@ class _MaskedHinge(torch.autograd.Function):
             active &= mask
             torch.mul(active, slope, out=out_block)
         return out, None, None, None, None, None
+
+
+def reduce_repeated(values: Tensor, counts: Tensor, reduction: FusedReduction) -> Tensor:
+    """Reduce terms where ``values[i]`` stands for ``counts[i]`` identical terms, without repeating them.
+
+    Example:
+        >>> reduce_repeated(torch.tensor([0.0, 2.0, 4.0]), torch.tensor([5, 1, 3]), FusedReduction.NONZERO)
+        tensor(3.5000)
+    """
+    weights = counts.to(values.dtype)
+    if reduction is FusedReduction.NONZERO:
+        weights = weights * (values > 0)
+    total = (values * weights).sum()
+    if reduction is FusedReduction.SUM:
+        return total
+    count = weights.sum()
+    return total / count if bool(count > 0) else total * 0

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._validation import check_range, message
 from ..distances import BaseDistance, LpDistance
-from ..indices import label_masks
+from ..indices import label_masks, triplets_from_selection
 from ..types import Triplets
 from .base import BaseMiner
 
@@ -63,28 +63,25 @@ class AngularMiner(BaseMiner):
     def mine(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor) -> Triplets:
         query = self.distance.maybe_normalize(embeddings)
         ref = self.distance.maybe_normalize(ref_emb)
-        threshold = math.radians(self.angle)
+        # atan(||a - p|| / (2 ||n - c||)) > angle  <=>  ||a - p||^2 > 4 tan^2(angle) ||n - c||^2 for angles below
+        # 90 degrees (both sides are >= 0; a == p == n gives 0 > 0, no triplet): no arctangent, no square root.
+        if self.angle >= 90:
+            empty = torch.empty(0, dtype=torch.long, device=embeddings.device)
+            return Triplets(empty, empty.clone(), empty.clone())
+        scale = 4 * math.tan(math.radians(self.angle)) ** 2
         positive, negative = label_masks(labels, ref_labels)
         anchors, positives = torch.nonzero(positive, as_tuple=True)
         block = max(1, _BLOCK_CELLS // max(1, ref.shape[0]))
-        # pass 1 keeps one byte per (positive pair, reference) cell; pass 2 fills outputs allocated once, so
-        # the peak is the output plus those bytes, not twice the output
+        ref_sq = (ref * ref).sum(1)
         selected: list[Tensor] = []
         for start in range(0, anchors.numel(), block):
             a = anchors[start : start + block]
             p = positives[start : start + block]
-            side = self.distance.pairwise_distance(query[a], ref[p])
-            to_center = torch.cdist((query[a] + ref[p]) / 2, ref)
-            # atan2 instead of atan(x / y): 0/0 (a == p == n) gives angle 0, never NaN
-            selected.append((torch.atan2(side.unsqueeze(1), 2 * to_center) > threshold) & negative[a])
-        total = sum(int(mask.sum()) for mask in selected)
-        out = torch.empty(3, total, dtype=torch.long, device=embeddings.device)
-        offset = 0
-        for start, mask in zip(range(0, anchors.numel(), block), selected, strict=True):
-            pair, n = torch.nonzero(mask, as_tuple=True)
-            stop = offset + n.numel()
-            out[0, offset:stop] = anchors[start + pair]
-            out[1, offset:stop] = positives[start + pair]
-            out[2, offset:stop] = n
-            offset = stop
-        return Triplets(out[0], out[1], out[2])
+            side_sq = (query[a] - ref[p]).pow(2).sum(1, keepdim=True)
+            center = (query[a] + ref[p]) / 2
+            to_center_sq = torch.addmm(ref_sq.unsqueeze(0), center, ref.T, alpha=-2)
+            to_center_sq += (center * center).sum(1, keepdim=True)
+            keep = side_sq > to_center_sq.clamp_min_(0).mul_(scale)
+            keep &= negative[a]
+            selected.append(keep)
+        return triplets_from_selection(anchors, positives, selected, block)

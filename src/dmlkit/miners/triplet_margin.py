@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, check_range
-from ..indices import label_masks
+from ..indices import label_masks, triplets_from_selection
 from ..types import Triplets
 from .base import BaseMiner
 
@@ -60,8 +60,7 @@ class TripletMarginMiner(BaseMiner):
         positive, negative = label_masks(labels, ref_labels)
         anchors, positives = torch.nonzero(positive, as_tuple=True)
         block = max(1, _BLOCK_CELLS // max(1, mat.shape[1]))
-        # First pass keeps one bit per candidate triplet; the output is then allocated once at its final size,
-        # so the peak is the output plus the masks instead of the output twice (blocks, then their concatenation).
+        # One byte per candidate triplet first; the triplets are then written once at their final size.
         selected: list[Tensor] = []
         for start in range(0, anchors.numel(), block):
             a = anchors[start : start + block]
@@ -69,20 +68,7 @@ class TripletMarginMiner(BaseMiner):
             keep = self._select(gap)
             keep &= negative[a]
             selected.append(keep)
-        total = int(sum(int(keep.sum()) for keep in selected))
-        out = Triplets(*(torch.empty(total, dtype=torch.long, device=mat.device) for _ in range(3)))
-        filled = 0
-        for index, keep in enumerate(selected):
-            flat = torch.nonzero(keep.view(-1)).squeeze(1)
-            selected[index] = keep.new_empty(0)  # release the block's mask as soon as it is used
-            end = filled + flat.numel()
-            pair = torch.div(flat, keep.shape[1], rounding_mode="floor")
-            torch.remainder(flat, keep.shape[1], out=out.negatives[filled:end])
-            pair += index * block
-            torch.index_select(anchors, 0, pair, out=out.anchors[filled:end])
-            torch.index_select(positives, 0, pair, out=out.positives[filled:end])
-            filled = end
-        return out
+        return triplets_from_selection(anchors, positives, selected, block)
 
     def _select(self, gap: Tensor) -> Tensor:
         kind = TripletType(self.type_of_triplets)
