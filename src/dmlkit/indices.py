@@ -254,7 +254,9 @@ def pair_masks(
     return positive, negative
 
 
-def triplets_from_selection(anchors: Tensor, positives: Tensor, selected: list[Tensor], rows_per_block: int) -> Triplets:
+def triplets_from_selection(
+    anchors: Tensor, positives: Tensor, selected: list[Tensor], rows_per_block: int
+) -> Triplets:
     """The triplets marked in blocks of ``(positive pair, reference)`` masks, in (pair, negative) order.
 
     ``selected[i]`` is the boolean mask of the positive pairs ``anchors[i * rows_per_block:][:rows]`` against
