@@ -177,7 +177,7 @@ class AccuracyCalculator:
         >>> emb = torch.tensor([[0.0], [0.1], [1.0], [1.2], [0.6]])
         >>> calc = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r"))
         >>> calc.get_accuracy(emb, torch.tensor([0, 0, 1, 1, 1]))
-        {'precision_at_1': 1.0, 'mean_average_precision_at_r': 0.9}
+        {'mean_average_precision_at_r': 0.9, 'precision_at_1': 1.0}
     """
 
     function_keyword = "calculate_"

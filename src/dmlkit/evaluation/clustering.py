@@ -120,7 +120,7 @@ def normalized_mutual_info(labels_true: Tensor, labels_pred: Tensor) -> float:
         labels_pred: (N,) or (N, 1) cluster labels.
 
     Example:
-        >>> normalized_mutual_info(torch.tensor([0, 0, 1, 1]), torch.tensor([5, 5, 3, 3]))
+        >>> round(normalized_mutual_info(torch.tensor([0, 0, 1, 1]), torch.tensor([5, 5, 3, 3])), 6)
         1.0
     """
     table = _contingency(labels_true, labels_pred)
@@ -141,7 +141,7 @@ def adjusted_mutual_info(labels_true: Tensor, labels_pred: Tensor) -> float:
         labels_pred: (N,) or (N, 1) cluster labels.
 
     Example:
-        >>> adjusted_mutual_info(torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1, 0, 0]))
+        >>> round(adjusted_mutual_info(torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1, 0, 0])), 6)
         1.0
     """
     table = _contingency(labels_true, labels_pred)
