@@ -254,3 +254,32 @@ def test_pml_parity_with_reference_set_and_miners() -> None:
             mined = miner(emb, labels)
             assert mined[0].numel() > 1
             torch.testing.assert_close(ours(emb, labels, mined), theirs(emb, labels, mined), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("reducer_name", ["AvgNonZeroReducer", "MeanReducer", "SumReducer"])
+@pytest.mark.parametrize("cells", [16, 1 << 22])  # several checkpointed row blocks, or one
+def test_masked_negative_reduction_equals_the_listed_path(
+    monkeypatch: pytest.MonkeyPatch, reducer_name: str, cells: int
+) -> None:
+    """The fused path (negatives reduced under their mask, mean included) against a listing reducer subclass."""
+    import dmlkit.losses.functional as functional
+    import dmlkit.reducers as reducers
+
+    original = functional.reduce_pair_terms
+    monkeypatch.setattr(
+        "dmlkit.losses.intra_pair_variance.reduce_pair_terms",
+        lambda term, mat, keep, reduction: original(term, mat, keep, reduction, cells=cells),
+    )
+    reducer_cls = getattr(reducers, reducer_name)
+    listed_cls = type(f"Listed{reducer_name}", (reducer_cls,), {})
+    g = torch.Generator().manual_seed(12)
+    emb, labels = torch.randn(18, 5, generator=g, dtype=torch.float64), torch.randint(0, 4, (18,), generator=g)
+    results = []
+    for reducer in (reducer_cls(), listed_cls()):
+        x = emb.clone().requires_grad_(True)
+        value = IntraPairVarianceLoss(pos_eps=0.05, neg_eps=0.05, reducer=reducer)(x, labels)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    assert results[0][0].item() > 0
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-13)

@@ -3,14 +3,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range
 from ..distances import CosineSimilarity
+from ..indices import label_masks
+from ..reducers.base import zero_loss
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .contrastive import pair_entries
+from .functional import FusedReduction, fused_reduction, pair_values, reduce_pair_terms
 
 __all__ = ["IntraPairVarianceLoss"]
 
@@ -61,8 +65,17 @@ class IntraPairVarianceLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         mat = self.distance(embeddings, ref_emb)
-        pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
         closer = self.distance.higher_is_closer
+        fused = fused_reduction(self.reducer)
+        if fused is not None and indices_tuple is None:
+            # The (millions of) negative pairs are reduced under their label mask, never listed.
+            positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
+            a, p = torch.nonzero(positive, as_tuple=True)
+            pos = pair_values(mat, a, p)
+            neg_loss = Terms.reduced(_masked_spread(mat, negative, self.neg_eps, not closer, fused))
+            pos_loss = Terms(_spread(pos, self.pos_eps, below=closer), a, TermKind.POS_PAIR)
+            return {"pos_loss": pos_loss, "neg_loss": neg_loss}
+        pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
         return {
             "pos_loss": Terms(_spread(pos, self.pos_eps, below=closer), pos_anchors, TermKind.POS_PAIR),
             "neg_loss": Terms(_spread(neg, self.neg_eps, below=not closer), neg_anchors, TermKind.NEG_PAIR),
@@ -76,3 +89,18 @@ def _spread(values: Tensor, eps: float, below: bool) -> Tensor:
     mean = values.mean()
     excess = (1 - eps) * mean - values if below else values - (1 + eps) * mean
     return F.relu(excess, inplace=True).square()
+
+
+def _masked_spread(mat: Tensor, keep: Tensor, eps: float, below: bool, reduction: FusedReduction) -> Tensor:
+    """``_spread`` of the entries of ``mat`` where ``keep`` is true, reduced in row blocks without listing them."""
+    count = int(torch.count_nonzero(keep))
+    if count == 0:
+        return zero_loss(mat)
+    mean = torch.where(keep, mat, mat.new_zeros(())).sum() / count
+    bound = (1 - eps) * mean if below else (1 + eps) * mean
+
+    def spread(values: Tensor) -> Tensor:
+        excess = bound - values if below else values - bound
+        return F.relu(excess, inplace=True).square()
+
+    return reduce_pair_terms(spread, mat, keep, reduction)
