@@ -70,7 +70,9 @@ def _construct(cls: type) -> Any:
         pytest.skip(f"{cls.__name__} has required constructor arguments: {', '.join(unknown)}")
     if cls.__name__ in NEEDS_AN_ARGUMENT:
         pytest.skip(f"{cls.__name__} {NEEDS_AN_ARGUMENT[cls.__name__]}")
-    return cls(**{name: REQUIRED_VALUES[name] for name in required})
+    # the class sizes are passed by name wherever they are accepted (some classes also take PML's spellings)
+    sized = [name for name in ("num_classes", "embedding_size") if name in inspect.signature(cls.__init__).parameters]
+    return cls(**{name: REQUIRED_VALUES[name] for name in {*required, *sized}})
 
 
 def key_matches(key: str, stem: str) -> bool:
@@ -164,6 +166,9 @@ def _assert_accepts_pml_arguments(cls: type, theirs: type) -> None:
             assert takes_kwargs, f"{cls.__name__} lacks pytorch-metric-learning's argument {name!r}"
             continue
         mine, default = ours[name].default, param.default
+        if default is inspect.Parameter.empty and mine is None:
+            # required there; optional here because the size can also be given under its consistent name
+            continue
         if inspect.isfunction(default):
             # a default function object (e.g. an aggregation) cannot be compared; None stands for it
             assert mine is None or callable(mine), f"{cls.__name__}({name}=...) defaults to {mine!r}"

@@ -19,16 +19,21 @@ from .instance import InstanceLoss
 from .intra_pair_variance import IntraPairVarianceLoss
 from .large_margin_softmax import LargeMarginSoftmaxLoss
 from .lifted_structure import LiftedStructureLoss
+from .manifold import ManifoldLoss
 from .margin import MarginLoss
 from .multi_similarity import MultiSimilarityLoss
 from .n_pairs import NPairsLoss
 from .nca import NCALoss
 from .normalized_softmax import NormalizedSoftmaxLoss
 from .ntxent import NTXentLoss
+from .p2s_grad import P2SGradLoss
 from .pnp import PNPLoss, PNPVariant
+from .proxy_anchor import ProxyAnchorLoss
+from .proxy_nca import ProxyNCALoss
 from .ranked_list import RankedListLoss
 from .smooth_ap import SmoothAPLoss
 from .snr_contrastive import SignalToNoiseRatioContrastiveLoss
+from .soft_triple import SoftTripleLoss
 from .sphere_face import SphereFaceLoss
 from .sub_center_arc_face import SubCenterArcFaceLoss
 from .supcon import SupConLoss
@@ -40,6 +45,11 @@ from .vicreg import VICRegLoss
 __all__ = [
     "BaseMetricLossFunction",
     "BaseClassWeightLoss",
+    "ManifoldLoss",
+    "P2SGradLoss",
+    "ProxyAnchorLoss",
+    "ProxyNCALoss",
+    "SoftTripleLoss",
     "AdaFaceLoss",
     "ArcFaceLoss",
     "CosFaceLoss",
@@ -83,6 +93,11 @@ LOSSES: Registry[BaseMetricLossFunction] = Registry(
     "loss",
     {
         "angular": AngularLoss,
+        "manifold": ManifoldLoss,
+        "p2s_grad": P2SGradLoss,
+        "proxy_anchor": ProxyAnchorLoss,
+        "proxy_nca": ProxyNCALoss,
+        "soft_triple": SoftTripleLoss,
         "ada_face": AdaFaceLoss,
         "arc_face": ArcFaceLoss,
         "cos_face": CosFaceLoss,
