@@ -56,6 +56,12 @@ def matmul_gflops() -> float:
 
 def run_one(case: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(case["threads"])
+    try:
+        import faiss
+    except ImportError:
+        pass
+    else:  # faiss has its own OpenMP pool: give both libraries the same number of threads
+        faiss.omp_set_num_threads(case["threads"])
     if case["lib"] == "matmul":
         return {"gflops": matmul_gflops()}
     x, labels = make_data(case["n"])
@@ -113,7 +119,8 @@ def main() -> None:
 
     gflops = run({"lib": "matmul"})["gflops"]
     lines = [
-        f"Machine: {machine_line()}. Block product speed {gflops:.0f} GFLOP/s "
+        f"Machine: {machine_line()}, load average before the run {os.getloadavg()[0]:.1f}. "
+        f"Block product speed {gflops:.0f} GFLOP/s "
         f"((256 x {DIM + 1}) x ({DIM + 1} x 4096), float32). Data: {CLASSES} classes, d = {DIM}, query = reference, "
         'k = "max_bin_count" for both libraries.',
         "",

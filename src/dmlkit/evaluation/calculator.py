@@ -374,7 +374,7 @@ class AccuracyCalculator:
 
     def _label_counts(
         self, query_labels: Tensor, reference_labels: Tensor, ref_includes_query: bool
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(unique query labels, their match counts, per-query codes, R per query, not-lone mask)."""
         self_count = int(ref_includes_query)
         if not self._custom_comparison:
@@ -547,7 +547,7 @@ class AccuracyCalculator:
                 kwargs["knn_labels"] = reference_labels[indices.to(reference_labels.device).long()]
                 values = self._table_mixed(builtin, at_k, limit, kwargs)
         results: dict[str, Any] = {}
-        agg = codes, not_lone, num_classes
+        agg: tuple[Tensor, Tensor, int] = (codes, not_lone, num_classes)
         nan_values = torch.zeros(query.shape[0], dtype=torch.float64, device=query.device)
         for name in builtin:
             if name in _AT_K_METRICS:
