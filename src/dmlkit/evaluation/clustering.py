@@ -63,7 +63,7 @@ def _mutual_information(table: Tensor) -> float:
     return max(float(terms.sum()), 0.0)
 
 
-def _expected_mutual_information(table: Tensor, chunk: int = 1 << 22) -> float:
+def _expected_mutual_information(table: Tensor, chunk: int = 1 << 18) -> float:
     """E[MI] under the hypergeometric model of random labelings with the same marginals (Vinh et al., 2010)."""
     n = float(table.sum())
     a, b = table.sum(1), table.sum(0)
