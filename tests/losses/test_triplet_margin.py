@@ -500,17 +500,25 @@ def _plain_reducer(reducer_cls: type) -> object:
     return type(f"Plain{reducer_cls.__name__}", (reducer_cls,), {})()
 
 
-@pytest.mark.parametrize("reducer_cls", [AvgNonZeroReducer, MeanReducer, SumReducer])
-@pytest.mark.parametrize("distance", ["lp", "lp_raw_squared", "cosine"])
-@pytest.mark.parametrize("swap", [False, True])
-@pytest.mark.parametrize("smooth", [False, True])
-@pytest.mark.parametrize("mined", ["nothing", "triplets", "pairs", "repeated pairs"])
+def _chunked_cases() -> list[tuple[type, str, bool, bool, str]]:
+    """Every reducer x input kind, each under two of the distance / swap / smooth combinations (in rotation)."""
+    options = [("lp", False, False), ("cosine", True, True), ("lp_raw_squared", True, False), ("lp", False, True)]
+    inputs = ["nothing", "triplets", "pairs", "repeated pairs"]
+    pairs = itertools.product([AvgNonZeroReducer, MeanReducer, SumReducer], inputs)
+    return [
+        (reducer, *options[(i + shift) % len(options)], mined)
+        for i, (reducer, mined) in enumerate(pairs)
+        for shift in (0, 1)
+    ]
+
+
+@pytest.mark.parametrize("reducer_cls,distance,swap,smooth,mined", _chunked_cases())
 def test_chunked_reduction_equals_the_per_term_path(
     monkeypatch: pytest.MonkeyPatch, reducer_cls: type, distance: str, swap: bool, smooth: bool, mined: str
 ) -> None:
-    # Tiny chunks so that every path crosses several chunk boundaries.
-    monkeypatch.setattr(triplet_module, "_CHUNK_CELLS", 40)
-    monkeypatch.setattr(triplet_module, "_LISTED_CHUNK", 7)
+    # Small chunks so that every path crosses a few chunk boundaries (3 row blocks, listed triplets in several).
+    monkeypatch.setattr(triplet_module, "_CHUNK_CELLS", 4 * 24 * 8)
+    monkeypatch.setattr(triplet_module, "_LISTED_CHUNK", 700)
     factory = DISTANCES[distance][0]
     emb, labels = _batch(5, n=24, classes=4)
     indices: tuple[Tensor, ...] | None = None
@@ -537,7 +545,7 @@ def test_chunked_reduction_equals_the_per_term_path(
 
 @pytest.mark.parametrize("swap", [False, True])
 def test_chunked_reduction_with_a_reference_set(monkeypatch: pytest.MonkeyPatch, swap: bool) -> None:
-    monkeypatch.setattr(triplet_module, "_CHUNK_CELLS", 40)
+    monkeypatch.setattr(triplet_module, "_CHUNK_CELLS", 4 * 16 * 4)
     emb, labels = _batch(6, n=12, classes=3)
     ref_emb, ref_labels = _batch(7, n=16, classes=3)
     values, grads = [], []
