@@ -121,7 +121,7 @@ def check_embeddings(owner: str, embeddings: Any, arg: str = "embeddings") -> No
         raise TypeError(
             message(owner, arg, "a floating-point tensor (call .float())", _Described(_describe_tensor(embeddings)))
         )
-    if embeddings.numel() and not bool(torch.isfinite(embeddings).all()):
+    if embeddings.numel() and not _all_finite(embeddings):
         bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
         raise ValueError(
             message(
@@ -131,6 +131,15 @@ def check_embeddings(owner: str, embeddings: Any, arg: str = "embeddings") -> No
                 _Described(f"{bad} row(s) containing NaN or Inf"),
             )
         )
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """Whether every entry is finite. One reduction decides in the usual case: a finite sum means no NaN or
+    Inf; only a non-finite sum (a bad entry, or finite values overflowing) needs the entry-wise test."""
+    with torch.no_grad():
+        if bool(torch.isfinite(x.sum())):
+            return True
+        return bool(torch.isfinite(x).all())
 
 
 def check_labels(owner: str, labels: Any, size: int, arg: str = "labels", embeddings_arg: str = "embeddings") -> None:

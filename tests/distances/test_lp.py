@@ -141,3 +141,18 @@ def test_euclidean_gradcheck() -> None:
     x = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: LpDistance()(a, b), (x, y))
+
+
+def test_squared_euclidean_matches_cdist_squared_in_value_and_gradient() -> None:
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(8, 4, generator=g, dtype=torch.float64)
+    x[3] = x[0]
+    weights = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    mat = LpDistance(normalize_embeddings=False, power=2)(ours)
+    assert torch.allclose(mat, torch.cdist(theirs, theirs) ** 2)
+    (mat * weights).sum().backward()
+    (torch.cdist(theirs, theirs) ** 2 * weights).sum().backward()
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-12)
+    y = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: LpDistance(power=2)(a, b), (x.clone().requires_grad_(True), y))

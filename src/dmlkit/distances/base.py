@@ -55,17 +55,19 @@ class BaseDistance(nn.Module):
         name = type(self).__name__
         check_embeddings(name, query_emb, "query_emb")
         query = self.maybe_normalize(query_emb)
-        if ref_emb is None:
+        if ref_emb is None or ref_emb is query_emb:
             ref = query
         else:
             check_embeddings(name, ref_emb, "ref_emb")
             if ref_emb.shape[1] != query_emb.shape[1]:
                 raise ValueError(message(name, "ref_emb", f"of embedding size {query_emb.shape[1]}", ref_emb.shape[1]))
             ref = self.maybe_normalize(ref_emb)
-        mat = self.compute_mat(query, ref)
-        if self.power != 1:
-            mat = mat**self.power
-        return mat
+        return self.compute_powered_mat(query, ref)
+
+    def compute_powered_mat(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
+        """``compute_mat(query_emb, ref_emb) ** power``; a subclass may fuse the two."""
+        mat = self.compute_mat(query_emb, ref_emb)
+        return mat**self.power if self.power != 1 else mat
 
     def compute_mat(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
         raise NotImplementedError

@@ -29,8 +29,15 @@ class LpDistance(BaseDistance):
             # cdist has no half-precision kernel on every device; compute in float32 and cast back.
             return torch.cdist(query_emb.float(), ref_emb.float(), p=self.p).to(query_emb.dtype)
         if self.p == 2 and (query_emb.requires_grad or ref_emb.requires_grad):
-            return _EuclideanMatrix.apply(query_emb, ref_emb)
+            if query_emb.dtype in (torch.float32, torch.float64):
+                return _EuclideanMatrix.apply(query_emb, ref_emb)
         return torch.cdist(query_emb, ref_emb, p=self.p)
+
+    def compute_powered_mat(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
+        if self.p == 2 and self.power == 2 and (query_emb.requires_grad or ref_emb.requires_grad):
+            if query_emb.dtype in (torch.float32, torch.float64):
+                return _SquaredEuclideanMatrix.apply(query_emb, ref_emb)
+        return super().compute_powered_mat(query_emb, ref_emb)
 
     def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
         return torch.linalg.vector_norm(query_emb - ref_emb, ord=self.p, dim=1)
@@ -60,4 +67,24 @@ class _EuclideanMatrix(torch.autograd.Function):
             grad_x = x * weights.sum(1, keepdim=True) - weights @ y
         if ctx.needs_input_grad[1]:
             grad_y = y * weights.sum(0).unsqueeze(1) - weights.T @ x
+        return grad_x, grad_y
+
+
+class _SquaredEuclideanMatrix(torch.autograd.Function):
+    """``torch.cdist(x, y) ** 2`` whose backward is ``2 (x * G.sum(1) - G @ y)`` (and the same for ``y``): no
+    division by the distance and no power's backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, y)
+        return torch.cdist(x, y).square_()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        grad_x = grad_y = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (x * grad.sum(1, keepdim=True) - grad @ y).mul_(2)
+        if ctx.needs_input_grad[1]:
+            grad_y = (y * grad.sum(0).unsqueeze(1) - grad.T @ x).mul_(2)
         return grad_x, grad_y
