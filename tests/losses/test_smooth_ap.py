@@ -10,7 +10,7 @@ from torch import Tensor
 
 import dmlkit.losses.smooth_ap as smooth_ap_module
 from dmlkit.distances import LpDistance
-from dmlkit.losses.smooth_ap import SmoothAPLoss, _soft_rank_sums
+from dmlkit.losses.smooth_ap import SmoothAPLoss, soft_rank_sums
 from dmlkit.miners import TripletMarginMiner
 from tests.reference import fast_ap as weights_ref
 from tests.reference import smooth_ap as ref
@@ -112,21 +112,21 @@ def test_soft_rank_sums_equal_the_dense_cube(columns: str) -> None:
     mask = torch.rand(5, 7, generator=g) > 0.4
     rows, cols = torch.nonzero(torch.rand(5, 7, generator=g) > 0.5, as_tuple=True)
     weight = torch.ones(5, 7, dtype=torch.float64) if columns == "all" else mask.double()
-    arg = {"all": None, "mask": mask, "table": smooth_ap_module._row_lists(*torch.nonzero(mask, as_tuple=True), 5)}
+    arg = {"all": None, "mask": mask, "table": smooth_ap_module.row_lists(*torch.nonzero(mask, as_tuple=True), 5)}
 
     def dense(s: Tensor) -> Tensor:
         cube = torch.sigmoid(s.unsqueeze(1) - s.unsqueeze(2))  # [q, i, j] = sigmoid(s[q, j] - s[q, i])
         return (cube * weight.unsqueeze(1)).sum(2)[rows, cols]
 
     x1, x2 = scores.clone().requires_grad_(), scores.clone().requires_grad_()
-    got, want = _soft_rank_sums(x1, rows, cols, arg[columns]), dense(x2)
+    got, want = soft_rank_sums(x1, rows, cols, arg[columns]), dense(x2)
     assert torch.allclose(got, want, rtol=1e-12)
     upstream = torch.randn(rows.numel(), generator=g, dtype=torch.float64)
     (got * upstream).sum().backward()
     (want * upstream).sum().backward()
     assert torch.allclose(x1.grad, x2.grad, rtol=1e-10, atol=1e-14)
     assert torch.autograd.gradcheck(
-        lambda s: _soft_rank_sums(s, rows, cols, arg[columns]), (scores.clone().requires_grad_(),)
+        lambda s: soft_rank_sums(s, rows, cols, arg[columns]), (scores.clone().requires_grad_(),)
     )
 
 

@@ -28,19 +28,23 @@ class LpDistance(BaseDistance):
         if query_emb.dtype in (torch.float16, torch.bfloat16):
             # cdist has no half-precision kernel on every device; compute in float32 and cast back.
             return torch.cdist(query_emb.float(), ref_emb.float(), p=self.p).to(query_emb.dtype)
-        if self.p == 2 and (query_emb.requires_grad or ref_emb.requires_grad):
-            if query_emb.dtype in (torch.float32, torch.float64):
-                return _EuclideanMatrix.apply(query_emb, ref_emb)
+        if self.p == 2 and _wants_gradient(query_emb, ref_emb):
+            return _EuclideanMatrix.apply(query_emb, ref_emb)
         return torch.cdist(query_emb, ref_emb, p=self.p)
 
     def compute_powered_mat(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
-        if self.p == 2 and self.power == 2 and (query_emb.requires_grad or ref_emb.requires_grad):
-            if query_emb.dtype in (torch.float32, torch.float64):
-                return _SquaredEuclideanMatrix.apply(query_emb, ref_emb)
+        if self.p == 2 and self.power == 2 and _wants_gradient(query_emb, ref_emb):
+            return _SquaredEuclideanMatrix.apply(query_emb, ref_emb)
         return super().compute_powered_mat(query_emb, ref_emb)
 
     def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
         return torch.linalg.vector_norm(query_emb - ref_emb, ord=self.p, dim=1)
+
+
+def _wants_gradient(query_emb: Tensor, ref_emb: Tensor) -> bool:
+    """Whether the hand-written backward applies: single or double precision, and a gradient is needed."""
+    full_precision = query_emb.dtype in (torch.float32, torch.float64)
+    return full_precision and (query_emb.requires_grad or ref_emb.requires_grad)
 
 
 class _EuclideanMatrix(torch.autograd.Function):

@@ -15,7 +15,7 @@ from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import miner_weights, pair_values
 
-__all__ = ["FastAPLoss"]
+__all__ = ["FastAPLoss", "row_histograms", "sparse_histograms"]
 
 # Elements per temporary (rows x reference) block in the chunked histogram: a few MiB, whatever the batch.
 _BLOCK_ELEMENTS = 1 << 22
@@ -78,12 +78,12 @@ class _RowHistograms(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _row_histograms(values: Tensor, offset: float, delta: float, num_nodes: int) -> Tensor:
+def row_histograms(values: Tensor, offset: float, delta: float, num_nodes: int) -> Tensor:
     """``(rows, num_nodes)`` linearly interpolated histograms of every entry of each row of ``values``."""
     return _RowHistograms.apply(values, offset, delta, num_nodes)
 
 
-def _sparse_histograms(
+def sparse_histograms(
     values: Tensor, rows: Tensor | None, num_rows: int, offset: float, delta: float, num_nodes: int
 ) -> Tensor:
     """The same histograms for a list of ``values`` belonging to ``rows`` (``(num_rows, num_nodes)``), or one
@@ -172,13 +172,13 @@ class FastAPLoss(BaseMetricLossFunction):
         delta = 2.0**self.distance.power / self.num_bins
         num_rows = dist.shape[0]
         # One pass over every (query, reference) entry; the few positives (and self-pairs) are histogrammed apart.
-        all_hist = _row_histograms(dist, 0.0, delta, self.num_edges)
+        all_hist = row_histograms(dist, 0.0, delta, self.num_edges)
         rows, cols = torch.nonzero(positive, as_tuple=True)
-        pos_hist = _sparse_histograms(pair_values(dist, rows, cols), rows, num_rows, 0.0, delta, self.num_edges)
+        pos_hist = sparse_histograms(pair_values(dist, rows, cols), rows, num_rows, 0.0, delta, self.num_edges)
         batch_is_ref = ref_is_query(labels, ref_labels)
         if batch_is_ref:
             self_rows = torch.arange(num_rows, device=dist.device)
-            all_hist = all_hist - _sparse_histograms(dist.diagonal(), self_rows, num_rows, 0.0, delta, self.num_edges)
+            all_hist = all_hist - sparse_histograms(dist.diagonal(), self_rows, num_rows, 0.0, delta, self.num_edges)
         cum_pos = pos_hist.cumsum(1)
         cum_all = all_hist.cumsum(1)  # positives and negatives: every retrieved item
         # Nodes holding no positive mass contribute nothing (and may have H = 0): keep them out of the division.

@@ -15,7 +15,7 @@ from ..distances import CosineSimilarity, DotProductSimilarity
 from ..indices import label_masks, ref_is_query
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .fast_ap import _row_histograms, _sparse_histograms
+from .fast_ap import row_histograms, sparse_histograms
 from .functional import pair_values
 
 __all__ = ["HistogramLoss"]
@@ -113,10 +113,10 @@ class HistogramLoss(BaseMetricLossFunction):
         entries minus the few left out."""
         if 2 * count <= mask.numel():
             rows, cols = torch.nonzero(mask, as_tuple=True)
-            return _sparse_histograms(pair_values(sims, rows, cols), None, 1, 1.0, self.delta, self.num_nodes)
+            return sparse_histograms(pair_values(sims, rows, cols), None, 1, 1.0, self.delta, self.num_nodes)
         rows, cols = torch.nonzero(~mask, as_tuple=True)
-        total = _row_histograms(sims, 1.0, self.delta, self.num_nodes).sum(0)
-        return total - _sparse_histograms(pair_values(sims, rows, cols), None, 1, 1.0, self.delta, self.num_nodes)
+        total = row_histograms(sims, 1.0, self.delta, self.num_nodes).sum(0)
+        return total - sparse_histograms(pair_values(sims, rows, cols), None, 1, 1.0, self.delta, self.num_nodes)
 
     @staticmethod
     def _pairs_of_all_triplets(labels: Tensor, ref_labels: Tensor | None, batch_is_ref: bool) -> tuple[Tensor, Tensor]:

@@ -13,10 +13,10 @@ from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values, row_logsumexp
 
-__all__ = ["NTXentLoss"]
+__all__ = ["NTXentLoss", "positive_pair_terms"]
 
 
-def _positive_pair_terms(
+def positive_pair_terms(
     logits: Tensor,
     labels: Tensor | None,
     indices_tuple: tuple[Tensor, ...] | None,
@@ -107,4 +107,4 @@ class NTXentLoss(BaseMetricLossFunction):
             # log(1 + exp(lse_a - z_ap)): exact for every magnitude, 0 when the anchor has no negative.
             return torch.logaddexp(negative_lse - pair_values(logits, a, p), logits.new_zeros(()))
 
-        return {"loss": _positive_pair_terms(logits, labels, indices_tuple, ref_labels, pair_loss)}
+        return {"loss": positive_pair_terms(logits, labels, indices_tuple, ref_labels, pair_loss)}

@@ -14,7 +14,7 @@ from ..distances import CosineSimilarity
 from ..indices import pair_masks, ref_is_query
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .smooth_ap import _row_lists, _soft_rank_sums
+from .smooth_ap import row_lists, soft_rank_sums
 
 __all__ = ["PNPLoss", "PNPVariant"]
 
@@ -111,12 +111,12 @@ class PNPLoss(BaseMetricLossFunction):
         scores = self.distance(embeddings, ref_emb) / self.anneal
         rows, cols = torch.nonzero(positive, as_tuple=True)
         if indices_tuple is not None:
-            before = _soft_rank_sums(scores, rows, cols, negative)
+            before = soft_rank_sums(scores, rows, cols, negative)
         else:
             # negatives = everything but the same-label set (a short per-query list): one unmasked pass
             same_rows, same_cols = torch.nonzero(same, as_tuple=True)
-            table = _row_lists(same_rows, same_cols, shape[0])
-            before = _soft_rank_sums(scores, rows, cols) - _soft_rank_sums(scores, rows, cols, table)
+            table = row_lists(same_rows, same_cols, shape[0])
+            before = soft_rank_sums(scores, rows, cols) - soft_rank_sums(scores, rows, cols, table)
             before = before.clamp_min(0)
         per_query = scores.new_zeros(shape[0]).index_add_(0, rows, self._penalty(before))[queries]
         loss = (per_query / num_pos[queries].to(per_query.dtype)).mean()

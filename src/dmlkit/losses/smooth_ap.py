@@ -15,7 +15,7 @@ from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import miner_weights
 
-__all__ = ["SmoothAPLoss"]
+__all__ = ["SmoothAPLoss", "row_lists", "soft_rank_sums"]
 
 # Elements per temporary (pairs x columns) block: a few MiB, whatever the batch size.
 _BLOCK_ELEMENTS = 1 << 22
@@ -23,7 +23,7 @@ _BLOCK_ELEMENTS = 1 << 22
 Columns = tuple[Tensor, Tensor] | Tensor | None
 
 
-def _row_lists(rows: Tensor, cols: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+def row_lists(rows: Tensor, cols: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
     """Row-major ``(rows, cols)`` pairs as a padded ``(num_rows, longest)`` column table and its validity mask."""
     counts = torch.bincount(rows, minlength=num_rows)
     width = max(int(counts.max()) if counts.numel() else 0, 1)
@@ -102,7 +102,7 @@ def _unpack(columns: Columns) -> tuple[Tensor | None, Tensor | None]:
     return columns[0], columns[1]
 
 
-def _soft_rank_sums(scores: Tensor, rows: Tensor, cols: Tensor, columns: Columns = None) -> Tensor:
+def soft_rank_sums(scores: Tensor, rows: Tensor, cols: Tensor, columns: Columns = None) -> Tensor:
     """Per pair ``(rows[k], cols[k])``: ``sum_j sigmoid(scores[rows[k], j] - scores[rows[k], cols[k]])`` over all
     columns, a boolean mask's columns, or a ``(table, valid)`` column table (see ``_SoftRankSums``)."""
     return _SoftRankSums.apply(scores, rows, cols, columns)
@@ -172,8 +172,8 @@ class SmoothAPLoss(BaseMetricLossFunction):
         scores = self.distance(embeddings, ref_emb) / self.temperature
         rows, cols = torch.nonzero(positive, as_tuple=True)
         # Both sums include the item itself (sigmoid(0) = 1/2); the ranks count it once, as "1 +".
-        above_all = _soft_rank_sums(scores, rows, cols)
-        above_pos = _soft_rank_sums(scores, rows, cols, _row_lists(rows, cols, positive.shape[0]))
+        above_all = soft_rank_sums(scores, rows, cols)
+        above_pos = soft_rank_sums(scores, rows, cols, row_lists(rows, cols, positive.shape[0]))
         precision = (0.5 + above_pos) / (0.5 + above_all)
         ap = scores.new_zeros(labels.shape[0]).index_add_(0, rows, precision)[queries]
         values = 1 - ap / num_pos[queries].to(ap.dtype)

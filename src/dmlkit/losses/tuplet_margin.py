@@ -12,7 +12,7 @@ from ..distances import CosineSimilarity
 from ..types import Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values
-from .ntxent import _positive_pair_terms
+from .ntxent import positive_pair_terms
 
 __all__ = ["TupletMarginLoss"]
 
@@ -85,4 +85,4 @@ class TupletMarginLoss(BaseMetricLossFunction):
             positive = _cos_minus_angle(pair_values(mat, a, p), self.margin) * self.scale
             return torch.logaddexp(negative_lse - positive, mat.new_zeros(()))
 
-        return {"loss": _positive_pair_terms(mat * self.scale, labels, indices_tuple, ref_labels, pair_loss)}
+        return {"loss": positive_pair_terms(mat * self.scale, labels, indices_tuple, ref_labels, pair_loss)}
