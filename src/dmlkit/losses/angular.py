@@ -12,8 +12,8 @@ from .._validation import Described, check_range, message
 from ..distances import LpDistance
 from ..indices import convert_to_pairs, label_masks
 from ..types import TermKind, Terms, empty_index
-from .functional import fused_reduction, reduce_repeated
 from .base import BaseMetricLossFunction
+from .functional import fused_reduction, reduce_repeated
 
 __all__ = ["AngularLoss"]
 
