@@ -3,7 +3,8 @@
 A factory receives the library module (``dmlkit`` or ``pytorch_metric_learning``, with ``.losses``,
 ``.miners``, ``.distances``, ``.reducers`` imported) and returns the loss and an optional miner built the
 same way in both libraries. Modules named ``*_class`` hold the classification / proxy losses' cases, whose
-factories also take the number of classes and the embedding size (``bench/class_losses.py``). Optional keys ``"dmlkit_only"`` cases can be listed in ``DMLKIT_ONLY``.
+factories also take the number of classes and the embedding size (``bench/class_losses.py``). Cases only dmlkit
+can build are listed in ``DMLKIT_ONLY``.
 """
 
 from __future__ import annotations
