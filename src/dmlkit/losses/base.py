@@ -45,6 +45,8 @@ class BaseMetricLossFunction(nn.Module):
     supports_ref_emb: ClassVar[bool] = True
     #: whether the loss needs labels (or an indices_tuple) to know who is similar to whom.
     requires_labels: ClassVar[bool] = True
+    #: the distance class the loss is defined for, when it is defined for one only (checked at construction).
+    required_distance: ClassVar[type[BaseDistance] | None] = None
 
     def __init__(
         self,
@@ -62,6 +64,9 @@ class BaseMetricLossFunction(nn.Module):
             raise TypeError(message(name, "reducer", "a dmlkit reducer (e.g. MeanReducer())", type(reducer).__name__))
         check_range(name, "embedding_reg_weight", embedding_reg_weight, low=0)
         self.distance = distance if distance is not None else self.get_default_distance()
+        required = type(self).required_distance
+        if required is not None and not isinstance(self.distance, required):
+            raise TypeError(message(name, "distance", f"a {required.__name__}", type(self.distance).__name__))
         self.reducer = reducer if reducer is not None else self.get_default_reducer()
         self.embedding_regularizer = embedding_regularizer
         self.embedding_reg_weight = embedding_reg_weight

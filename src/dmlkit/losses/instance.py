@@ -41,14 +41,13 @@ class InstanceLoss(BaseMetricLossFunction):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
     supports_ref_emb: ClassVar[bool] = False
     requires_labels: ClassVar[bool] = False
 
     def __init__(self, gamma: float = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
-        if not isinstance(self.distance, CosineSimilarity):
-            raise TypeError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
         check_range(name, "gamma", gamma, low=0, low_inclusive=False)
         self.gamma = gamma
 

@@ -66,6 +66,9 @@ class PNPLoss(BaseMetricLossFunction):
 
     VARIANTS = [v.value for v in PNPVariant]
 
+    default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
+
     def __init__(
         self, b: float = 2, alpha: float = 1, anneal: float = 0.01, variant: str | PNPVariant = "O", **kwargs: Any
     ) -> None:
@@ -75,14 +78,9 @@ class PNPLoss(BaseMetricLossFunction):
         check_range(name, "alpha", alpha, low=0, low_inclusive=False)
         check_range(name, "anneal", anneal, low=0, low_inclusive=False)
         self.variant = check_choice(name, "variant", variant, PNPVariant)
-        if not isinstance(self.distance, CosineSimilarity):
-            raise TypeError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
         self.b = b
         self.alpha = alpha
         self.anneal = anneal
-
-    def get_default_distance(self) -> CosineSimilarity:
-        return CosineSimilarity()
 
     def compute_terms(
         self,

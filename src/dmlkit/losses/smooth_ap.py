@@ -140,16 +140,14 @@ class SmoothAPLoss(BaseMetricLossFunction):
         0.0
     """
 
+    default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
+
     def __init__(self, temperature: float = 0.01, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         check_range(name, "temperature", temperature, low=0, low_inclusive=False)
-        if not isinstance(self.distance, CosineSimilarity):
-            raise TypeError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
         self.temperature = temperature
-
-    def get_default_distance(self) -> CosineSimilarity:
-        return CosineSimilarity()
 
     def compute_terms(
         self,

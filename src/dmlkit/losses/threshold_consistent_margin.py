@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_range, message
+from .._validation import check_range
 from ..distances import CosineSimilarity
 from ..indices import label_masks
 from ..types import TermKind, Terms
@@ -55,6 +55,9 @@ class ThresholdConsistentMarginLoss(BaseMetricLossFunction):
         0.6533
     """
 
+    default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
+
     def __init__(
         self,
         lambda_plus: float = 1.0,
@@ -69,15 +72,10 @@ class ThresholdConsistentMarginLoss(BaseMetricLossFunction):
         check_range(name, "lambda_minus", lambda_minus, low=0)
         check_range(name, "margin_plus", margin_plus, low=-1, high=1)
         check_range(name, "margin_minus", margin_minus, low=-1, high=1)
-        if not isinstance(self.distance, CosineSimilarity):
-            raise TypeError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
         self.lambda_plus = lambda_plus
         self.lambda_minus = lambda_minus
         self.margin_plus = margin_plus
         self.margin_minus = margin_minus
-
-    def get_default_distance(self) -> CosineSimilarity:
-        return CosineSimilarity()
 
     def compute_terms(
         self,

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_range, message
+from .._validation import check_range
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .base import BaseMetricLossFunction
@@ -60,12 +60,11 @@ class TupletMarginLoss(BaseMetricLossFunction):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
 
     def __init__(self, margin: float = 5.73, scale: float = 64, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
-        if not isinstance(self.distance, CosineSimilarity):
-            raise TypeError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
         check_range(name, "margin", margin, low=0)
         check_range(name, "scale", scale, low=0, low_inclusive=False)
         self.margin = math.radians(margin)
