@@ -84,11 +84,15 @@ class TripletMarginLoss(BaseMetricLossFunction):
                 return {"loss": self._masked_triplets_reduced(mat, masks, ref_is_batch, ref_emb, fused)}
             return {"loss": self._all_triplet_terms(mat, labels, ref_is_batch, ref_emb, ref_labels)}
         if indices_tuple is not None and len(indices_tuple) == 4 and fused is not None:
-            # Triplets from mined pairs are (positive pair) x (negative pair) per anchor: with distinct pairs,
-            # masks describe them exactly, without listing the product.
-            masks = pair_masks(indices_tuple, labels, ref_labels, tuple(mat.shape))  # type: ignore[arg-type]
-            if int(masks[0].sum()) == indices_tuple[0].numel() and int(masks[1].sum()) == indices_tuple[2].numel():
-                return {"loss": self._masked_triplets_reduced(mat, masks, ref_is_batch, ref_emb, fused)}
+            # Triplets from mined pairs are (positive pair) x (negative pair) per anchor. When that product is
+            # about as large as scanning each positive pair's row, masks describe it exactly (with distinct
+            # pairs) without listing it; few triplets are cheaper listed.
+            a1, _, a2, _ = indices_tuple
+            per_anchor = torch.bincount(a1, minlength=mat.shape[0]) * torch.bincount(a2, minlength=mat.shape[0])
+            if int(per_anchor.sum()) * 4 >= a1.numel() * mat.shape[1]:
+                masks = pair_masks(indices_tuple, labels, ref_labels, tuple(mat.shape))  # type: ignore[arg-type]
+                if int(masks[0].sum()) == a1.numel() and int(masks[1].sum()) == a2.numel():
+                    return {"loss": self._masked_triplets_reduced(mat, masks, ref_is_batch, ref_emb, fused)}
         a, p, n = self.triplets(labels, indices_tuple, ref_labels, self.triplets_per_anchor, self.generator)
         if a.numel() == 0:
             return {"loss": Terms(embeddings.new_zeros(0), a, TermKind.TRIPLET)}
