@@ -13,14 +13,7 @@ from .._validation import check_range
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .margin_softmax import (
-    check_scale,
-    cosine_logits,
-    full_precision,
-    margin_cross_entropy,
-    require_cosine,
-    scaled_cosines,
-)
+from .margin_softmax import column_logits, cosine_margin_terms, new_class_columns, require_cosine
 
 __all__ = ["AdaFaceLoss"]
 
@@ -96,13 +89,12 @@ class AdaFaceLoss(BaseClassWeightLoss):
         require_cosine(name, self.distance)
         check_range(name, "margin", margin, low=0)
         check_range(name, "h", h, low=0)
-        check_scale(name, scale)
+        self.W = new_class_columns(self, scale)
         check_range(name, "t_alpha", t_alpha, low=0, high=1, low_inclusive=False)
         self.margin = margin
         self.h = h
         self.scale = scale
         self.t_alpha = t_alpha
-        self.W = self.new_weights(embedding_size, num_classes)
         self.register_buffer("batch_mean", torch.full((1,), 20.0))
         self.register_buffer("batch_std", torch.full((1,), 100.0))
 
@@ -111,8 +103,7 @@ class AdaFaceLoss(BaseClassWeightLoss):
 
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * cos(theta_ij)``: the logits without margin."""
-        with full_precision(embeddings) as emb:
-            return scaled_cosines(self.distance, emb, self.W.t().to(emb.dtype), self.scale)
+        return column_logits(self.distance, embeddings, self.W, self.scale)
 
     def _update_statistics(self, norms: Tensor) -> None:
         alpha = self.t_alpha
@@ -131,16 +122,17 @@ class AdaFaceLoss(BaseClassWeightLoss):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
-        with full_precision(embeddings) as emb:
-            norms = torch.linalg.vector_norm(emb.detach(), dim=1).clamp(_NORM_MIN, _NORM_MAX)
-            if self.training:
-                with torch.no_grad():
-                    self._update_statistics(norms)
-            mean: Tensor = self.batch_mean.to(emb.dtype)  # type: ignore[operator,assignment]
-            std: Tensor = self.batch_std.to(emb.dtype)  # type: ignore[operator,assignment]
-            quality = ((norms - mean) / (std + _STD_EPS) * self.h).clamp(-1, 1)
-            logits, cosine = cosine_logits(self.distance, emb, self.W.t().to(emb.dtype), labels, self.scale)
-            angle = torch.acos(cosine.clamp(-1 + _COS_EPS, 1 - _COS_EPS))
-            shifted = (angle - self.margin * quality).clamp(0, math.pi)
-            target = (torch.cos(shifted) - (self.margin + self.margin * quality)) * self.scale
-            return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
+        return cosine_margin_terms(self.distance, embeddings, self.W, labels, self.scale, indices_tuple, self._margined)
+
+    def _margined(self, cosine: Tensor, embeddings: Tensor) -> Tensor:
+        """``cos(clip(theta + g_angle, 0, pi)) - g_add`` from the (full-precision) embeddings' norms."""
+        norms = torch.linalg.vector_norm(embeddings.detach(), dim=1).clamp(_NORM_MIN, _NORM_MAX)
+        if self.training:
+            with torch.no_grad():
+                self._update_statistics(norms)
+        mean: Tensor = self.batch_mean.to(embeddings.dtype)  # type: ignore[operator,assignment]
+        std: Tensor = self.batch_std.to(embeddings.dtype)  # type: ignore[operator,assignment]
+        quality = ((norms - mean) / (std + _STD_EPS) * self.h).clamp(-1, 1)
+        angle = torch.acos(cosine.clamp(-1 + _COS_EPS, 1 - _COS_EPS))
+        shifted = (angle - self.margin * quality).clamp(0, math.pi)
+        return torch.cos(shifted) - (self.margin + self.margin * quality)

@@ -14,12 +14,10 @@ from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .margin_softmax import (
     additive_angular_margin,
-    check_scale,
-    cosine_logits,
-    full_precision,
-    margin_cross_entropy,
+    column_logits,
+    cosine_margin_terms,
+    new_class_columns,
     require_cosine,
-    scaled_cosines,
 )
 
 __all__ = ["ArcFaceLoss", "check_degrees"]
@@ -69,18 +67,16 @@ class ArcFaceLoss(BaseClassWeightLoss):
         name = type(self).__name__
         require_cosine(name, self.distance)
         self._radians = check_degrees(name, margin)
-        check_scale(name, scale)
+        self.W = new_class_columns(self, scale)
         self.margin = margin
         self.scale = scale
-        self.W = self.new_weights(embedding_size, num_classes)
 
     def class_weights(self) -> Tensor:
         return self.W.t()
 
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * cos(theta_ij)``: the logits without margin."""
-        with full_precision(embeddings) as emb:
-            return scaled_cosines(self.distance, emb, self.W.t().to(emb.dtype), self.scale)
+        return column_logits(self.distance, embeddings, self.W, self.scale)
 
     def compute_terms(
         self,
@@ -91,7 +87,7 @@ class ArcFaceLoss(BaseClassWeightLoss):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
-        with full_precision(embeddings) as emb:
-            logits, cosine = cosine_logits(self.distance, emb, self.W.t().to(emb.dtype), labels, self.scale)
-            target = additive_angular_margin(cosine, self._radians) * self.scale
-            return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
+        return cosine_margin_terms(self.distance, embeddings, self.W, labels, self.scale, indices_tuple, self._margined)
+
+    def _margined(self, cosine: Tensor, embeddings: Tensor) -> Tensor:
+        return additive_angular_margin(cosine, self._radians)

@@ -11,14 +11,7 @@ from .._validation import check_range
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .margin_softmax import (
-    check_scale,
-    cosine_logits,
-    full_precision,
-    margin_cross_entropy,
-    require_cosine,
-    scaled_cosines,
-)
+from .margin_softmax import column_logits, cosine_margin_terms, new_class_columns, require_cosine
 
 __all__ = ["CosFaceLoss"]
 
@@ -56,18 +49,16 @@ class CosFaceLoss(BaseClassWeightLoss):
         name = type(self).__name__
         require_cosine(name, self.distance)
         check_range(name, "margin", margin, low=0)
-        check_scale(name, scale)
+        self.W = new_class_columns(self, scale)
         self.margin = margin
         self.scale = scale
-        self.W = self.new_weights(embedding_size, num_classes)
 
     def class_weights(self) -> Tensor:
         return self.W.t()
 
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * cos(theta_ij)``: the logits without margin."""
-        with full_precision(embeddings) as emb:
-            return scaled_cosines(self.distance, emb, self.W.t().to(emb.dtype), self.scale)
+        return column_logits(self.distance, embeddings, self.W, self.scale)
 
     def compute_terms(
         self,
@@ -78,7 +69,7 @@ class CosFaceLoss(BaseClassWeightLoss):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
-        with full_precision(embeddings) as emb:
-            logits, cosine = cosine_logits(self.distance, emb, self.W.t().to(emb.dtype), labels, self.scale)
-            target = (cosine - self.margin) * self.scale
-            return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
+        return cosine_margin_terms(self.distance, embeddings, self.W, labels, self.scale, indices_tuple, self._margined)
+
+    def _margined(self, cosine: Tensor, embeddings: Tensor) -> Tensor:
+        return cosine - self.margin

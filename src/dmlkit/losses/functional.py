@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -12,13 +13,16 @@ from torch.utils.checkpoint import checkpoint
 
 from ..reducers import AvgNonZeroReducer, BaseReducer, MeanReducer, SumReducer
 from ..reducers.base import zero_loss
+from ..types import TermKind, Terms
 
 __all__ = [
+    "full_precision",
     "pair_values",
     "masked_logsumexp",
     "row_logsumexp",
     "segment_logsumexp",
     "miner_weights",
+    "sample_terms",
     "FusedReduction",
     "fused_reduction",
     "reduce_in_chunks",
@@ -26,6 +30,24 @@ __all__ = [
     "masked_hinge",
     "reduce_repeated",
 ]
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@contextmanager
+def full_precision(embeddings: Tensor) -> Iterator[Tensor]:
+    """Autocast off inside; yields ``embeddings`` promoted to float32 when they are float16 or bfloat16.
+
+    For losses that normalise, exponentiate or sum at large scales: inside a ``torch.autocast`` region they
+    still give a float32 loss with finite gradients.
+
+    Example:
+        >>> with full_precision(torch.ones(2, dtype=torch.bfloat16)) as x:
+        ...     x.dtype
+        torch.float32
+    """
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        yield embeddings.float() if embeddings.dtype in _LOW_PRECISION else embeddings
 
 
 class _PairValues(torch.autograd.Function):
@@ -134,6 +156,21 @@ def miner_weights(
         parts = list(indices_tuple)
     counts = torch.bincount(torch.cat(parts), minlength=size)[:size].to(device=device, dtype=dtype)
     return counts / counts.max()
+
+
+def sample_terms(values: Tensor, indices_tuple: tuple[Tensor, ...] | None = None, anchors_only: bool = False) -> Terms:
+    """One element term per sample (``anchors`` = batch index), each weighted by :func:`miner_weights`.
+
+    Example:
+        >>> mined = (torch.tensor([0, 0]), torch.tensor([1, 1]), torch.tensor([2, 1]))
+        >>> sample_terms(torch.tensor([1.0, 2.0, 3.0]), mined).values
+        tensor([0.6667, 2.0000, 1.0000])
+    """
+    size = values.shape[0]
+    weights = miner_weights(indices_tuple, size, values.dtype, values.device, anchors_only)
+    if weights is not None:
+        values = values * weights
+    return Terms(values, torch.arange(size, device=values.device), TermKind.ELEMENT)
 
 
 class FusedReduction(str, enum.Enum):

@@ -11,15 +11,8 @@ from .._validation import message
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .margin_softmax import (
-    NORM_FLOOR,
-    check_scale,
-    full_precision,
-    margin_cross_entropy,
-    multiple_angle_margin,
-    require_cosine,
-    scaled_product,
-)
+from .functional import full_precision
+from .margin_softmax import angle_multiplier_terms, new_class_columns, require_cosine, scaled_product
 
 __all__ = ["LargeMarginSoftmaxLoss", "check_angle_multiplier"]
 
@@ -69,9 +62,8 @@ class LargeMarginSoftmaxLoss(BaseClassWeightLoss):
         name = type(self).__name__
         require_cosine(name, self.distance)
         self.margin = check_angle_multiplier(name, margin)
-        check_scale(name, scale)
+        self.W = new_class_columns(self, scale)
         self.scale = scale
-        self.W = self.new_weights(embedding_size, num_classes)
 
     def class_weights(self) -> Tensor:
         return self.W.t()
@@ -90,12 +82,6 @@ class LargeMarginSoftmaxLoss(BaseClassWeightLoss):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
-        with full_precision(embeddings) as emb:
-            weights = self.W.t().to(emb.dtype).contiguous()  # whole rows for the gather below
-            logits = scaled_product(emb, weights, self.scale)
-            own = weights.index_select(0, labels)  # backward: index_add_, faster than index_put_
-            d = self.distance
-            magnitude = d.get_norm(emb).clamp_min(NORM_FLOOR) * d.get_norm(own).clamp_min(NORM_FLOOR)
-            cosine = (emb * own).sum(dim=1) / magnitude
-            target = multiple_angle_margin(cosine, self.margin) * (magnitude * self.scale)
-            return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
+        return angle_multiplier_terms(
+            self.distance, embeddings, self.W, labels, self.margin, self.scale, indices_tuple, unit_weights=False
+        )

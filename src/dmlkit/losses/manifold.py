@@ -12,10 +12,9 @@ from torch import Tensor
 
 from .._validation import check_range, message
 from ..distances import BaseDistance, CosineSimilarity
-from ..types import TermKind, Terms
+from ..types import Terms
 from .class_weights import BaseClassWeightLoss, resolve_class_sizes
-from .functional import row_logsumexp
-from .proxy_nca import _at_least_float32, _no_autocast
+from .functional import full_precision, row_logsumexp, sample_terms
 
 __all__ = ["ManifoldLoss"]
 
@@ -160,8 +159,7 @@ class ManifoldLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by BaseClassWeightLoss.forward
         size = embeddings.shape[0]
-        with _no_autocast(embeddings):
-            x = _at_least_float32(embeddings)
+        with full_precision(embeddings) as x:
             system = self._random_walk_system(torch.cat([x, self.proxies.to(x.dtype)]))
             with_context = self.lambdaC != 0
             with_intrinsic = not math.isinf(self.lambdaC)
@@ -179,7 +177,7 @@ class ManifoldLoss(BaseClassWeightLoss):
                 rows = F.normalize(manifold, dim=1)
                 context = _violations(rows[:size] @ rows[size:].t(), labels, self.margin)
                 values = values + (context if not with_intrinsic else self.lambdaC * context)
-        return {"loss": Terms(values, torch.arange(size, device=values.device), TermKind.ELEMENT)}
+        return {"loss": sample_terms(values)}
 
     def _random_walk_system(self, nodes: Tensor) -> Tensor:
         """``I - alpha D^-1/2 A D^-1/2`` for the affinities ``A`` between all ``nodes``."""

@@ -3,53 +3,48 @@ AdaFace, normalized softmax): scaled cosine logits against the class weights, a 
 target-class logit, and a per-sample cross-entropy.
 
 Not a loss module of its own: the concrete losses call these functions (composition, not a base class).
-Everything numerically delicate runs with autocast off and half-precision inputs promoted to float32, so a
-``torch.autocast`` region yields a float32 loss with finite gradients.
+Everything numerically delicate runs inside ``functional.full_precision`` (autocast off, half-precision inputs
+promoted to float32), so a ``torch.autocast`` region yields a float32 loss with finite gradients.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from .._validation import check_range, message
 from ..distances import BaseDistance, CosineSimilarity
-from ..types import TermKind, Terms
-from .functional import miner_weights
+from ..types import Terms
+from .class_weights import BaseClassWeightLoss
+from .functional import full_precision, sample_terms
 
 __all__ = [
-    "full_precision",
     "require_cosine",
     "check_scale",
+    "new_class_columns",
     "target_values",
     "unit_rows",
     "scaled_product",
     "scaled_cosines",
     "cosine_logits",
+    "column_logits",
     "margin_cross_entropy",
+    "cosine_margin_terms",
+    "angle_multiplier_terms",
     "multiple_angle_margin",
     "additive_angular_margin",
     "SINE_FLOOR",
     "NORM_FLOOR",
 ]
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 #: ``sin^2(theta)`` is floored here before its square root, so the gradient at angles 0 and pi stays finite.
 SINE_FLOOR = 1e-12
 #: norms below this count as this when normalising (``F.normalize``'s default ``eps``)
 NORM_FLOOR = 1e-12
-
-
-@contextmanager
-def full_precision(embeddings: Tensor) -> Iterator[Tensor]:
-    """Autocast off inside; yields ``embeddings`` promoted to float32 when they are float16 or bfloat16."""
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        yield embeddings.float() if embeddings.dtype in _LOW_PRECISION else embeddings
 
 
 def require_cosine(owner: str, distance: BaseDistance) -> None:
@@ -60,6 +55,13 @@ def require_cosine(owner: str, distance: BaseDistance) -> None:
 
 def check_scale(owner: str, scale: float, arg: str = "scale") -> None:
     check_range(owner, arg, scale, low=0, low_inclusive=False)
+
+
+def new_class_columns(loss: BaseClassWeightLoss, scale: float, arg: str = "scale") -> nn.Parameter:
+    """Checks ``scale > 0`` (named ``arg``), then returns new weights ``W`` for ``loss``, one column per class,
+    ``(embedding_size, num_classes)``: pytorch-metric-learning's layout, so its ``state_dict`` loads unchanged."""
+    check_scale(type(loss).__name__, scale, arg)
+    return loss.new_weights(loss.embedding_size, loss.num_classes)
 
 
 def target_values(matrix: Tensor, labels: Tensor) -> Tensor:
@@ -96,6 +98,12 @@ def cosine_logits(
     return scaled_product(x, w, scale), (x * w.index_select(0, labels)).sum(dim=1)
 
 
+def column_logits(distance: BaseDistance, embeddings: Tensor, columns: Tensor, scale: float) -> Tensor:
+    """:func:`scaled_cosines` against class weights stored one per column, in full precision."""
+    with full_precision(embeddings) as emb:
+        return scaled_cosines(distance, emb, columns.t().to(emb.dtype), scale)
+
+
 def margin_cross_entropy(
     logits: Tensor, labels: Tensor, target_logits: Tensor | None, indices_tuple: tuple[Tensor, ...] | None
 ) -> Terms:
@@ -108,11 +116,56 @@ def margin_cross_entropy(
     """
     if target_logits is not None:
         logits = logits.scatter(1, labels.unsqueeze(1), target_logits.unsqueeze(1))
-    values = F.cross_entropy(logits, labels, reduction="none")
-    weights = miner_weights(indices_tuple, len(labels), values.dtype, values.device, anchors_only=False)
-    if weights is not None:
-        values = values * weights
-    return Terms(values, torch.arange(len(labels), device=values.device), TermKind.ELEMENT)
+    return sample_terms(F.cross_entropy(logits, labels, reduction="none"), indices_tuple)
+
+
+def cosine_margin_terms(
+    distance: BaseDistance,
+    embeddings: Tensor,
+    columns: Tensor,
+    labels: Tensor,
+    scale: float,
+    indices_tuple: tuple[Tensor, ...] | None,
+    margin: Callable[[Tensor, Tensor], Tensor],
+) -> Mapping[str, Terms]:
+    """The ``"loss"`` group of a cosine-margin loss (ArcFace, CosFace, AdaFace), in full precision.
+
+    Logits ``scale * cos(theta_ij)`` against the class weights ``columns`` (one per column); each sample's
+    target logit is ``scale * margin(cos(theta_i), embeddings)``, where ``embeddings`` are the full-precision
+    ones (for a margin that depends on them).
+    """
+    with full_precision(embeddings) as emb:
+        logits, cosine = cosine_logits(distance, emb, columns.t().to(emb.dtype), labels, scale)
+        return {"loss": margin_cross_entropy(logits, labels, margin(cosine, emb) * scale, indices_tuple)}
+
+
+def angle_multiplier_terms(
+    distance: BaseDistance,
+    embeddings: Tensor,
+    columns: Tensor,
+    labels: Tensor,
+    margin: int,
+    scale: float,
+    indices_tuple: tuple[Tensor, ...] | None,
+    unit_weights: bool,
+) -> Mapping[str, Terms]:
+    """The ``"loss"`` group of L-Softmax (``unit_weights=False``) and SphereFace (``True``), in full precision.
+
+    Logits ``scale * ||w_j|| ||x_i|| cos(theta_ij)`` (``||w_j||`` taken as 1 with ``unit_weights``), the
+    target's ``cos(theta)`` replaced by :func:`multiple_angle_margin`.
+    """
+    with full_precision(embeddings) as emb:
+        weights = columns.t().to(emb.dtype).contiguous()  # whole rows for the gather below
+        if unit_weights:
+            weights = unit_rows(distance, weights)
+        logits = scaled_product(emb, weights, scale)
+        own = weights.index_select(0, labels)  # backward: index_add_, faster than index_put_
+        magnitude = distance.get_norm(emb).clamp_min(NORM_FLOOR)
+        if not unit_weights:
+            magnitude = magnitude * distance.get_norm(own).clamp_min(NORM_FLOOR)
+        cosine = (emb * own).sum(dim=1) / magnitude
+        target = multiple_angle_margin(cosine, margin) * (magnitude * scale)
+        return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
 
 
 def multiple_angle_margin(cosine: Tensor, margin: int) -> Tensor:

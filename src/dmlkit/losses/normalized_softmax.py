@@ -10,7 +10,8 @@ from torch import Tensor
 from ..distances import DotProductSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .margin_softmax import check_scale, full_precision, margin_cross_entropy
+from .functional import full_precision
+from .margin_softmax import margin_cross_entropy, new_class_columns
 
 __all__ = ["NormalizedSoftmaxLoss"]
 
@@ -44,9 +45,8 @@ class NormalizedSoftmaxLoss(BaseClassWeightLoss):
 
     def __init__(self, num_classes: int, embedding_size: int, temperature: float = 0.05, **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
-        check_scale(type(self).__name__, temperature, "temperature")
+        self.W = new_class_columns(self, temperature, "temperature")
         self.temperature = temperature
-        self.W = self.new_weights(embedding_size, num_classes)
 
     def class_weights(self) -> Tensor:
         return self.W.t()

@@ -10,9 +10,9 @@ from torch import Tensor
 
 from .._validation import message
 from ..distances import BaseDistance, CosineSimilarity
-from ..types import TermKind, Terms
+from ..types import Terms
 from .class_weights import BaseClassWeightLoss, resolve_class_sizes
-from .proxy_nca import _at_least_float32, _no_autocast
+from .functional import full_precision, sample_terms
 
 __all__ = ["P2SGradLoss"]
 
@@ -100,10 +100,9 @@ class P2SGradLoss(BaseClassWeightLoss):
         if indices_tuple is not None:
             rule = "None: this loss scores every sample against every class"
             raise ValueError(message(type(self).__name__, "indices_tuple", rule, "a tuple of tensors"))
-        with _no_autocast(embeddings):
-            x = _at_least_float32(embeddings)
+        with full_precision(embeddings) as x:
             cos = self.get_logits(x).clamp(-1, 1)
             # sum_j (cos_ij - [j = y_i])^2 without a one-hot matrix
             own = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
             values = (cos.square().sum(dim=1) - 2 * own + 1) / self.num_classes
-        return {"loss": Terms(values, torch.arange(values.shape[0], device=values.device), TermKind.ELEMENT)}
+        return {"loss": sample_terms(values)}

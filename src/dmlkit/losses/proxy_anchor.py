@@ -14,8 +14,7 @@ from ..distances import BaseDistance, CosineSimilarity
 from ..reducers import BaseReducer, DivisorReducer
 from ..types import TermKind, Terms
 from .class_weights import BaseClassWeightLoss
-from .functional import miner_weights, row_logsumexp, segment_logsumexp
-from .proxy_nca import _at_least_float32, _no_autocast
+from .functional import full_precision, miner_weights, row_logsumexp, segment_logsumexp
 
 __all__ = ["ProxyAnchorLoss"]
 
@@ -91,8 +90,7 @@ class ProxyAnchorLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by BaseClassWeightLoss.forward
         num_classes, dist = self.num_classes, self.distance
-        with _no_autocast(embeddings):
-            x = _at_least_float32(embeddings)
+        with full_precision(embeddings) as x:
             sim = dist(x, self.proxies.to(x.dtype))
             weights = miner_weights(indices_tuple, x.shape[0], sim.dtype, sim.device, anchors_only=False)
             # Positives: each sample is a positive of its own proxy only, so that term needs one value per sample.

@@ -5,28 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance, LpDistance
-from ..types import TermKind, Terms
+from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .functional import miner_weights
+from .functional import full_precision, sample_terms
 
 __all__ = ["ProxyNCALoss"]
-
-
-def _at_least_float32(x: Tensor) -> Tensor:
-    """``x`` itself, or ``x`` in float32 when it is half or bfloat16: the losses normalise, exponentiate and
-    sum in at least single precision so that large scales and tiny or huge norms stay finite."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _no_autocast(x: Tensor) -> torch.autocast:
-    """A context in which autocast does not lower the precision of operations on ``x``'s device."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 class ProxyNCALoss(BaseClassWeightLoss):
@@ -90,14 +78,9 @@ class ProxyNCALoss(BaseClassWeightLoss):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by BaseClassWeightLoss.forward
-        with _no_autocast(embeddings):
-            x = _at_least_float32(embeddings)
+        with full_precision(embeddings) as x:
             mat = self.distance(x, self.proxies.to(x.dtype))
             scale = self.softmax_scale if self.distance.higher_is_closer else -self.softmax_scale
             values = F.cross_entropy(mat * scale, labels, reduction="none")
-        size = embeddings.shape[0]
         # the proxies are the reference set, so only anchor positions index the batch (as in NCA with ref_emb)
-        weights = miner_weights(indices_tuple, size, values.dtype, values.device, anchors_only=True)
-        if weights is not None:
-            values = values * weights
-        return {"loss": Terms(values, torch.arange(size, device=values.device), TermKind.ELEMENT)}
+        return {"loss": sample_terms(values, indices_tuple, anchors_only=True)}

@@ -14,10 +14,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .._validation import check_range, message
 from ..distances import BaseDistance, CosineSimilarity, DotProductSimilarity
-from ..types import TermKind, Terms
+from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .functional import miner_weights
-from .proxy_nca import _at_least_float32, _no_autocast
+from .functional import full_precision, sample_terms
 
 __all__ = ["SoftTripleLoss"]
 
@@ -120,16 +119,11 @@ class SoftTripleLoss(BaseClassWeightLoss):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by BaseClassWeightLoss.forward
-        with _no_autocast(embeddings):
-            x = _at_least_float32(embeddings)
+        with full_precision(embeddings) as x:
             relaxed = self._relaxed_similarity(x, self.fc.t().to(x.dtype))
             own = torch.zeros_like(relaxed).scatter_(1, labels.unsqueeze(1), self.margin)
             values = F.cross_entropy(self.la * (relaxed - own), labels, reduction="none")
-        size = embeddings.shape[0]
-        weights = miner_weights(indices_tuple, size, values.dtype, values.device, anchors_only=False)
-        if weights is not None:
-            values = values * weights
-        return {"loss": Terms(values, torch.arange(size, device=values.device), TermKind.ELEMENT)}
+        return {"loss": sample_terms(values, indices_tuple)}
 
     def _relaxed_similarity(self, x: Tensor, centers: Tensor) -> Tensor:
         k, dist = self.centers_per_class, self.distance

@@ -10,17 +10,9 @@ from torch import Tensor
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
+from .functional import full_precision
 from .large_margin_softmax import check_angle_multiplier
-from .margin_softmax import (
-    NORM_FLOOR,
-    check_scale,
-    full_precision,
-    margin_cross_entropy,
-    multiple_angle_margin,
-    require_cosine,
-    scaled_product,
-    unit_rows,
-)
+from .margin_softmax import angle_multiplier_terms, new_class_columns, require_cosine, scaled_product, unit_rows
 
 __all__ = ["SphereFaceLoss"]
 
@@ -61,9 +53,8 @@ class SphereFaceLoss(BaseClassWeightLoss):
         name = type(self).__name__
         require_cosine(name, self.distance)
         self.margin = check_angle_multiplier(name, margin)
-        check_scale(name, scale)
+        self.W = new_class_columns(self, scale)
         self.scale = scale
-        self.W = self.new_weights(embedding_size, num_classes)
 
     def class_weights(self) -> Tensor:
         return self.W.t()
@@ -82,10 +73,6 @@ class SphereFaceLoss(BaseClassWeightLoss):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
-        with full_precision(embeddings) as emb:
-            weights = unit_rows(self.distance, self.W.t().to(emb.dtype).contiguous())  # whole rows to gather
-            logits = scaled_product(emb, weights, self.scale)
-            norms = self.distance.get_norm(emb).clamp_min(NORM_FLOOR)
-            cosine = (emb * weights.index_select(0, labels)).sum(dim=1) / norms
-            target = multiple_angle_margin(cosine, self.margin) * (norms * self.scale)
-            return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
+        return angle_multiplier_terms(
+            self.distance, embeddings, self.W, labels, self.margin, self.scale, indices_tuple, unit_weights=True
+        )

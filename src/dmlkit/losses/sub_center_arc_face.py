@@ -14,10 +14,10 @@ from ..distances import CosineSimilarity
 from ..types import Terms
 from .arc_face import check_degrees
 from .class_weights import BaseClassWeightLoss
+from .functional import full_precision
 from .margin_softmax import (
     additive_angular_margin,
     check_scale,
-    full_precision,
     margin_cross_entropy,
     require_cosine,
     scaled_product,
