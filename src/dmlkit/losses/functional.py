@@ -11,12 +11,15 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from .._validation import message
+from ..distances import BaseDistance
 from ..reducers import AvgNonZeroReducer, BaseReducer, MeanReducer, SumReducer
 from ..reducers.base import zero_loss
 from ..types import TermKind, Terms
 
 __all__ = [
     "full_precision",
+    "require_similarity",
     "pair_values",
     "masked_logsumexp",
     "row_logsumexp",
@@ -48,6 +51,13 @@ def full_precision(embeddings: Tensor) -> Iterator[Tensor]:
     """
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         yield embeddings.float() if embeddings.dtype in _LOW_PRECISION else embeddings
+
+
+def require_similarity(owner: str, distance: BaseDistance) -> None:
+    """A ``ValueError`` unless ``distance`` is a similarity (higher is closer), for losses defined on those."""
+    if not distance.higher_is_closer:
+        rule = "a similarity (higher is closer), e.g. CosineSimilarity()"
+        raise ValueError(message(owner, "distance", rule, type(distance).__name__))
 
 
 class _PairValues(torch.autograd.Function):

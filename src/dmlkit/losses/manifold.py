@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range, message
-from ..distances import BaseDistance, CosineSimilarity
+from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss, resolve_class_sizes
-from .functional import full_precision, row_logsumexp, sample_terms
+from .functional import full_precision, require_similarity, row_logsumexp, sample_terms
 
 __all__ = ["ManifoldLoss"]
 
@@ -80,6 +80,8 @@ class ManifoldLoss(BaseClassWeightLoss):
         0.0
     """
 
+    default_distance = CosineSimilarity
+
     def __init__(
         self,
         l: int | None = None,  # noqa: E741 (pytorch-metric-learning's name)
@@ -103,9 +105,7 @@ class ManifoldLoss(BaseClassWeightLoss):
         check_range(name, "lambdaC", lambdaC, low=0)
         check_range(name, "alpha", alpha, low=0, high=1, low_inclusive=False, high_inclusive=False)
         check_range(name, "margin", margin, low=0)
-        if not self.distance.higher_is_closer:
-            rule = "a similarity (higher is closer), e.g. CosineSimilarity()"
-            raise ValueError(message(name, "distance", rule, type(self.distance).__name__))
+        require_similarity(name, self.distance)
         self.K = num_classes
         self.l = embedding_size
         self.lambdaC = lambdaC
@@ -113,9 +113,6 @@ class ManifoldLoss(BaseClassWeightLoss):
         self.margin = margin
         self.generator = generator
         self.proxies = self.new_weights(num_classes, embedding_size)
-
-    def get_default_distance(self) -> BaseDistance:
-        return CosineSimilarity()
 
     def class_weights(self) -> Tensor:
         return self.proxies

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from .._validation import message
-from ..distances import BaseDistance, CosineSimilarity
+from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss, resolve_class_sizes
 from .functional import full_precision, sample_terms
@@ -62,6 +62,7 @@ class P2SGradLoss(BaseClassWeightLoss):
         0.0
     """
 
+    default_distance = CosineSimilarity
     default_weight_init = staticmethod(_unit_columns)
 
     def __init__(
@@ -81,9 +82,6 @@ class P2SGradLoss(BaseClassWeightLoss):
             raise ValueError(message(name, "distance", "a CosineSimilarity", type(self.distance).__name__))
         self.descriptors_dim = embedding_size
         self.weight = self.new_weights(embedding_size, num_classes)
-
-    def get_default_distance(self) -> BaseDistance:
-        return CosineSimilarity()
 
     def class_weights(self) -> Tensor:
         return self.weight.t()

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import check_range
-from ..distances import BaseDistance, CosineSimilarity
-from ..reducers import BaseReducer, DivisorReducer
+from ..distances import CosineSimilarity
+from ..reducers import DivisorReducer
 from ..types import TermKind, Terms
 from .class_weights import BaseClassWeightLoss
 from .functional import full_precision, miner_weights, row_logsumexp, segment_logsumexp
@@ -58,6 +58,8 @@ class ProxyAnchorLoss(BaseClassWeightLoss):
         3.24
     """
 
+    default_distance = CosineSimilarity
+    default_reducer = DivisorReducer
     default_weight_init = staticmethod(functools.partial(nn.init.kaiming_normal_, mode="fan_out"))
 
     def __init__(
@@ -70,12 +72,6 @@ class ProxyAnchorLoss(BaseClassWeightLoss):
         self.margin = margin
         self.alpha = alpha
         self.proxies = self.new_weights(num_classes, embedding_size)
-
-    def get_default_distance(self) -> BaseDistance:
-        return CosineSimilarity()
-
-    def get_default_reducer(self) -> BaseReducer:
-        return DivisorReducer()
 
     def class_weights(self) -> Tensor:
         return self.proxies

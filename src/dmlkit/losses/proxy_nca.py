@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range
-from ..distances import BaseDistance, LpDistance
+from ..distances import LpDistance
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .functional import full_precision, sample_terms
@@ -57,14 +58,13 @@ class ProxyNCALoss(BaseClassWeightLoss):
         0.4153
     """
 
+    default_distance = functools.partial(LpDistance, power=2)
+
     def __init__(self, num_classes: int, embedding_size: int, softmax_scale: float = 1, **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
         check_range(type(self).__name__, "softmax_scale", softmax_scale, low=0, low_inclusive=False)
         self.softmax_scale = softmax_scale
         self.proxies = self.new_weights(num_classes, embedding_size)
-
-    def get_default_distance(self) -> BaseDistance:
-        return LpDistance(power=2)
 
     def class_weights(self) -> Tensor:
         return self.proxies

@@ -12,11 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .._validation import check_range, message
-from ..distances import BaseDistance, CosineSimilarity, DotProductSimilarity
+from .._validation import check_range
+from ..distances import CosineSimilarity, DotProductSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .functional import full_precision, sample_terms
+from .functional import full_precision, require_similarity, sample_terms
 
 __all__ = ["SoftTripleLoss"]
 
@@ -73,6 +73,7 @@ class SoftTripleLoss(BaseClassWeightLoss):
         0.0
     """
 
+    default_distance = CosineSimilarity
     default_weight_init = staticmethod(functools.partial(nn.init.kaiming_uniform_, a=math.sqrt(5)))
 
     def __init__(
@@ -91,17 +92,12 @@ class SoftTripleLoss(BaseClassWeightLoss):
         check_range(name, "la", la, low=0, low_inclusive=False)
         check_range(name, "gamma", gamma, low=0, low_inclusive=False)
         check_range(name, "margin", margin, low=0)
-        if not self.distance.higher_is_closer:
-            rule = "a similarity (higher is closer), e.g. CosineSimilarity()"
-            raise ValueError(message(name, "distance", rule, type(self.distance).__name__))
+        require_similarity(name, self.distance)
         self.centers_per_class = centers_per_class
         self.la = la
         self.gamma = gamma
         self.margin = margin
         self.fc = self.new_weights(embedding_size, num_classes * centers_per_class)
-
-    def get_default_distance(self) -> BaseDistance:
-        return CosineSimilarity()
 
     def class_weights(self) -> Tensor:
         return self.fc.t()
