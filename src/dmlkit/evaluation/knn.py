@@ -189,6 +189,20 @@ def _sample_threshold(q: Tensor, sample: Tensor, sample_idx: Tensor, qs: int, ow
     return keys.topk(rank, dim=1, largest=False, sorted=False).values.amax(dim=1)
 
 
+def _sparse_nonzero(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``mask.nonzero(as_tuple=True)`` (row-major) for a sparse 2-D boolean mask, about twice as fast.
+
+    Eight booleans are read as one 64-bit word: only the few non-zero words are expanded.
+    """
+    rows, width = mask.shape
+    if width % 8 or not mask.is_contiguous() or mask.numel() == 0:
+        r, c = mask.nonzero(as_tuple=True)
+        return r, c
+    word_rows, word_cols = mask.view(torch.int64).nonzero(as_tuple=True)
+    byte_pos, bit = mask.view(rows, width // 8, 8)[word_rows, word_cols].nonzero(as_tuple=True)
+    return word_rows[byte_pos], word_cols[byte_pos] * 8 + bit
+
+
 def _topk_thresholded(
     q: Tensor, reference: Tensor, qs: int, k: int, own: bool, block_size: int, threshold: Tensor
 ) -> tuple[Tensor, Tensor] | None:
@@ -204,7 +218,7 @@ def _topk_thresholded(
         keys = q @ reference[rs : rs + block_size].T
         if own:
             _exclude_own(keys, qs, rs)
-        r, c = (keys <= threshold[:, None]).nonzero(as_tuple=True)
+        r, c = _sparse_nonzero(keys <= threshold[:, None])
         # nonzero is row-major: a hit's place in its row is the row's earlier hits plus its rank in this block
         counts = torch.bincount(r, minlength=rows)
         hit_slots.append(held[r] + torch.arange(r.shape[0], device=r.device) - (counts.cumsum(0) - counts)[r])
