@@ -77,3 +77,41 @@ def assert_finite_under_bf16_autocast(
         for p in loss_fn.parameters():
             assert p.dtype == torch.float32 and (p.grad is None or bool(torch.isfinite(p.grad).all()))
         loss_fn.zero_grad()
+
+
+def assert_gradcheck(loss_fn: BaseClassWeightLoss, emb: Tensor, labels: Tensor, name: str) -> None:
+    """``torch.autograd.gradcheck`` of the float64 loss with respect to the embeddings, then to its parameter
+    ``name`` (swapped for a leaf tensor during the call)."""
+    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.detach().clone().requires_grad_(),))
+    weights = getattr(loss_fn, name).detach().clone().requires_grad_()
+
+    def of_weights(w: Tensor) -> Tensor:
+        saved = loss_fn._parameters[name]
+        loss_fn._parameters[name] = w  # type: ignore[assignment]
+        try:
+            return loss_fn(emb.detach(), labels)
+        finally:
+            loss_fn._parameters[name] = saved
+
+    assert torch.autograd.gradcheck(of_weights, (weights,))
+
+
+def assert_same_as_pml(
+    ours: BaseClassWeightLoss,
+    theirs: nn.Module,
+    emb: Tensor,
+    labels: Tensor,
+    name: str | None = None,
+    call_theirs: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+) -> None:
+    """Loss and embedding gradient within 1e-6 of pytorch-metric-learning's on the same inputs, and with ``name``
+    the gradient of that parameter too. ``call_theirs(theirs, x, labels)`` replaces ``theirs(x, labels)``."""
+    x1, x2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    a, b = ours(x1, labels), (call_theirs(theirs, x2, labels) if call_theirs else theirs(x2, labels))
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-6)
+    if name is not None:
+        mine, other = getattr(ours, name).grad, getattr(theirs, name).grad
+        torch.testing.assert_close(mine, other.to(mine.dtype), rtol=0, atol=1e-6)

@@ -13,7 +13,15 @@ from dmlkit.distances import DotProductSimilarity
 from dmlkit.losses.p2s_grad import P2SGradLoss
 from dmlkit.reducers import SumReducer
 from tests.losses.cases import random_batch
-from tests.losses.proxy_cases import assert_finite_under_bf16_autocast, blobs, copy_weights, pml_losses, train
+from tests.losses.proxy_cases import (
+    assert_finite_under_bf16_autocast,
+    assert_gradcheck,
+    assert_same_as_pml,
+    blobs,
+    copy_weights,
+    pml_losses,
+    train,
+)
 from tests.reference import distances as ref_dist
 from tests.reference import p2s_grad as ref
 
@@ -79,18 +87,7 @@ def test_gradcheck() -> None:
     torch.manual_seed(0)
     loss_fn = P2SGradLoss(3, 3).double()
     emb, labels = random_batch(3, n=5, d=3)
-    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(),))
-    weight = loss_fn.weight.detach().clone().requires_grad_()
-
-    def f(w: Tensor) -> Tensor:
-        saved = loss_fn.weight
-        loss_fn._parameters["weight"] = w  # type: ignore[assignment]
-        try:
-            return loss_fn(emb.detach(), labels)
-        finally:
-            loss_fn._parameters["weight"] = saved
-
-    assert torch.autograd.gradcheck(f, (weight,))
+    assert_gradcheck(loss_fn, emb, labels, "weight")
 
 
 # --------------------------------------------------------------------------------------------- edge cases
@@ -148,12 +145,7 @@ def test_pml_parity(scale: float) -> None:
         ours = P2SGradLoss(6, 5)
         copy_weights(ours, theirs, "weight")
         emb, labels = random_batch(seed, n=16, d=6, classes=5, scale=scale)
-        x1, x2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-        a, b = ours(x1, labels), theirs(x2, labels)
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-        a.backward()
-        b.backward()
-        torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-6)
+        assert_same_as_pml(ours, theirs, emb, labels)
         # pytorch-metric-learning rescales `weight` in place and differentiates the unit columns as they are;
         # here they are normalised in the graph, so each column's gradient is theirs without its radial part
         w, g = ours.weight.detach(), theirs.weight.grad

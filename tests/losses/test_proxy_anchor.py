@@ -15,7 +15,15 @@ from dmlkit.losses.proxy_anchor import ProxyAnchorLoss
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.reducers import DivisorReducer, MeanReducer
 from tests.losses.cases import random_batch
-from tests.losses.proxy_cases import assert_finite_under_bf16_autocast, blobs, copy_weights, pml_losses, train
+from tests.losses.proxy_cases import (
+    assert_finite_under_bf16_autocast,
+    assert_gradcheck,
+    assert_same_as_pml,
+    blobs,
+    copy_weights,
+    pml_losses,
+    train,
+)
 from tests.reference import distances as ref_dist
 from tests.reference import proxy_anchor as ref
 
@@ -106,18 +114,7 @@ def test_gradcheck(distance: str) -> None:
     make = CosineSimilarity if distance == "cosine" else LpDistance
     loss_fn = ProxyAnchorLoss(3, 3, alpha=4, distance=make()).double()
     emb, labels = random_batch(2, n=5, d=3)
-    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(),))
-    proxies = loss_fn.proxies.detach().clone().requires_grad_()
-
-    def f(p: Tensor) -> Tensor:
-        saved = loss_fn.proxies
-        loss_fn._parameters["proxies"] = p  # type: ignore[assignment]
-        try:
-            return loss_fn(emb.detach(), labels)
-        finally:
-            loss_fn._parameters["proxies"] = saved
-
-    assert torch.autograd.gradcheck(f, (proxies,))
+    assert_gradcheck(loss_fn, emb, labels, "proxies")
 
 
 # --------------------------------------------------------------------------------------------- edge cases
@@ -190,13 +187,7 @@ def test_pml_parity(distance: str, margin: float, alpha: float) -> None:
         ours = ProxyAnchorLoss(6, 5, margin=margin, alpha=alpha, distance=our_distance)
         copy_weights(ours, theirs, "proxies")
         emb, labels = random_batch(seed, n=16, d=5, classes=5)
-        x1, x2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-        a, b = ours(x1, labels), theirs(x2, labels)
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-        a.backward()
-        b.backward()
-        torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-6)
-        torch.testing.assert_close(ours.proxies.grad, theirs.proxies.grad, rtol=0, atol=1e-6)
+        assert_same_as_pml(ours, theirs, emb, labels, "proxies")
 
 
 @pytest.mark.parametrize("miner", ["TripletMarginMiner", "MultiSimilarityMiner"])

@@ -5,33 +5,29 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor
 
-from dmlkit.distances import BaseDistance, CosineSimilarity, LpDistance
+from dmlkit.distances import LpDistance
 from dmlkit.losses.proxy_nca import ProxyNCALoss
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.regularizers import LpRegularizer
-from tests.losses.cases import random_batch
-from tests.losses.proxy_cases import assert_finite_under_bf16_autocast, blobs, copy_weights, pml_losses, train
+from tests.losses.cases import PAIR_LOSS_DISTANCES, DistanceCase, random_batch
+from tests.losses.proxy_cases import (
+    assert_finite_under_bf16_autocast,
+    assert_gradcheck,
+    assert_same_as_pml,
+    blobs,
+    copy_weights,
+    pml_losses,
+    train,
+)
 from tests.reference import distances as ref_dist
 from tests.reference import proxy_nca as ref
 
-Matrix = list[list[float]]
-
-DISTANCES: dict[str, tuple[Callable[[], BaseDistance], Callable[[Matrix, Matrix], Matrix], bool, tuple[str, dict]]] = {
-    "lp_squared": (
-        lambda: LpDistance(power=2),
-        lambda q, r: ref_dist.lp_matrix(q, r, power=2),
-        False,
-        ("LpDistance", {"power": 2}),
-    ),
-    "lp": (LpDistance, ref_dist.lp_matrix, False, ("LpDistance", {})),
-    "cosine": (CosineSimilarity, ref_dist.cosine_matrix, True, ("CosineSimilarity", {})),
-}
+DISTANCES: dict[str, DistanceCase] = {name: PAIR_LOSS_DISTANCES[name] for name in ("lp_squared", "lp", "cosine")}
 SCALES = [1.0, 0.3, 8.0]
 
 
@@ -104,26 +100,7 @@ def test_gradcheck(distance: str) -> None:
     torch.manual_seed(0)
     loss_fn = _loss(distance, 2.0, classes=3, dim=3)
     emb, labels = random_batch(1, n=5, d=3)
-
-    def f(x: Tensor, proxies: Tensor) -> Tensor:
-        with torch.no_grad():
-            loss_fn.proxies.copy_(proxies)
-        loss_fn.proxies.grad = None
-        return loss_fn(x, labels)
-
-    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(),))
-    # and with respect to the proxies, through a functional twin of the parameter
-    proxies = loss_fn.proxies.detach().clone().requires_grad_()
-
-    def g(p: Tensor) -> Tensor:
-        saved = loss_fn.proxies
-        loss_fn._parameters["proxies"] = p  # type: ignore[assignment]
-        try:
-            return loss_fn(emb.detach(), labels)
-        finally:
-            loss_fn._parameters["proxies"] = saved
-
-    assert torch.autograd.gradcheck(g, (proxies,))
+    assert_gradcheck(loss_fn, emb, labels, "proxies")
 
 
 # --------------------------------------------------------------------------------------------- edge cases
@@ -211,13 +188,7 @@ def test_pml_parity(distance: str, scale: float) -> None:
         ours = ProxyNCALoss(5, 6, softmax_scale=scale, distance=DISTANCES[distance][0]())
         copy_weights(ours, theirs, "proxies")
         emb, labels = random_batch(seed, n=16, d=6, classes=5)
-        x1, x2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-        a, b = ours(x1, labels), theirs(x2, labels)
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-        a.backward()
-        b.backward()
-        torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-6)
-        torch.testing.assert_close(ours.proxies.grad, theirs.proxies.grad, rtol=0, atol=1e-6)
+        assert_same_as_pml(ours, theirs, emb, labels, "proxies")
 
 
 @pytest.mark.parametrize("miner", ["TripletMarginMiner", "PairMarginMiner"])

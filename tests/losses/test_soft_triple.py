@@ -16,7 +16,15 @@ from dmlkit.losses.soft_triple import SoftTripleLoss
 from dmlkit.miners import TripletMarginMiner
 from dmlkit.regularizers import SparseCentersRegularizer
 from tests.losses.cases import random_batch
-from tests.losses.proxy_cases import assert_finite_under_bf16_autocast, blobs, copy_weights, pml_losses, train
+from tests.losses.proxy_cases import (
+    assert_finite_under_bf16_autocast,
+    assert_gradcheck,
+    assert_same_as_pml,
+    blobs,
+    copy_weights,
+    pml_losses,
+    train,
+)
 from tests.reference import distances as ref_dist
 from tests.reference import soft_triple as ref
 
@@ -135,18 +143,7 @@ def test_gradcheck() -> None:
     torch.manual_seed(0)
     loss_fn = _make((2, 4.0, 0.5, 0.1), classes=3, dim=3)
     emb, labels = random_batch(7, n=5, d=3)
-    assert torch.autograd.gradcheck(lambda x: loss_fn(x, labels), (emb.requires_grad_(),))
-    fc = loss_fn.fc.detach().clone().requires_grad_()
-
-    def f(w: Tensor) -> Tensor:
-        saved = loss_fn.fc
-        loss_fn._parameters["fc"] = w  # type: ignore[assignment]
-        try:
-            return loss_fn(emb.detach(), labels)
-        finally:
-            loss_fn._parameters["fc"] = saved
-
-    assert torch.autograd.gradcheck(f, (fc,))
+    assert_gradcheck(loss_fn, emb, labels, "fc")
 
 
 # --------------------------------------------------------------------------------------------- edge cases
@@ -211,13 +208,7 @@ def test_pml_parity(options: tuple[int, float, float, float]) -> None:
         ours = SoftTripleLoss(5, 6, centers_per_class=k, la=la, gamma=gamma, margin=margin)
         copy_weights(ours, theirs, "fc")
         emb, labels = random_batch(seed, n=16, d=6, classes=5)
-        x1, x2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
-        a, b = ours(x1, labels), theirs(x2, labels)
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-        a.backward()
-        b.backward()
-        torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-6)
-        torch.testing.assert_close(ours.fc.grad, theirs.fc.grad, rtol=0, atol=1e-6)
+        assert_same_as_pml(ours, theirs, emb, labels, "fc")
         torch.testing.assert_close(ours.get_logits(emb), theirs.get_logits(emb), rtol=0, atol=1e-6)
     # pytorch-metric-learning keeps 1 / gamma under the name gamma; dmlkit keeps the argument
     assert theirs.gamma == pytest.approx(1 / gamma) and ours.gamma == gamma
