@@ -11,8 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from dmlkit.losses.class_weights import BaseClassWeightLoss
+from tests.reference.margin_softmax import miner_weights, weighted_mean
 
 Matrix = list[list[float]]
+#: a float64 oracle's per-sample values from (embeddings, labels, the loss's weights ``W``)
+Oracle = Callable[[Matrix, list[int], Matrix], list[float]]
 
 
 def problem(seed: int, n: int = 12, d: int = 5, classes: int = 4, scale: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -23,6 +26,25 @@ def problem(seed: int, n: int = 12, d: int = 5, classes: int = 4, scale: float =
 
 def weights(loss: BaseClassWeightLoss, name: str = "W") -> Matrix:
     return getattr(loss, name).detach().double().tolist()
+
+
+def assert_matches_oracle(make_loss: Callable[[], BaseClassWeightLoss], oracle: Oracle) -> None:
+    """On three random problems (embeddings of norm ~4), the loss is the mean of the oracle's values."""
+    for seed in range(3):
+        emb, labels = problem(seed, scale=2.0)
+        loss_fn = make_loss()
+        values = oracle(emb.tolist(), labels.tolist(), weights(loss_fn))
+        assert loss_fn(emb, labels).item() == pytest.approx(sum(values) / len(values), rel=1e-10)
+
+
+def assert_miner_output_weights_the_samples(
+    loss_fn: BaseClassWeightLoss, oracle: Oracle, indices_tuple: tuple[Tensor, ...]
+) -> None:
+    """With a miner's ``indices_tuple`` the loss is the oracle's values weighted by how often each sample is mined."""
+    emb, labels = problem(4)
+    values = oracle(emb.tolist(), labels.tolist(), weights(loss_fn))
+    expected = weighted_mean(values, miner_weights([t.tolist() for t in indices_tuple], len(labels)))
+    assert loss_fn(emb, labels, indices_tuple).item() == pytest.approx(expected, rel=1e-10)
 
 
 def gradcheck(loss: BaseClassWeightLoss, emb: Tensor, labels: Tensor, name: str = "W", **kwargs: Any) -> bool:

@@ -13,25 +13,21 @@ from dmlkit.losses.cos_face import CosFaceLoss
 from dmlkit.types import Pairs
 from tests.losses import margin_softmax_checks as checks
 from tests.reference import cos_face as ref
-from tests.reference.margin_softmax import miner_weights, weighted_mean
 
 
 @pytest.mark.parametrize("margin,scale", [(0.35, 64.0), (0.0, 1.0), (0.8, 5.0)])
 def test_matches_oracle(margin: float, scale: float) -> None:
-    for seed in range(3):
-        emb, labels = checks.problem(seed, scale=2.0)
-        loss_fn = CosFaceLoss(4, 5, margin=margin, scale=scale)
-        values = ref.cos_face_values(emb.tolist(), labels.tolist(), checks.weights(loss_fn), margin, scale)
-        assert loss_fn(emb, labels).item() == pytest.approx(sum(values) / len(values), rel=1e-10)
+    checks.assert_matches_oracle(
+        lambda: CosFaceLoss(4, 5, margin=margin, scale=scale),
+        lambda emb, labels, w: ref.cos_face_values(emb, labels, w, margin, scale),
+    )
 
 
 def test_miner_output_weights_the_samples() -> None:
-    emb, labels = checks.problem(4)
-    loss_fn = CosFaceLoss(4, 5, scale=3)
     pairs = Pairs(torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([0]), torch.tensor([7]))
-    values = ref.cos_face_values(emb.tolist(), labels.tolist(), checks.weights(loss_fn), 0.35, 3)
-    expected = weighted_mean(values, miner_weights([t.tolist() for t in pairs], len(labels)))
-    assert loss_fn(emb, labels, pairs).item() == pytest.approx(expected, rel=1e-10)
+    checks.assert_miner_output_weights_the_samples(
+        CosFaceLoss(4, 5, scale=3), lambda emb, labels, w: ref.cos_face_values(emb, labels, w, 0.35, 3), pairs
+    )
 
 
 def test_gradcheck() -> None:

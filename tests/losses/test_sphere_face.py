@@ -12,16 +12,14 @@ from dmlkit.distances import LpDistance
 from dmlkit.losses.sphere_face import SphereFaceLoss
 from tests.losses import margin_softmax_checks as checks
 from tests.reference import sphere_face as ref
-from tests.reference.margin_softmax import miner_weights, weighted_mean
 
 
 @pytest.mark.parametrize("margin,scale", [(4, 1.0), (2, 3.0), (3, 0.5)])
 def test_matches_oracle(margin: int, scale: float) -> None:
-    for seed in range(3):
-        emb, labels = checks.problem(seed, scale=2.0)
-        loss_fn = SphereFaceLoss(4, 5, margin=margin, scale=scale)
-        values = ref.sphere_face_values(emb.tolist(), labels.tolist(), checks.weights(loss_fn), margin, scale)
-        assert loss_fn(emb, labels).item() == pytest.approx(sum(values) / len(values), rel=1e-10)
+    checks.assert_matches_oracle(
+        lambda: SphereFaceLoss(4, 5, margin=margin, scale=scale),
+        lambda emb, labels, w: ref.sphere_face_values(emb, labels, w, margin, scale),
+    )
 
 
 def test_weight_norms_do_not_matter() -> None:
@@ -34,12 +32,10 @@ def test_weight_norms_do_not_matter() -> None:
 
 
 def test_miner_output_weights_the_samples() -> None:
-    emb, labels = checks.problem(4)
-    loss_fn = SphereFaceLoss(4, 5, margin=2)
     pairs = (torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([0]), torch.tensor([9]))
-    values = ref.sphere_face_values(emb.tolist(), labels.tolist(), checks.weights(loss_fn), 2, 1)
-    expected = weighted_mean(values, miner_weights([t.tolist() for t in pairs], len(labels)))
-    assert loss_fn(emb, labels, pairs).item() == pytest.approx(expected, rel=1e-10)
+    checks.assert_miner_output_weights_the_samples(
+        SphereFaceLoss(4, 5, margin=2), lambda emb, labels, w: ref.sphere_face_values(emb, labels, w, 2, 1), pairs
+    )
 
 
 def test_gradcheck() -> None:
