@@ -4,12 +4,14 @@ inputs that stress low precision (huge and tiny norms, angles 0 and pi to a clas
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
 
 from dmlkit.losses.class_weights import BaseClassWeightLoss
+from tests.losses.cases import random_batch
 
 
 def pml_losses() -> object:
@@ -115,3 +117,25 @@ def assert_same_as_pml(
     if name is not None:
         mine, other = getattr(ours, name).grad, getattr(theirs, name).grad
         torch.testing.assert_close(mine, other.to(mine.dtype), rtol=0, atol=1e-6)
+
+
+def assert_same_as_pml_with_miner(
+    make: Callable[[], tuple[nn.Module, BaseClassWeightLoss]], make_miner: Callable[[], Any], name: str = "proxies"
+) -> None:
+    """On three seeds, ``(theirs, ours) = make()`` with ``theirs``'s parameter ``name`` copied agree within 1e-6
+    on the tuples a fresh pytorch-metric-learning miner mines from the batch."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        theirs, ours = make()
+        copy_weights(ours, theirs, name)
+        emb, labels = random_batch(seed, n=16, d=5, classes=4)
+        mined = make_miner()(emb, labels)
+        torch.testing.assert_close(ours(emb, labels, mined), theirs(emb, labels, mined), rtol=0, atol=1e-6)
+
+
+def assert_identical_embeddings_are_finite(loss_fn: BaseClassWeightLoss) -> None:
+    """Six identical embeddings of three classes give a finite loss and a finite gradient."""
+    emb = torch.ones(6, loss_fn.embedding_size, requires_grad=True)
+    loss = loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
+    loss.backward()
+    assert bool(torch.isfinite(loss)) and bool(torch.isfinite(emb.grad).all())

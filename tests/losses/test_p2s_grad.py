@@ -16,6 +16,7 @@ from tests.losses.cases import random_batch
 from tests.losses.proxy_cases import (
     assert_finite_under_bf16_autocast,
     assert_gradcheck,
+    assert_identical_embeddings_are_finite,
     assert_same_as_pml,
     blobs,
     copy_weights,
@@ -94,11 +95,7 @@ def test_gradcheck() -> None:
 
 
 def test_identical_embeddings_are_finite() -> None:
-    loss_fn = P2SGradLoss(4, 3)
-    emb = torch.ones(6, 4, requires_grad=True)
-    loss = loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-    loss.backward()
-    assert bool(torch.isfinite(loss)) and bool(torch.isfinite(emb.grad).all())
+    assert_identical_embeddings_are_finite(P2SGradLoss(4, 3))
 
 
 def test_bf16_autocast_is_finite() -> None:

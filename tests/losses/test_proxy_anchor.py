@@ -18,7 +18,9 @@ from tests.losses.cases import random_batch
 from tests.losses.proxy_cases import (
     assert_finite_under_bf16_autocast,
     assert_gradcheck,
+    assert_identical_embeddings_are_finite,
     assert_same_as_pml,
+    assert_same_as_pml_with_miner,
     blobs,
     copy_weights,
     pml_losses,
@@ -132,11 +134,7 @@ def test_one_class_batch() -> None:
 
 
 def test_identical_embeddings_and_large_alpha_are_finite() -> None:
-    loss_fn = ProxyAnchorLoss(3, 4, alpha=1e4)
-    emb = torch.ones(6, 4, requires_grad=True)
-    loss = loss_fn(emb, torch.tensor([0, 0, 1, 1, 2, 2]))
-    loss.backward()
-    assert bool(torch.isfinite(loss)) and bool(torch.isfinite(emb.grad).all())
+    assert_identical_embeddings_are_finite(ProxyAnchorLoss(3, 4, alpha=1e4))
 
 
 def test_bf16_autocast_is_finite() -> None:
@@ -198,11 +196,6 @@ def test_pml_parity_with_miner_output(miner: str) -> None:
         "TripletMarginMiner": lambda: miners.TripletMarginMiner(0.5),
         "MultiSimilarityMiner": lambda: miners.MultiSimilarityMiner(0.1),
     }
-    for seed in range(3):
-        torch.manual_seed(seed)
-        theirs = losses.ProxyAnchorLoss(4, 5, alpha=8)
-        ours = ProxyAnchorLoss(4, 5, alpha=8)
-        copy_weights(ours, theirs, "proxies")
-        emb, labels = random_batch(seed, n=16, d=5, classes=4)
-        mined = make[miner]()(emb, labels)
-        torch.testing.assert_close(ours(emb, labels, mined), theirs(emb, labels, mined), rtol=0, atol=1e-6)
+    assert_same_as_pml_with_miner(
+        lambda: (losses.ProxyAnchorLoss(4, 5, alpha=8), ProxyAnchorLoss(4, 5, alpha=8)), make[miner]
+    )

@@ -19,6 +19,7 @@ from tests.losses.proxy_cases import (
     assert_finite_under_bf16_autocast,
     assert_gradcheck,
     assert_same_as_pml,
+    assert_same_as_pml_with_miner,
     blobs,
     copy_weights,
     pml_losses,
@@ -199,14 +200,7 @@ def test_pml_parity_with_miner_output(miner: str) -> None:
         "TripletMarginMiner": lambda: miners.TripletMarginMiner(0.5),
         "PairMarginMiner": lambda: miners.PairMarginMiner(0.3, 0.6),
     }
-    for seed in range(3):
-        torch.manual_seed(seed)
-        theirs = losses.ProxyNCALoss(4, 5)
-        ours = ProxyNCALoss(4, 5)
-        copy_weights(ours, theirs, "proxies")
-        emb, labels = random_batch(seed, n=16, d=5, classes=4)
-        mined = make[miner]()(emb, labels)
-        torch.testing.assert_close(ours(emb, labels, mined), theirs(emb, labels, mined), rtol=0, atol=1e-6)
+    assert_same_as_pml_with_miner(lambda: (losses.ProxyNCALoss(4, 5), ProxyNCALoss(4, 5)), make[miner])
 
 
 def test_differs_from_pml_where_the_probability_underflows() -> None:
