@@ -125,8 +125,12 @@ class TripletMarginLoss(BaseMetricLossFunction):
         """
         positive, negative = masks
         a, p = torch.nonzero(positive, as_tuple=True)  # sorted by anchor
-        ap = pair_values(mat, a, p)
         rows_per_block = max(1, _CHUNK_CELLS // max(1, 4 * mat.shape[1]))
+        if not self.swap:
+            sign = -1.0 if self.distance.is_inverted else 1.0
+            settings = (self.margin, sign, self.smooth_loss, fused, rows_per_block)
+            return Terms.reduced(_MaskedTripletMargin.apply(mat, a, p, negative, settings))
+        ap = pair_values(mat, a, p)
         blocks = mat.split(rows_per_block)
         pair_starts = torch.searchsorted(a, torch.arange(0, mat.shape[0] + rows_per_block, rows_per_block))
         bounds = pair_starts.tolist()
@@ -240,3 +244,86 @@ def _listed_chunks(mat: Tensor, a: Tensor, p: Tensor, n: Tensor) -> Iterator[tup
 def _margin_values(ap: Tensor, an: Tensor, margin: float, sign: float, smooth: bool) -> Tensor:
     violation = margin - sign * (an - ap)
     return F.softplus(violation) if smooth else F.relu(violation)
+
+
+class _MaskedTripletMargin(torch.autograd.Function):
+    """The fused-reduced triplet margin loss of every (a, p, n) with (a, p) listed and ``negative[a, n]``.
+
+    Anchor rows are taken in blocks; each listed positive pair is compared with its anchor's whole row at once.
+    Forward keeps the running sum and count only; backward recomputes each block's violations and writes
+    ``d loss / d mat``: the negatives' part row-wise into the anchors' rows, the positives' part per pair.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, mat: Tensor, a: Tensor, p: Tensor, negative: Tensor, settings: tuple[Any, ...]
+    ) -> Tensor:
+        margin, sign, smooth, reduction, rows = settings
+        total = mat.new_zeros(())
+        count = 0
+        for block in _anchor_blocks(mat, a, p, rows):
+            values, keep = _block_values(mat, negative, block, margin, sign, smooth)
+            values.mul_(keep)
+            total += values.sum()
+            if reduction is FusedReduction.NONZERO:
+                count += int(torch.count_nonzero(values))
+            elif reduction is FusedReduction.MEAN:
+                count += int(torch.count_nonzero(keep))
+        ctx.save_for_backward(mat, a, p, negative)
+        ctx.settings = (settings, count)
+        if reduction is FusedReduction.SUM:
+            return total
+        return total / count if count else total
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        mat, a, p, negative = ctx.saved_tensors
+        (margin, sign, smooth, reduction, rows), count = ctx.settings
+        scale = grad if reduction is FusedReduction.SUM or count == 0 else grad / count
+        out = torch.zeros_like(mat)
+        flat = out.view(-1)
+        width = mat.shape[1]
+        detached = mat.detach()
+        for block in _anchor_blocks(detached, a, p, rows):
+            violation, keep = _block_violations(detached, negative, block, margin, sign)
+            if smooth:
+                slope = torch.sigmoid(violation)
+                if reduction is FusedReduction.NONZERO:
+                    slope *= F.softplus(violation) > 0
+            else:
+                slope = (violation > 0).to(mat.dtype)
+            slope *= keep
+            slope *= scale * sign
+            start, anchors, positives = block
+            # d/d d(a, n) = -slope (summed over the anchor's positives); d/d d(a, p) = +slope summed over n
+            out[start : start + rows].index_add_(0, anchors - start, slope, alpha=-1)
+            flat.index_add_(0, anchors * width + positives, slope.sum(1))
+        return out, None, None, None, None
+
+
+def _anchor_blocks(mat: Tensor, a: Tensor, p: Tensor, rows: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """``(first row, anchors, positives)`` of the listed pairs (sorted by anchor) per block of ``rows`` anchors."""
+    bounds = torch.searchsorted(a, torch.arange(0, mat.shape[0] + rows, rows, device=a.device)).tolist()
+    for index, start in enumerate(range(0, mat.shape[0], rows)):
+        lo, hi = bounds[index], bounds[index + 1]
+        if hi > lo:
+            yield start, a[lo:hi], p[lo:hi]
+
+
+def _block_violations(
+    mat: Tensor, negative: Tensor, block: tuple[int, Tensor, Tensor], margin: float, sign: float
+) -> tuple[Tensor, Tensor]:
+    """``margin - gap`` of each listed pair against its anchor's whole row, and which columns are negatives."""
+    start, anchors, positives = block
+    rows = mat[start:].index_select(0, anchors - start)
+    ap = mat[anchors, positives].unsqueeze(1)
+    # margin - gap, gap = sign * (d(a, n) - d(a, p)), computed in place on the gathered rows
+    violation = rows.sub_(ap).mul_(-sign).add_(margin)
+    return violation, negative.index_select(0, anchors)
+
+
+def _block_values(
+    mat: Tensor, negative: Tensor, block: tuple[int, Tensor, Tensor], margin: float, sign: float, smooth: bool
+) -> tuple[Tensor, Tensor]:
+    violation, keep = _block_violations(mat, negative, block, margin, sign)
+    return (F.softplus(violation) if smooth else violation.clamp_min_(0)), keep
