@@ -6,14 +6,17 @@ first forward+backward, after inputs are built; time is the median of repeated f
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
+import math
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -100,3 +103,46 @@ def ratio(pml: dict[str, Any], ours: dict[str, Any], key: str) -> str:
     if ours[key] <= 0:
         return "inf"
     return f"{pml[key] / ours[key]:.2f}x"
+
+
+def library(name: str, subpackages: Sequence[str]) -> Any:
+    """``dmlkit`` when ``name`` is ``"dmlkit"``, else pytorch-metric-learning, with ``subpackages`` imported."""
+    root = "dmlkit" if name == "dmlkit" else "pytorch_metric_learning"
+    for sub in subpackages:
+        importlib.import_module(f"{root}.{sub}")
+    return importlib.import_module(root)
+
+
+def add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every side-by-side table script takes (``--case`` is the subprocess entry point)."""
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
+    parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--memory-limit-gib", type=float, default=10.0, help="address-space cap per case")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
+
+
+def run_both(module: str, case: dict[str, Any], args: argparse.Namespace, pml: bool = True) -> dict[str, Any]:
+    """``{"dmlkit": result, "pml": result}`` for ``case`` run by ``python -m module`` (``pml=False``: PML lacks it)."""
+    results: dict[str, Any] = {"pml": {"error": "not in PML"}}
+    for lib in ("dmlkit", "pml") if pml else ("dmlkit",):
+        results[lib] = run_case_in_subprocess(
+            module, {**case, "lib": lib}, timeout_s=args.timeout, memory_limit_gib=args.memory_limit_gib
+        )
+    return results
+
+
+def finish_table(lines: list[str], speedups: dict[int, list[float]], out: str | None) -> None:
+    """Append each batch size's geometric-mean speed-up, print the table and write it to ``out`` if given."""
+    lines.append("")
+    for size, values in speedups.items():
+        if values:
+            geo = math.exp(sum(math.log(v) for v in values) / len(values))
+            lines.append(f"- batch {size}: geometric-mean speed-up {geo:.2f}x over {len(values)} cases")
+    text = "\n".join(lines)
+    print(text)
+    if out:
+        with open(out, "w") as fh:
+            fh.write(text + "\n")

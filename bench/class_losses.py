@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import pkgutil
 import sys
@@ -25,7 +24,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench import cases as cases_package  # noqa: E402
-from bench._harness import fmt_cell, machine_line, measure, ratio, run_case_in_subprocess  # noqa: E402
+from bench._harness import (  # noqa: E402
+    add_table_arguments,
+    finish_table,
+    fmt_cell,
+    library,
+    machine_line,
+    measure,
+    ratio,
+    run_both,
+)
 
 DIM = 128
 Factory = Callable[[Any, int, int], Any]
@@ -45,19 +53,7 @@ def class_cases() -> tuple[dict[str, Factory], set[str]]:
 
 
 def _lib(name: str) -> Any:
-    if name == "dmlkit":
-        import dmlkit.distances
-        import dmlkit.losses
-        import dmlkit.reducers
-        import dmlkit.regularizers
-
-        return dmlkit
-    import pytorch_metric_learning.distances
-    import pytorch_metric_learning.losses
-    import pytorch_metric_learning.reducers
-    import pytorch_metric_learning.regularizers
-
-    return pytorch_metric_learning
+    return library(name, ("distances", "losses", "reducers", "regularizers"))
 
 
 def run_one(case: dict[str, Any]) -> dict[str, Any]:
@@ -81,14 +77,8 @@ def run_one(case: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    add_table_arguments(parser)
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 10000])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
-    parser.add_argument("--out", default=None, help="write the markdown table here")
-    parser.add_argument("--memory-limit-gib", type=float, default=10.0, help="address-space cap per case")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_one(json.loads(args.case))))
@@ -106,17 +96,8 @@ def main() -> None:
     for name in names:
         for num_classes in args.classes:
             for size in args.sizes:
-                results = {}
-                for lib in ("dmlkit", "pml"):
-                    if lib == "pml" and name in only_ours:
-                        results[lib] = {"error": "not in PML"}
-                        continue
-                    results[lib] = run_case_in_subprocess(
-                        "bench.class_losses",
-                        {"name": name, "lib": lib, "batch": size, "classes": num_classes, "threads": args.threads},
-                        timeout_s=args.timeout,
-                        memory_limit_gib=args.memory_limit_gib,
-                    )
+                case = {"name": name, "batch": size, "classes": num_classes, "threads": args.threads}
+                results = run_both("bench.class_losses", case, args, pml=name not in only_ours)
                 ours, pml = results["dmlkit"], results["pml"]
                 if "error" not in ours and "error" not in pml:
                     speedups[size].append(pml["seconds"] / ours["seconds"])
@@ -126,16 +107,7 @@ def main() -> None:
                 row = f"| {name} | {num_classes} | {size} | {fmt_cell(ours)} | {pml_cell} | {speed} | {memory} |"
                 print(row, flush=True)
                 lines.append(row)
-    lines.append("")
-    for size, values in speedups.items():
-        if values:
-            geo = math.exp(sum(math.log(v) for v in values) / len(values))
-            lines.append(f"- batch {size}: geometric-mean speed-up {geo:.2f}x over {len(values)} cases")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    finish_table(lines, speedups, args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from typing import Any
@@ -18,7 +17,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench._harness import fmt_cell, machine_line, measure, ratio, run_case_in_subprocess  # noqa: E402
+from bench._harness import (  # noqa: E402
+    add_table_arguments,
+    finish_table,
+    fmt_cell,
+    library,
+    machine_line,
+    measure,
+    ratio,
+    run_both,
+)
 from bench.cases import all_cases  # noqa: E402
 
 DIM = 128
@@ -26,19 +34,7 @@ PER_CLASS = 4
 
 
 def _lib(name: str) -> Any:
-    if name == "dmlkit":
-        import dmlkit.distances
-        import dmlkit.losses
-        import dmlkit.miners
-        import dmlkit.reducers
-
-        return dmlkit
-    import pytorch_metric_learning.distances
-    import pytorch_metric_learning.losses
-    import pytorch_metric_learning.miners
-    import pytorch_metric_learning.reducers
-
-    return pytorch_metric_learning
+    return library(name, ("distances", "losses", "miners", "reducers"))
 
 
 def run_one(case: dict[str, Any]) -> dict[str, Any]:
@@ -60,13 +56,7 @@ def run_one(case: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
-    parser.add_argument("--out", default=None, help="write the markdown table here")
-    parser.add_argument("--memory-limit-gib", type=float, default=10.0, help="address-space cap per case")
-    parser.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
+    add_table_arguments(parser)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_one(json.loads(args.case))))
@@ -82,14 +72,7 @@ def main() -> None:
     speedups: dict[int, list[float]] = {size: [] for size in args.sizes}
     for name in names:
         for size in args.sizes:
-            results = {}
-            for lib in ("dmlkit", "pml"):
-                results[lib] = run_case_in_subprocess(
-                    "bench.losses",
-                    {"name": name, "lib": lib, "batch": size, "threads": args.threads},
-                    timeout_s=args.timeout,
-                    memory_limit_gib=args.memory_limit_gib,
-                )
+            results = run_both("bench.losses", {"name": name, "batch": size, "threads": args.threads}, args)
             ours, pml = results["dmlkit"], results["pml"]
             if "error" not in ours and "error" not in pml:
                 speedups[size].append(pml["seconds"] / ours["seconds"])
@@ -99,16 +82,7 @@ def main() -> None:
             )
             print(row, flush=True)
             lines.append(row)
-    lines.append("")
-    for size, values in speedups.items():
-        if values:
-            geo = math.exp(sum(math.log(v) for v in values) / len(values))
-            lines.append(f"- batch {size}: geometric-mean speed-up {geo:.2f}x over {len(values)} cases")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(text + "\n")
+    finish_table(lines, speedups, args.out)
 
 
 if __name__ == "__main__":
