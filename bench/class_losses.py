@@ -23,17 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from bench import _harness as harness  # noqa: E402
 from bench import cases as cases_package  # noqa: E402
-from bench._harness import (  # noqa: E402
-    add_table_arguments,
-    finish_table,
-    fmt_cell,
-    library,
-    machine_line,
-    measure,
-    ratio,
-    run_both,
-)
 
 DIM = 128
 Factory = Callable[[Any, int, int], Any]
@@ -53,7 +44,7 @@ def class_cases() -> tuple[dict[str, Factory], set[str]]:
 
 
 def _lib(name: str) -> Any:
-    return library(name, ("distances", "losses", "reducers", "regularizers"))
+    return harness.library(name, ("distances", "losses", "reducers", "regularizers"))
 
 
 def run_one(case: dict[str, Any]) -> dict[str, Any]:
@@ -72,12 +63,12 @@ def run_one(case: dict[str, Any]) -> dict[str, Any]:
         for parameter in parameters:
             parameter.grad = None
 
-    return measure(step, repeats=case.get("repeats", 5))
+    return harness.measure(step, repeats=case.get("repeats", 5))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_table_arguments(parser)
+    harness.add_table_arguments(parser)
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 10000])
     args = parser.parse_args()
     if args.case:
@@ -87,7 +78,7 @@ def main() -> None:
     factories, only_ours = class_cases()
     names = [n for n in factories if args.only is None or any(part in n for part in args.only)]
     lines = [
-        f"Machine: {machine_line()}. Embedding dim {DIM}, labels uniform over the classes, float32.",
+        f"Machine: {harness.machine_line()}. Embedding dim {DIM}, labels uniform over the classes, float32.",
         "",
         "| case | classes | batch | dmlkit (time / peak extra) | PML (time / peak extra) | speed-up | memory ratio |",
         "|---|---|---|---|---|---|---|",
@@ -97,17 +88,19 @@ def main() -> None:
         for num_classes in args.classes:
             for size in args.sizes:
                 case = {"name": name, "batch": size, "classes": num_classes, "threads": args.threads}
-                results = run_both("bench.class_losses", case, args, pml=name not in only_ours)
+                results = harness.run_both("bench.class_losses", case, args, pml=name not in only_ours)
                 ours, pml = results["dmlkit"], results["pml"]
                 if "error" not in ours and "error" not in pml:
                     speedups[size].append(pml["seconds"] / ours["seconds"])
-                pml_cell = "not in PML" if name in only_ours else fmt_cell(pml)
-                speed = "-" if name in only_ours else ratio(pml, ours, "seconds")
-                memory = "-" if name in only_ours else ratio(pml, ours, "peak_extra_mib")
-                row = f"| {name} | {num_classes} | {size} | {fmt_cell(ours)} | {pml_cell} | {speed} | {memory} |"
+                pml_cell = "not in PML" if name in only_ours else harness.fmt_cell(pml)
+                speed = "-" if name in only_ours else harness.ratio(pml, ours, "seconds")
+                memory = "-" if name in only_ours else harness.ratio(pml, ours, "peak_extra_mib")
+                row = (
+                    f"| {name} | {num_classes} | {size} | {harness.fmt_cell(ours)} | {pml_cell} | {speed} | {memory} |"
+                )
                 print(row, flush=True)
                 lines.append(row)
-    finish_table(lines, speedups, args.out)
+    harness.finish_table(lines, speedups, args.out)
 
 
 if __name__ == "__main__":

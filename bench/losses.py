@@ -17,16 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from bench._harness import (  # noqa: E402
-    add_table_arguments,
-    finish_table,
-    fmt_cell,
-    library,
-    machine_line,
-    measure,
-    ratio,
-    run_both,
-)
+from bench import _harness as harness  # noqa: E402
 from bench.cases import all_cases  # noqa: E402
 
 DIM = 128
@@ -34,7 +25,7 @@ PER_CLASS = 4
 
 
 def _lib(name: str) -> Any:
-    return library(name, ("distances", "losses", "miners", "reducers"))
+    return harness.library(name, ("distances", "losses", "miners", "reducers"))
 
 
 def run_one(case: dict[str, Any]) -> dict[str, Any]:
@@ -51,12 +42,12 @@ def run_one(case: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         embeddings.grad = None
 
-    return measure(step, repeats=case.get("repeats", 5))
+    return harness.measure(step, repeats=case.get("repeats", 5))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_table_arguments(parser)
+    harness.add_table_arguments(parser)
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_one(json.loads(args.case))))
@@ -64,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     names = [n for n in all_cases() if args.only is None or any(part in n for part in args.only)]
     lines = [
-        f"Machine: {machine_line()}. Embedding dim {DIM}, {PER_CLASS} samples per class, float32.",
+        f"Machine: {harness.machine_line()}. Embedding dim {DIM}, {PER_CLASS} samples per class, float32.",
         "",
         "| case | batch | dmlkit (time / peak extra) | PML (time / peak extra) | speed-up | memory ratio |",
         "|---|---|---|---|---|---|",
@@ -72,17 +63,15 @@ def main() -> None:
     speedups: dict[int, list[float]] = {size: [] for size in args.sizes}
     for name in names:
         for size in args.sizes:
-            results = run_both("bench.losses", {"name": name, "batch": size, "threads": args.threads}, args)
+            results = harness.run_both("bench.losses", {"name": name, "batch": size, "threads": args.threads}, args)
             ours, pml = results["dmlkit"], results["pml"]
             if "error" not in ours and "error" not in pml:
                 speedups[size].append(pml["seconds"] / ours["seconds"])
-            row = (
-                f"| {name} | {size} | {fmt_cell(ours)} | {fmt_cell(pml)} | {ratio(pml, ours, 'seconds')} | "
-                f"{ratio(pml, ours, 'peak_extra_mib')} |"
-            )
+            speed, memory = harness.ratio(pml, ours, "seconds"), harness.ratio(pml, ours, "peak_extra_mib")
+            row = f"| {name} | {size} | {harness.fmt_cell(ours)} | {harness.fmt_cell(pml)} | {speed} | {memory} |"
             print(row, flush=True)
             lines.append(row)
-    finish_table(lines, speedups, args.out)
+    harness.finish_table(lines, speedups, args.out)
 
 
 if __name__ == "__main__":
