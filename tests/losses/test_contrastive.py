@@ -369,3 +369,26 @@ def test_masked_negative_reduction_equals_the_listed_path(reducer_name: str, dis
     assert results[0][0].item() > 0
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-12)
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_many_mined_negative_pairs_reduced_under_a_mask_equal_the_listed_path(repeat: bool) -> None:
+    """Distinct mined negatives covering much of the matrix take the mask path; repeated ones stay listed."""
+    import dmlkit.reducers as reducers
+
+    listed_cls = type("ListedAvgNonZeroReducer", (reducers.AvgNonZeroReducer,), {})
+    emb, labels = _batch(9, n=16, classes=4)
+    a1, p, a2, n = all_pairs(labels)
+    keep = torch.arange(a2.numel()) % 4 != 0
+    mined = (a1[::2], p[::2], a2[keep], n[keep])
+    if repeat:
+        mined = tuple(torch.cat([t, t[:3]]) for t in mined)
+    results = []
+    for reducer in (reducers.AvgNonZeroReducer(), listed_cls()):
+        x = emb.clone().requires_grad_(True)
+        value = ContrastiveLoss(pos_margin=0.1, neg_margin=0.9, reducer=reducer)(x, labels, mined)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    assert results[0][0].item() > 0
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-13)

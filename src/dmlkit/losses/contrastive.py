@@ -92,23 +92,44 @@ def contrastive_terms(
 ) -> dict[str, Terms]:
     """The ``"pos_loss"`` and ``"neg_loss"`` terms of the contrastive loss on a (query, reference) matrix.
 
-    With a chunkable ``reduction`` and no ``indices_tuple``, the (millions of) negative pairs are reduced in row
-    blocks of ``mat`` under their label mask instead of being listed.
+    With a chunkable ``reduction``, the (millions of) negative pairs are reduced in row blocks of ``mat`` under a
+    mask instead of being listed: the label mask, or the mask of a miner's negative pairs when they are distinct
+    and many (at least an eighth of the matrix).
     """
+
     def pos_term(values: Tensor) -> Tensor:
         excess = pos_margin - values if distance.higher_is_closer else values - pos_margin
         return excess.clamp_min_(0)
 
-    if reduction is not None and indices_tuple is not None or reduction is None:
+    negative = _negative_mask(mat, labels, indices_tuple, ref_labels) if reduction is not None else None
+    if negative is None:
         pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
         neg_excess = neg - neg_margin if distance.higher_is_closer else neg_margin - neg
         neg_terms = Terms(neg_excess.clamp_min_(0), neg_anchors, TermKind.NEG_PAIR)
     else:
-        positive, negative = label_masks(labels, ref_labels)  # type: ignore[arg-type]
-        pos_anchors, p = torch.nonzero(positive, as_tuple=True)
+        assert reduction is not None
+        if indices_tuple is None:
+            positive = label_masks(labels, ref_labels)[0]  # type: ignore[arg-type]
+            pos_anchors, p = torch.nonzero(positive, as_tuple=True)
+        else:
+            pos_anchors, p = convert_to_pairs(indices_tuple, labels, ref_labels)[:2]  # type: ignore[arg-type]
         pos = pair_values(mat, pos_anchors, p)
         neg_terms = Terms.reduced(masked_hinge(mat, negative, neg_margin, distance.higher_is_closer, reduction))
     return {"pos_loss": Terms(pos_term(pos), pos_anchors, TermKind.POS_PAIR), "neg_loss": neg_terms}
+
+
+def _negative_mask(
+    mat: Tensor, labels: Tensor | None, indices_tuple: tuple[Tensor, ...] | None, ref_labels: Tensor | None
+) -> Tensor | None:
+    """The negative pairs as a mask when that describes them exactly and pays off, else ``None``."""
+    if indices_tuple is None:
+        return label_masks(labels, ref_labels)[1]  # type: ignore[arg-type]
+    if len(indices_tuple) != 4 or indices_tuple[2].numel() * 8 < mat.numel():
+        return None  # triplets list each (a, n) once per positive: repeats a mask cannot hold
+    a2, n = indices_tuple[2], indices_tuple[3]
+    negative = torch.zeros(mat.shape, dtype=torch.bool, device=mat.device)
+    negative[a2, n] = True
+    return negative if int(torch.count_nonzero(negative)) == a2.numel() else None
 
 
 def pair_entries(
