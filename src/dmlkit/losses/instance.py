@@ -68,7 +68,13 @@ class InstanceLoss(BaseMetricLossFunction):
                     f"a {len(indices_tuple)}-tuple",
                 )
             )
-        logits = self.distance(embeddings) * self.gamma
+        d = self.distance
+        if type(d) is CosineSimilarity and d.power == 1 and d.normalize_embeddings:
+            # gamma scales the (batch, dim) operand instead of the (batch, batch) logits (and their gradient)
+            unit = d.normalize(embeddings)
+            logits = (unit * self.gamma) @ unit.T
+        else:
+            logits = d(embeddings) * self.gamma
         rows = torch.arange(embeddings.shape[0], device=embeddings.device)
         targets = rows if labels is None else torch.unique(labels, return_inverse=True)[1]
         # cross entropy from log_softmax (F.cross_entropy's loss kernel stalls on small inputs with 2 threads)
