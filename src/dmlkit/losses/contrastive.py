@@ -101,16 +101,17 @@ def contrastive_terms(
         excess = pos_margin - values if distance.higher_is_closer else values - pos_margin
         return excess.clamp_min_(0)
 
-    negative = _negative_mask(mat, labels, indices_tuple, ref_labels) if reduction is not None else None
+    fuse_labels = reduction is not None and indices_tuple is None
+    masks = label_masks(labels, ref_labels) if fuse_labels else None  # type: ignore[arg-type]
+    negative = _negative_mask(mat, masks, indices_tuple) if reduction is not None else None
     if negative is None:
         pos, pos_anchors, neg, neg_anchors = pair_entries(mat, labels, indices_tuple, ref_labels)
         neg_excess = neg - neg_margin if distance.higher_is_closer else neg_margin - neg
         neg_terms = Terms(neg_excess.clamp_min_(0), neg_anchors, TermKind.NEG_PAIR)
     else:
         assert reduction is not None
-        if indices_tuple is None:
-            positive = label_masks(labels, ref_labels)[0]  # type: ignore[arg-type]
-            pos_anchors, p = torch.nonzero(positive, as_tuple=True)
+        if masks is not None:
+            pos_anchors, p = torch.nonzero(masks[0], as_tuple=True)
         else:
             pos_anchors, p = convert_to_pairs(indices_tuple, labels, ref_labels)[:2]  # type: ignore[arg-type]
         pos = pair_values(mat, pos_anchors, p)
@@ -119,11 +120,11 @@ def contrastive_terms(
 
 
 def _negative_mask(
-    mat: Tensor, labels: Tensor | None, indices_tuple: tuple[Tensor, ...] | None, ref_labels: Tensor | None
+    mat: Tensor, label_masks: tuple[Tensor, Tensor] | None, indices_tuple: tuple[Tensor, ...] | None
 ) -> Tensor | None:
     """The negative pairs as a mask when that describes them exactly and pays off, else ``None``."""
     if indices_tuple is None:
-        return label_masks(labels, ref_labels)[1]  # type: ignore[arg-type]
+        return label_masks[1] if label_masks is not None else None
     if len(indices_tuple) != 4 or indices_tuple[2].numel() * 8 < mat.numel():
         return None  # triplets list each (a, n) once per positive: repeats a mask cannot hold
     a2, n = indices_tuple[2], indices_tuple[3]
