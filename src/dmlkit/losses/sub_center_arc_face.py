@@ -122,8 +122,18 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
             x, centers = unit_rows(self.distance, emb), self._unit_sub_centers(emb.dtype)
-            logits = self._best_sub_center(x, centers)
-            cosine = self._own_sub_center_cosines(x, centers, labels).amax(dim=1)
+            if self.num_classes <= x.shape[1]:
+                # Few classes: keep every sub-centre's cosine and read the own class's from it, cheaper than
+                # a (sub_centers, batch, embedding_size) gather of the own sub-centres.
+                cosines = x @ centers.view(-1, centers.shape[-1]).t()
+                cosines = cosines.view(len(x), self.sub_centers, self.num_classes)
+                logits = cosines.max(dim=1).values * self.scale
+                own = labels.view(-1, 1, 1).expand(-1, self.sub_centers, 1)
+                cosine = cosines.gather(2, own).squeeze(2).amax(dim=1)
+            else:
+                # Many classes: only the winners of the maximum are kept for backward, not the cosines.
+                logits = self._best_sub_center(x, centers)
+                cosine = self._own_sub_center_cosines(x, centers, labels).amax(dim=1)
             target = additive_angular_margin(cosine, self._radians) * self.scale
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
 
