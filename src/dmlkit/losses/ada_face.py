@@ -13,7 +13,7 @@ from .._validation import check_range
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .margin_softmax import column_logits, cosine_margin_terms, new_class_columns, require_cosine
+from .margin_softmax import column_logits, cosine_margin_terms, new_class_columns
 
 __all__ = ["AdaFaceLoss"]
 
@@ -73,6 +73,7 @@ class AdaFaceLoss(BaseClassWeightLoss):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
 
     def __init__(
         self,
@@ -86,7 +87,6 @@ class AdaFaceLoss(BaseClassWeightLoss):
     ) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
         name = type(self).__name__
-        require_cosine(name, self.distance)
         check_range(name, "margin", margin, low=0)
         check_range(name, "h", h, low=0)
         self.W = new_class_columns(self, scale)

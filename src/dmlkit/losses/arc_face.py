@@ -17,7 +17,6 @@ from .margin_softmax import (
     column_logits,
     cosine_margin_terms,
     new_class_columns,
-    require_cosine,
 )
 
 __all__ = ["ArcFaceLoss", "check_degrees"]
@@ -59,13 +58,13 @@ class ArcFaceLoss(BaseClassWeightLoss):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
 
     def __init__(
         self, num_classes: int, embedding_size: int, margin: float = 28.6, scale: float = 64, **kwargs: Any
     ) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
         name = type(self).__name__
-        require_cosine(name, self.distance)
         self._radians = check_degrees(name, margin)
         self.W = new_class_columns(self, scale)
         self.margin = margin

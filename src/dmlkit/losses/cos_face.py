@@ -11,7 +11,7 @@ from .._validation import check_range
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
-from .margin_softmax import column_logits, cosine_margin_terms, new_class_columns, require_cosine
+from .margin_softmax import column_logits, cosine_margin_terms, new_class_columns
 
 __all__ = ["CosFaceLoss"]
 
@@ -41,13 +41,13 @@ class CosFaceLoss(BaseClassWeightLoss):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
 
     def __init__(
         self, num_classes: int, embedding_size: int, margin: float = 0.35, scale: float = 64, **kwargs: Any
     ) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
         name = type(self).__name__
-        require_cosine(name, self.distance)
         check_range(name, "margin", margin, low=0)
         self.W = new_class_columns(self, scale)
         self.margin = margin

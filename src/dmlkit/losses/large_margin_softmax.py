@@ -12,7 +12,7 @@ from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .functional import full_precision
-from .margin_softmax import angle_multiplier_terms, new_class_columns, require_cosine, scaled_product
+from .margin_softmax import angle_multiplier_terms, new_class_columns, scaled_product
 
 __all__ = ["LargeMarginSoftmaxLoss", "check_angle_multiplier"]
 
@@ -56,11 +56,11 @@ class LargeMarginSoftmaxLoss(BaseClassWeightLoss):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
 
     def __init__(self, num_classes: int, embedding_size: int, margin: int = 4, scale: float = 1, **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
         name = type(self).__name__
-        require_cosine(name, self.distance)
         self.margin = check_angle_multiplier(name, margin)
         self.W = new_class_columns(self, scale)
         self.scale = scale

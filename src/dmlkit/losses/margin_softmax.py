@@ -16,14 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_range, message
-from ..distances import BaseDistance, CosineSimilarity
+from .._validation import check_range
+from ..distances import BaseDistance
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .functional import full_precision, sample_terms
 
 __all__ = [
-    "require_cosine",
     "check_scale",
     "new_class_columns",
     "target_values",
@@ -45,12 +44,6 @@ __all__ = [
 SINE_FLOOR = 1e-12
 #: norms below this count as this when normalising (``F.normalize``'s default ``eps``)
 NORM_FLOOR = 1e-12
-
-
-def require_cosine(owner: str, distance: BaseDistance) -> None:
-    """The angular-margin losses are defined on cosines: any other distance is a ``TypeError``."""
-    if not isinstance(distance, CosineSimilarity):
-        raise TypeError(message(owner, "distance", "a CosineSimilarity", type(distance).__name__))
 
 
 def check_scale(owner: str, scale: float, arg: str = "scale") -> None:

@@ -12,7 +12,7 @@ from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .functional import full_precision
 from .large_margin_softmax import check_angle_multiplier
-from .margin_softmax import angle_multiplier_terms, new_class_columns, require_cosine, scaled_product, unit_rows
+from .margin_softmax import angle_multiplier_terms, new_class_columns, scaled_product, unit_rows
 
 __all__ = ["SphereFaceLoss"]
 
@@ -47,11 +47,11 @@ class SphereFaceLoss(BaseClassWeightLoss):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
 
     def __init__(self, num_classes: int, embedding_size: int, margin: int = 4, scale: float = 1, **kwargs: Any) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
         name = type(self).__name__
-        require_cosine(name, self.distance)
         self.margin = check_angle_multiplier(name, margin)
         self.W = new_class_columns(self, scale)
         self.scale = scale

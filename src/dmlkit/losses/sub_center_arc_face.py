@@ -19,7 +19,6 @@ from .margin_softmax import (
     additive_angular_margin,
     check_scale,
     margin_cross_entropy,
-    require_cosine,
     scaled_product,
     unit_rows,
 )
@@ -65,6 +64,7 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     """
 
     default_distance = CosineSimilarity
+    required_distance = CosineSimilarity
 
     def __init__(
         self,
@@ -77,7 +77,6 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     ) -> None:
         super().__init__(num_classes, embedding_size, **kwargs)
         name = type(self).__name__
-        require_cosine(name, self.distance)
         self._radians = check_degrees(name, margin)
         check_scale(name, scale)
         check_range(name, "sub_centers", sub_centers, low=1, integer=True)
