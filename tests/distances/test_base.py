@@ -240,3 +240,19 @@ def test_semantics_match_pml(name: str) -> None:
     assert torch.equal(ours.largest_dist(x, dim=0).indices, theirs.largest_dist(x, dim=0).indices)
     assert torch.allclose(ours.normalize(x), theirs.normalize(x), atol=1e-12)
     assert torch.allclose(ours.get_norm(x), theirs.get_norm(x), atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_normalize_equals_torch_normalize_with_zero_rows_in_value_and_gradient(p: int) -> None:
+    from dmlkit.distances import LpDistance
+
+    g = torch.Generator().manual_seed(p)
+    x = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    x[2] = 0  # a zero row: divided by eps, as torch.nn.functional.normalize does
+    weights = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    ours, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    out = LpDistance(p=p).normalize(ours)
+    assert torch.allclose(out, torch.nn.functional.normalize(theirs, p=p, dim=1))
+    (out * weights).sum().backward()
+    (torch.nn.functional.normalize(theirs, p=p, dim=1) * weights).sum().backward()
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-12)
