@@ -32,6 +32,8 @@ __all__ = [
     "reduce_pair_terms",
     "masked_hinge",
     "reduce_repeated",
+    "chunk_count",
+    "divide_by_count",
 ]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -204,6 +206,21 @@ def fused_reduction(reducer: BaseReducer) -> FusedReduction | None:
     return _FUSABLE.get(type(reducer))
 
 
+def chunk_count(values: Tensor, keep: Tensor | None, reduction: FusedReduction) -> int:
+    """How many of one chunk's terms ``reduction`` divides by: the positive values (non-zero mean), the kept
+    (or all) values (mean), none (sum). ``values`` outside ``keep`` must already be 0."""
+    if reduction is FusedReduction.NONZERO:
+        return int(torch.count_nonzero(values > 0))
+    if reduction is FusedReduction.MEAN:
+        return int(torch.count_nonzero(keep)) if keep is not None else values.numel()
+    return 0
+
+
+def divide_by_count(total: Tensor, count: int, reduction: FusedReduction) -> Tensor:
+    """The reduced value from a running sum and count (no division for a sum, nor when nothing counted)."""
+    return total / count if count and reduction is not FusedReduction.SUM else total
+
+
 def reduce_in_chunks(
     chunk_terms: Callable[[int], tuple[Tensor, Tensor | None]],
     num_chunks: int,
@@ -292,13 +309,10 @@ class _MaskedHinge(torch.autograd.Function):
             excess.clamp_min_(0)
             excess = torch.where(mask, excess, excess.new_zeros(()))
             total += excess.sum()
-            if reduction is FusedReduction.NONZERO:
-                count += int(torch.count_nonzero(excess))
-            elif reduction is FusedReduction.MEAN:
-                count += int(torch.count_nonzero(mask))
+            count += chunk_count(excess, mask, reduction)
         ctx.save_for_backward(mat, keep)
-        ctx.settings = (threshold, above, rows, count if reduction is not FusedReduction.SUM else 1)
-        return total / count if count else total
+        ctx.settings = (threshold, above, rows, count)
+        return divide_by_count(total, count, reduction)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:

@@ -12,7 +12,14 @@ from ..indices import label_masks, pair_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import FusedReduction, fused_reduction, pair_values, reduce_in_chunks
+from .functional import (
+    FusedReduction,
+    chunk_count,
+    divide_by_count,
+    fused_reduction,
+    pair_values,
+    reduce_in_chunks,
+)
 
 __all__ = ["TripletMarginLoss"]
 
@@ -205,12 +212,10 @@ class _ListedTripletMargin(torch.autograd.Function):
         for ap, an, _, _ in _listed_chunks(mat, a, p, n):
             values = _margin_values(ap, an, margin, sign, smooth)
             total += values.sum()
-            count += int((values > 0).sum()) if reduction is FusedReduction.NONZERO else values.numel()
+            count += chunk_count(values, None, reduction)
         ctx.save_for_backward(mat, a, p, n)
         ctx.settings = (margin, sign, smooth, reduction, count)
-        if reduction is FusedReduction.SUM:
-            return total
-        return total / count if count else total
+        return divide_by_count(total, count, reduction)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -219,10 +224,7 @@ class _ListedTripletMargin(torch.autograd.Function):
         scale = grad if reduction is FusedReduction.SUM or count == 0 else grad / count
         out = mat.new_zeros(mat.numel())
         for ap, an, ap_index, an_index in _listed_chunks(mat.detach(), a, p, n):
-            violation = margin - sign * (an - ap)
-            slope = torch.sigmoid(violation) if smooth else (violation > 0).to(mat.dtype)
-            if smooth and reduction is FusedReduction.NONZERO:
-                slope = slope * (F.softplus(violation) > 0)
+            slope = _margin_slope(margin - sign * (an - ap), smooth, reduction)
             slope *= scale * sign
             out.index_add_(0, ap_index, slope)
             out.index_add_(0, an_index, slope.neg_())
@@ -239,6 +241,17 @@ def _listed_chunks(mat: Tensor, a: Tensor, p: Tensor, n: Tensor) -> Iterator[tup
         an_index = ap_index + n[start:end]
         ap_index += p[start:end]
         yield flat.index_select(0, ap_index), flat.index_select(0, an_index), ap_index, an_index
+
+
+def _margin_slope(violation: Tensor, smooth: bool, reduction: FusedReduction) -> Tensor:
+    """``d loss / d violation``: the hinge's 0/1 step, or softplus's sigmoid (0 where a value underflows to 0
+    and the non-zero mean leaves it out)."""
+    if not smooth:
+        return (violation > 0).to(violation.dtype)
+    slope = torch.sigmoid(violation)
+    if reduction is FusedReduction.NONZERO:
+        slope *= F.softplus(violation) > 0
+    return slope
 
 
 def _margin_values(ap: Tensor, an: Tensor, margin: float, sign: float, smooth: bool) -> Tensor:
@@ -265,15 +278,10 @@ class _MaskedTripletMargin(torch.autograd.Function):
             values, keep = _block_values(mat, negative, block, margin, sign, smooth)
             values.mul_(keep)
             total += values.sum()
-            if reduction is FusedReduction.NONZERO:
-                count += int(torch.count_nonzero(values))
-            elif reduction is FusedReduction.MEAN:
-                count += int(torch.count_nonzero(keep))
+            count += chunk_count(values, keep, reduction)
         ctx.save_for_backward(mat, a, p, negative)
         ctx.settings = (settings, count)
-        if reduction is FusedReduction.SUM:
-            return total
-        return total / count if count else total
+        return divide_by_count(total, count, reduction)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -286,12 +294,7 @@ class _MaskedTripletMargin(torch.autograd.Function):
         detached = mat.detach()
         for block in _anchor_blocks(detached, a, p, rows):
             violation, keep = _block_violations(detached, negative, block, margin, sign)
-            if smooth:
-                slope = torch.sigmoid(violation)
-                if reduction is FusedReduction.NONZERO:
-                    slope *= F.softplus(violation) > 0
-            else:
-                slope = (violation > 0).to(mat.dtype)
+            slope = _margin_slope(violation, smooth, reduction)
             slope *= keep
             slope *= scale * sign
             start, anchors, positives = block
