@@ -66,12 +66,7 @@ class _EuclideanMatrix(torch.autograd.Function):
         x, y, mat = ctx.saved_tensors
         weights = grad / mat
         weights.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)  # d = 0: cdist's convention, a zero gradient
-        grad_x = grad_y = None
-        if ctx.needs_input_grad[0]:
-            grad_x = x * weights.sum(1, keepdim=True) - weights @ y
-        if ctx.needs_input_grad[1]:
-            grad_y = y * weights.sum(0).unsqueeze(1) - weights.T @ x
-        return grad_x, grad_y
+        return _pair_difference_gradients(ctx.needs_input_grad, weights, x, y)
 
 
 class _SquaredEuclideanMatrix(torch.autograd.Function):
@@ -86,9 +81,16 @@ class _SquaredEuclideanMatrix(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:  # type: ignore[override]
         x, y = ctx.saved_tensors
-        grad_x = grad_y = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (x * grad.sum(1, keepdim=True) - grad @ y).mul_(2)
-        if ctx.needs_input_grad[1]:
-            grad_y = (y * grad.sum(0).unsqueeze(1) - grad.T @ x).mul_(2)
-        return grad_x, grad_y
+        grad_x, grad_y = _pair_difference_gradients(ctx.needs_input_grad, grad, x, y)
+        # d(d^2) = 2 (x_i - y_j): scale the (rows, dim) results, not the (rows, rows) gradient
+        return (grad_x.mul_(2) if grad_x is not None else None), (grad_y.mul_(2) if grad_y is not None else None)
+
+
+def _pair_difference_gradients(
+    needed: tuple[bool, ...], weights: Tensor, x: Tensor, y: Tensor
+) -> tuple[Tensor | None, Tensor | None]:
+    """``(sum_j W_ij (x_i - y_j), sum_i W_ij (y_j - x_i))`` for every ``i`` and ``j``, as two matrix products:
+    ``x * W.sum(1) - W @ y`` and ``y * W.sum(0) - W.T @ x`` (``None`` where ``needed`` says no gradient)."""
+    grad_x = x * weights.sum(1, keepdim=True) - weights @ y if needed[0] else None
+    grad_y = y * weights.sum(0).unsqueeze(1) - weights.T @ x if needed[1] else None
+    return grad_x, grad_y
