@@ -120,11 +120,11 @@ def contrastive_terms(
 
 
 def _negative_mask(
-    mat: Tensor, label_masks: tuple[Tensor, Tensor] | None, indices_tuple: tuple[Tensor, ...] | None
+    mat: Tensor, masks: tuple[Tensor, Tensor] | None, indices_tuple: tuple[Tensor, ...] | None
 ) -> Tensor | None:
     """The negative pairs as a mask when that describes them exactly and pays off, else ``None``."""
     if indices_tuple is None:
-        return label_masks[1] if label_masks is not None else None
+        return masks[1] if masks is not None else None
     if len(indices_tuple) != 4 or indices_tuple[2].numel() * 8 < mat.numel():
         return None  # triplets list each (a, n) once per positive: repeats a mask cannot hold
     a2, n = indices_tuple[2], indices_tuple[3]
