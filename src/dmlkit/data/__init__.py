@@ -26,7 +26,7 @@ from .._validation import close_matches_hint, message
 from .digits import load_digits
 from .idx import FASHION_MNIST_CLASSES, Split, load_fashion_mnist, load_mnist, read_idx
 from .root import DATA_ENV_VAR, resolve_data_root
-from .splits import class_disjoint_split, split_by_classes
+from .splits import class_disjoint_kfold, class_disjoint_split, class_halves_split, split_by_classes
 from .views import noisy_view
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "DATASET_NAMES",
     "class_disjoint_split",
     "split_by_classes",
+    "class_halves_split",
+    "class_disjoint_kfold",
     "noisy_view",
     "read_idx",
     "load_mnist",

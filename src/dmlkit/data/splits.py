@@ -2,20 +2,23 @@
 
 Following Oh Song et al. (2016, "Deep Metric Learning via Lifted Structured Feature Embedding",
 arXiv:1511.06452), the classes of a data set are partitioned and retrieval is measured on classes the model
-never saw during training.
+never saw during training. Musgrave, Belongie and Lim (2020, "A Metric Learning Reality Check",
+arXiv:2003.08505) add validation without touching the test classes: the first half of the classes is for
+training and validation (:func:`class_halves_split`), cross-validated in class-disjoint folds
+(:func:`class_disjoint_kfold`), and the second half is kept for the final test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .._validation import check_labels, message
+from .._validation import check_labels, check_range, message
 
-__all__ = ["split_by_classes", "class_disjoint_split"]
+__all__ = ["split_by_classes", "class_disjoint_split", "class_halves_split", "class_disjoint_kfold"]
 
 
 def _as_labels(owner: str, labels: Any) -> Tensor:
@@ -115,6 +118,86 @@ def class_disjoint_split(
         test = _class_list(owner, "test_classes", test_classes)
     train_idx, test_idx = split_by_classes(tensor, [train, test])
     return train_idx, test_idx
+
+
+def class_halves_split(labels: Tensor | Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Indices of the first half of the classes (train + validation) and of the second half (test).
+
+    The split of Musgrave, Belongie and Lim (2020, arXiv:2003.08505): the distinct labels are sorted, the
+    first ``C // 2`` of the ``C`` classes go to training and validation, the other ``C - C // 2`` to the test
+    (with 37 classes, classes 1-18 and 19-37 when they are numbered from 1).
+
+    Args:
+        labels: 1-D integer labels of the whole data set, with at least two distinct classes.
+
+    Returns:
+        ``(trainval_indices, test_indices)``, 1-D ``int64`` tensors into ``labels``, in increasing order.
+
+    Raises:
+        ValueError: ``labels`` has fewer than two classes.
+
+    Example:
+        >>> trainval, test = class_halves_split(torch.tensor([5, 1, 2, 9, 1, 5]))
+        >>> trainval.tolist(), test.tolist()
+        ([1, 2, 4], [0, 3, 5])
+    """
+    owner = "class_halves_split"
+    tensor = _as_labels(owner, labels)
+    classes = torch.unique(tensor)
+    if classes.numel() < 2:
+        raise ValueError(message(owner, "labels", "labels of at least two classes", classes.tolist()))
+    first = torch.isin(tensor, classes[: classes.numel() // 2])
+    return torch.nonzero(first).flatten(), torch.nonzero(~first).flatten()
+
+
+def class_disjoint_kfold(
+    labels: Tensor | Sequence[int], n_splits: int = 4, *, seed: int | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """K-fold cross-validation in which each fold validates on classes it does not train on.
+
+    The protocol of Musgrave, Belongie and Lim (2020, "A Metric Learning Reality Check", arXiv:2003.08505,
+    four folds): the classes are partitioned into ``n_splits`` groups of sizes differing by at most one; fold
+    ``k`` validates on the samples of group ``k`` and trains on all the others. So the training and
+    validation classes of a fold are disjoint, every sample is validated exactly once, and every class in
+    exactly one fold.
+
+    Args:
+        labels: 1-D integer labels (typically of the train + validation half, see :func:`class_halves_split`).
+        n_splits: the number of folds, ``>= 2`` and at most the number of classes.
+        seed: None to group the sorted classes in contiguous runs (deterministic); an integer to shuffle the
+            classes with ``torch.Generator().manual_seed(seed)`` first.
+
+    Returns:
+        An iterator over ``n_splits`` pairs ``(train_indices, val_indices)`` of 1-D ``int64`` tensors into
+        ``labels``, in increasing order. The arguments are checked before the iterator is returned.
+
+    Raises:
+        ValueError: ``n_splits`` is below 2 or exceeds the number of classes.
+
+    Example:
+        >>> labels = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+        >>> [(train.tolist(), val.tolist()) for train, val in class_disjoint_kfold(labels, n_splits=2)]
+        [([2, 3, 6, 7], [0, 1, 4, 5]), ([0, 1, 4, 5], [2, 3, 6, 7])]
+    """
+    owner = "class_disjoint_kfold"
+    tensor = _as_labels(owner, labels)
+    check_range(owner, "n_splits", n_splits, low=2, integer=True)
+    if seed is not None:
+        check_range(owner, "seed", seed, integer=True)
+    classes = torch.unique(tensor)
+    if n_splits > classes.numel():
+        rule = f"at most the number of classes in `labels` ({classes.numel()})"
+        raise ValueError(message(owner, "n_splits", rule, n_splits))
+    if seed is not None:
+        classes = classes[torch.randperm(classes.numel(), generator=torch.Generator().manual_seed(seed))]
+    groups = torch.tensor_split(classes, n_splits)
+    return _folds(tensor, groups)
+
+
+def _folds(labels: Tensor, groups: tuple[Tensor, ...]) -> Iterator[tuple[Tensor, Tensor]]:
+    for group in groups:
+        held_out = torch.isin(labels, group)
+        yield torch.nonzero(~held_out).flatten(), torch.nonzero(held_out).flatten()
 
 
 def _describe_classes(classes: list[int]) -> str:
