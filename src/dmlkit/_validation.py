@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import torch
 
 __all__ = [
+    "at_least",
     "message",
     "check_range",
     "check_choice",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=enum.Enum)
+T = TypeVar("T")
 
 
 def message(owner: str, arg: str, rule: str, value: Any) -> str:
@@ -83,6 +85,17 @@ def check_range(
         raise ValueError(message(owner, arg, rule, value))
     if high is not None and (value > high or (not high_inclusive and value == high)):
         raise ValueError(message(owner, arg, rule, value))
+
+
+def at_least(owner: str, arg: str, value: T, low: float) -> T:
+    """``value`` after checking it is a number ``>= low`` (an integer when ``low`` is an int).
+
+    Example:
+        >>> at_least("Trainer", "batch_size", 8, 1)
+        8
+    """
+    check_range(owner, arg, value, low=low, integer=isinstance(low, int))
+    return value
 
 
 def close_matches_hint(name: str, candidates: Iterable[str]) -> str:

@@ -1,0 +1,684 @@
+"""The trainer: one loop for every training mode, with checkpoints that resume exactly.
+
+The mode (metric loss only, with a classifier, cascaded, two-stream, self-supervised, adversarial) is a
+:class:`~.steps.TrainingStep` plug-in; everything else (data loading, label mapping, mixed precision, loss
+weights, gradient clipping, optimizers, schedulers, frozen models, validation, early stopping, best-model
+tracking, checkpoints, logs, progress) is here once. The constructor takes PML's ``BaseTrainer`` arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import itertools
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from .._validation import at_least, close_matches_hint, message
+from ..errors import CorruptFileError
+from .run_folder import atomic_write
+from .steps import MetricLossStep, TrainingStep
+
+__all__ = ["Trainer", "Validation", "CheckpointMismatchError", "TRAINER_CHECKPOINT_VERSION"]
+
+_OWNER = "Trainer"
+#: the version of the files :meth:`Trainer.save_checkpoint` writes.
+TRAINER_CHECKPOINT_VERSION = 1
+_SCHEDULER_SUFFIXES = {
+    "iteration": "_scheduler_by_iteration",
+    "epoch": "_scheduler_by_epoch",
+    "plateau": "_scheduler_by_plateau",
+}
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that is readable but does not fit this trainer (other models, optimizers or shapes)."""
+
+
+class _Logger(Protocol):
+    def log(self, stream: str, record: Mapping[str, Any]) -> None: ...
+
+
+class Validation:
+    """Evaluation on a validation set after every ``every`` epochs, with early stopping and best-model tracking.
+
+    The validation embeddings are compared with themselves (each query's own entry excluded) by an
+    :class:`~dmlkit.evaluation.AccuracyCalculator`; ``metric`` is the one that decides the best epoch and
+    early stopping (MAP@R by default: Musgrave, Belongie and Lim, 2020, "A Metric Learning Reality Check",
+    arXiv:2003.08505).
+
+    Args:
+        dataset: the validation set, batches unpacked like the training batches.
+        metric: the metric to maximise; a key the calculator returns.
+        patience: stop after this many evaluations without improvement (None: never stop early).
+        every: evaluate after every ``every`` epochs, ``>= 1``.
+        calculator: the calculator (default: ``AccuracyCalculator(include=(metric, "precision_at_1",
+            "r_precision"), k="max_bin_count")``).
+        batch_size: embedding batch size.
+        min_delta: an improvement must exceed this, ``>= 0``.
+
+    Example:
+        >>> Validation(torch.utils.data.TensorDataset(torch.rand(4, 2), torch.tensor([0, 0, 1, 1]))).metric
+        'mean_average_precision_at_r'
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset[Any],
+        metric: str = "mean_average_precision_at_r",
+        patience: int | None = None,
+        every: int = 1,
+        calculator: Any = None,
+        batch_size: int = 256,
+        min_delta: float = 0.0,
+    ) -> None:
+        self.dataset = dataset
+        self.metric = metric
+        self.patience = None if patience is None else at_least("Validation", "patience", patience, 1)
+        self.every = at_least("Validation", "every", every, 1)
+        self.batch_size = at_least("Validation", "batch_size", batch_size, 1)
+        self.min_delta = at_least("Validation", "min_delta", min_delta, 0.0)
+        if calculator is None:
+            from ..evaluation import AccuracyCalculator
+
+            metrics = tuple(dict.fromkeys((metric, "precision_at_1", "r_precision", "mean_average_precision_at_r")))
+            calculator = AccuracyCalculator(include=metrics, k="max_bin_count")
+        self.calculator = calculator
+
+
+class Trainer:
+    """Trains an embedding network with metric (and classifier) losses; PML's trainer arguments, one class.
+
+    Dictionaries are keyed as in PML: ``models`` (``trunk``, ``embedder``, ``classifier``...),
+    ``optimizers`` (``<model or loss>_optimizer``), ``loss_funcs`` (``metric_loss``, ``classifier_loss``...),
+    ``mining_funcs`` (``tuple_miner``, ``subset_batch_miner``), ``lr_schedulers``
+    (``<model or loss>_scheduler_by_iteration`` / ``_by_epoch`` / ``_by_plateau``), ``gradient_clippers``
+    (``<name>_grad_clipper``: callables). The ``step`` decides the mode (default: metric loss only). Unknown
+    or missing keys raise ``KeyError`` naming the allowed ones.
+
+    Reproducibility and resuming: batches come from a loader whose sampler is re-seeded from ``(seed, epoch)``
+    at the start of every epoch (``set_epoch`` on samplers that have it; a seeded shuffle otherwise), and random
+    choices inside a step use :attr:`generator`. A checkpoint written at the end of an epoch holds the models,
+    optimizers, schedulers, losses (their parameters: proxies), the generator and torch's global random state,
+    the validation state and the history, so ``train(..., resume=path)`` after an interruption ends with the
+    same weights as an uninterrupted run.
+
+    Args:
+        models: ``nn.Module`` s by name; ``embedder`` defaults to the identity.
+        optimizers: optimizers by ``<name>_optimizer``.
+        batch_size: batch size of the training loader.
+        loss_funcs: losses by name.
+        dataset: the training set; items ``(data, label)`` (``label`` may be a row of hierarchy levels).
+        mining_funcs: miners by name.
+        iterations_per_epoch: batches per epoch (default: one pass of the loader).
+        data_device: device the batches are moved to (default: the trunk's device).
+        dtype: floating dtype the data are cast to (default: unchanged).
+        loss_weights: weight of each named loss (default 1); a loss of weight 0 is not computed.
+        sampler: a sampler of dataset indices (e.g. :class:`~dmlkit.samplers.MPerClassSampler`); default: a
+            seeded shuffle.
+        collate_fn: the loader's collate function.
+        lr_schedulers, gradient_clippers: see above.
+        freeze_these: names of models or losses that are not trained (no gradient, eval mode, no optimizer step).
+        freeze_trunk_batchnorm: keep the trunk's batch-norm layers in eval mode (running statistics frozen).
+        label_hierarchy_level: which column of 2-D labels to train on.
+        dataloader_num_workers: loader worker processes.
+        data_and_label_getter: ``batch -> (data, labels)`` (default: the step's own unpacking).
+        dataset_labels: all labels of the dataset; labels are then mapped to ``0..C-1`` in sorted order.
+        set_min_label_to_zero: map labels to ``0..C-1`` (from ``dataset_labels`` or from ``dataset.labels``).
+        end_of_iteration_hook: ``hook(trainer)`` after every iteration.
+        end_of_epoch_hook: ``hook(trainer)`` after every epoch; returning ``False`` stops training.
+        step: the training mode (:mod:`dmlkit.training.steps`).
+        validation: evaluation, early stopping and best-model tracking (:class:`Validation`).
+        max_grad_norm: clip the global gradient norm of all trained parameters to this value (None: off).
+        autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (``torch.bfloat16`` on
+            CPU, ``torch.float16`` on GPU); None: full precision.
+        seed: seeds the loader order, :attr:`generator` and torch's global generator at the first epoch.
+        checkpoint_dir: write ``last.pt`` after every epoch and ``best.pt`` at each validation improvement.
+        logger: receives ``log("train", record)`` per iteration and ``log("eval", record)`` per evaluation
+            (e.g. :class:`~dmlkit.training.logs.RunLogger`).
+        progress: show a tqdm progress bar with the loss and the throughput.
+
+    Example:
+        >>> from torch.utils.data import TensorDataset
+        >>> from dmlkit.losses import ContrastiveLoss
+        >>> data = TensorDataset(torch.randn(32, 4), torch.arange(4).repeat(8))
+        >>> trunk = torch.nn.Linear(4, 3)
+        >>> trainer = Trainer({"trunk": trunk}, {"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.1)},
+        ...                   batch_size=8, loss_funcs={"metric_loss": ContrastiveLoss()}, dataset=data,
+        ...                   progress=False)
+        >>> trainer.train(num_epochs=2)
+        >>> trainer.epoch, len(trainer.history)
+        (2, 8)
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, nn.Module],
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        batch_size: int,
+        loss_funcs: Mapping[str, nn.Module],
+        dataset: Dataset[Any],
+        mining_funcs: Mapping[str, Callable[..., Any]] | None = None,
+        iterations_per_epoch: int | None = None,
+        data_device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        loss_weights: Mapping[str, float] | None = None,
+        sampler: Sampler[int] | None = None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        lr_schedulers: Mapping[str, Any] | None = None,
+        gradient_clippers: Mapping[str, Callable[[], Any]] | None = None,
+        freeze_these: Sequence[str] = (),
+        freeze_trunk_batchnorm: bool = False,
+        label_hierarchy_level: int = 0,
+        dataloader_num_workers: int = 0,
+        data_and_label_getter: Callable[[Any], tuple[Any, Tensor]] | None = None,
+        dataset_labels: Sequence[int] | Tensor | np.ndarray | None = None,
+        set_min_label_to_zero: bool = False,
+        end_of_iteration_hook: Callable[[Trainer], Any] | None = None,
+        end_of_epoch_hook: Callable[[Trainer], Any] | None = None,
+        *,
+        step: TrainingStep | None = None,
+        validation: Validation | None = None,
+        max_grad_norm: float | None = None,
+        autocast_dtype: torch.dtype | None = None,
+        seed: int = 0,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        logger: _Logger | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.step: TrainingStep = MetricLossStep() if step is None else step
+        self.models: dict[str, nn.Module] = dict(models)
+        self.models.setdefault("embedder", nn.Identity())
+        self.optimizers = dict(optimizers)
+        self.loss_funcs: dict[str, nn.Module] = dict(loss_funcs)
+        self.mining_funcs: dict[str, Callable[..., Any]] = dict(mining_funcs or {})
+        self.lr_schedulers = dict(lr_schedulers or {})
+        self.gradient_clippers = dict(gradient_clippers or {})
+        self.batch_size = at_least(_OWNER, "batch_size", batch_size, 1)
+        self.dataset = dataset
+        self.iterations_per_epoch = iterations_per_epoch
+        if iterations_per_epoch is not None:
+            at_least(_OWNER, "iterations_per_epoch", iterations_per_epoch, 1)
+        self.dtype = dtype
+        self.sampler = sampler
+        self.collate_fn = collate_fn
+        self.freeze_these = tuple(freeze_these)
+        self.freeze_trunk_batchnorm = freeze_trunk_batchnorm
+        self.label_hierarchy_level = label_hierarchy_level
+        self.dataloader_num_workers = at_least(_OWNER, "dataloader_num_workers", dataloader_num_workers, 0)
+        self.data_and_label_getter = data_and_label_getter or self.step.unpack
+        self.end_of_iteration_hook = end_of_iteration_hook
+        self.end_of_epoch_hook = end_of_epoch_hook
+        self.validation = validation
+        self.max_grad_norm = None if max_grad_norm is None else at_least(_OWNER, "max_grad_norm", max_grad_norm, 0.0)
+        self.autocast_dtype = autocast_dtype
+        self.seed = at_least(_OWNER, "seed", seed, 0)
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.logger = logger
+        self.progress = progress
+        self._check_keys()
+        weights = {name: 1.0 for name in self.loss_names}
+        for name, value in (loss_weights or {}).items():
+            if name not in weights:
+                raise KeyError(f"Trainer: unknown loss_weights key {name!r}.{close_matches_hint(name, weights)} "
+                               f"Known: {', '.join(weights)}.")
+            weights[name] = float(value)
+        self.loss_weights = weights
+        self.data_device = torch.device(data_device) if data_device is not None else _device_of(self.models["trunk"])
+        self.label_map = _label_map(dataset, dataset_labels, set_min_label_to_zero, label_hierarchy_level)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.epoch = 0
+        self.iteration = 0
+        self.global_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.eval_history: list[dict[str, Any]] = []
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.evaluations_since_best = 0
+        self.stopped_early = False
+        self.losses: dict[str, float] = {}
+
+    # Set-up ----------------------------------------------------------------------------------------
+
+    @property
+    def loss_names(self) -> list[str]:
+        """Every loss this trainer weighs: the loss modules and the step's extra terms."""
+        return list(self.loss_funcs) + [n for n in self.step.extra_losses if n not in self.loss_funcs]
+
+    def _check_keys(self) -> None:
+        step = self.step
+        _check_dict("models", self.models, step.models, step.required_models)
+        _check_dict("loss_funcs", self.loss_funcs, step.losses, step.required_losses)
+        _check_dict("mining_funcs", self.mining_funcs, step.miners, ())
+        owners = list(self.models) + list(self.loss_funcs)
+        _check_dict("optimizers", self.optimizers, [f"{o}_optimizer" for o in owners], ())
+        _check_dict("gradient_clippers", self.gradient_clippers, [f"{o}_grad_clipper" for o in owners], ())
+        schedulers = [o + s for o in owners for s in _SCHEDULER_SUFFIXES.values()]
+        _check_dict("lr_schedulers", self.lr_schedulers, schedulers, ())
+        _check_dict("freeze_these", dict.fromkeys(self.freeze_these), owners, ())
+        for name, module in {**self.models, **self.loss_funcs}.items():
+            if not isinstance(module, nn.Module):
+                raise TypeError(message(_OWNER, name, "an nn.Module", type(module).__name__))
+
+    # Pieces a step calls ---------------------------------------------------------------------------
+
+    def weight_of(self, name: str) -> float:
+        """The current weight of loss ``name`` (0 for a loss this trainer does not have)."""
+        return self.loss_weights.get(name, 0.0)
+
+    def trunk_output(self, data: Any) -> Tensor:
+        """``models["trunk"](data)`` with the data moved to :attr:`data_device` and cast to :attr:`dtype`."""
+        data = data.to(self.data_device, dtype=self.dtype) if self.dtype is not None else data.to(self.data_device)
+        return self.models["trunk"](data)
+
+    def final_embeddings(self, trunk_output: Tensor) -> Tensor:
+        """``models["embedder"](trunk_output)``."""
+        return self.models["embedder"](trunk_output)
+
+    def compute_embeddings(self, data: Any) -> Tensor:
+        """The embeddings of a batch of data: trunk, then embedder."""
+        return self.final_embeddings(self.trunk_output(data))
+
+    def mine(self, name: str, embeddings: Tensor, labels: Tensor) -> Any:
+        """The tuples of miner ``name`` (None when there is no such miner)."""
+        miner = self.mining_funcs.get(name)
+        return None if miner is None else miner(embeddings, labels)
+
+    # The loop --------------------------------------------------------------------------------------
+
+    def train(self, start_epoch: int = 1, num_epochs: int = 1, resume: str | os.PathLike[str] | None = None) -> None:
+        """Train until epoch ``num_epochs`` (counted from 1), continuing from ``resume`` when given.
+
+        Args:
+            start_epoch: the first epoch to run (PML's argument; ignored when resuming: the checkpoint knows).
+            num_epochs: the last epoch to run.
+            resume: a checkpoint written by :meth:`save_checkpoint` (e.g. ``checkpoint_dir / "last.pt"``).
+        """
+        at_least(_OWNER, "num_epochs", num_epochs, 0)
+        if resume is not None:
+            self.load_checkpoint(resume)
+            start_epoch = self.epoch + 1
+        else:
+            at_least(_OWNER, "start_epoch", start_epoch, 1)
+            if start_epoch == 1:
+                torch.manual_seed(self.seed)
+        if self.stopped_early:
+            return
+        from tqdm.auto import tqdm
+
+        loader = self._loader()
+        if len(loader) == 0:
+            raise ValueError(
+                f"Trainer: the loader yields no batch (dataset of {len(self.dataset)} items, "  # type: ignore[arg-type]
+                f"batch_size {self.batch_size}, incomplete batches dropped); lower batch_size."
+            )
+        iterations = self.iterations_per_epoch or len(loader)
+        total_batches = max(0, num_epochs - start_epoch + 1) * iterations
+        bar = tqdm(total=total_batches, desc="train", unit="batch", disable=not self.progress)
+        with bar:
+            for epoch in range(start_epoch, num_epochs + 1):
+                self.epoch = epoch
+                self._set_to_train()
+                batches = self._batches(loader, epoch)
+                for iteration in range(iterations):
+                    self.iteration = iteration
+                    batch = next(batches)
+                    started = time.perf_counter()
+                    total, count = self._forward_backward(batch)
+                    self.global_step += 1
+                    record = {
+                        "step": self.global_step,
+                        "epoch": epoch,
+                        "loss": total,
+                        **self.losses,
+                        "samples_per_second": count / max(time.perf_counter() - started, 1e-9),
+                    }
+                    self.history.append(record)
+                    if self.logger is not None:
+                        self.logger.log("train", record)
+                    if self.end_of_iteration_hook is not None:
+                        self.end_of_iteration_hook(self)
+                    self._step_schedulers("iteration")
+                    bar.set_postfix(
+                        {"epoch": epoch, "loss": f"{total:.4f}", "samples/s": f"{record['samples_per_second']:.0f}"},
+                        refresh=False,
+                    )
+                    bar.update(1)
+                self._step_schedulers("epoch")
+                improved = self._maybe_validate(epoch)
+                if self.checkpoint_dir is not None:
+                    self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                    self.save_checkpoint(self.checkpoint_dir / "last.pt")
+                    if improved:
+                        self.save_checkpoint(self.checkpoint_dir / "best.pt")
+                stop_by_hook = self.end_of_epoch_hook is not None and self.end_of_epoch_hook(self) is False
+                if self.stopped_early or stop_by_hook:
+                    break
+
+    def _loader(self) -> DataLoader[Any]:
+        sampler = self.sampler if self.sampler is not None else RandomSampler(self.dataset, generator=torch.Generator())  # type: ignore[arg-type]
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.dataloader_num_workers,
+            collate_fn=self.collate_fn,
+        )
+
+    def _batches(self, loader: DataLoader[Any], epoch: int) -> Iterator[Any]:
+        """Batches of ``epoch``, the loader re-seeded from ``(seed, epoch, pass)`` before each pass over it."""
+        for pass_number in itertools.count():
+            order_seed = ((self.seed * 1_000_003 + epoch) * 1_000_033 + pass_number) % 2**31
+            sampler = loader.sampler
+            if isinstance(sampler, RandomSampler) and sampler.generator is not None:
+                sampler.generator.manual_seed(order_seed)
+            elif hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch if pass_number == 0 else order_seed)
+            yield from loader
+
+    def _forward_backward(self, batch: Any) -> tuple[float, int]:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        data, labels = self.data_and_label_getter(batch)
+        labels = self._process_labels(labels)
+        data, labels = self._subset_batch(data, labels)
+        frozen = self._frozen_now()
+        with self._autocast():
+            losses = self.step(self, data, labels)
+        total: Tensor | None = None
+        for name, value in losses.items():
+            weight = self.weight_of(name)
+            if weight > 0:
+                term = weight * value.float()
+                total = term if total is None else total + term
+        self.losses = {name: float(value.detach()) for name, value in losses.items()}
+        if total is None:
+            return 0.0, _batch_length(data)
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"Trainer: the loss is {float(total)} at epoch {self.epoch}, iteration {self.iteration} "
+                f"(terms: {self.losses}); lower the learning rate, check the data for NaN/Inf, or use max_grad_norm."
+            )
+        total.backward()
+        self._clip_gradients(frozen)
+        for name, optimizer in self.optimizers.items():
+            if name.removesuffix("_optimizer") not in frozen:
+                optimizer.step()
+        return float(total.detach()), _batch_length(data)
+
+    def _process_labels(self, labels: Any) -> Tensor:
+        labels = torch.as_tensor(labels)
+        if labels.ndim == 2:
+            labels = labels[:, self.label_hierarchy_level]
+        if self.label_map is not None:
+            labels = self.label_map(labels)
+        return labels.to(self.data_device)
+
+    def _subset_batch(self, data: Any, labels: Tensor) -> tuple[Any, Tensor]:
+        miner = self.mining_funcs.get("subset_batch_miner")
+        if miner is None:
+            return data, labels
+        with torch.no_grad():
+            self._set_to_eval()
+            idx = miner(self.compute_embeddings(data), labels)
+            self._set_to_train()
+        return data[idx], labels[idx]
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.data_device.type, dtype=self.autocast_dtype)
+
+    def _frozen_now(self) -> set[str]:
+        frozen = set(self.freeze_these)
+        frozen |= set(self.step.frozen_models(self.epoch))
+        for name, module in {**self.models, **self.loss_funcs}.items():
+            module.requires_grad_(name not in frozen)
+            if name in frozen:
+                module.eval()
+            else:
+                module.train()
+        self._freeze_batchnorm()
+        return frozen
+
+    def _clip_gradients(self, frozen: set[str]) -> None:
+        for clipper in self.gradient_clippers.values():
+            clipper()
+        if self.max_grad_norm is not None:
+            params = [
+                p
+                for name, module in {**self.models, **self.loss_funcs}.items()
+                if name not in frozen
+                for p in module.parameters()
+                if p.grad is not None
+            ]
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+
+    def _step_schedulers(self, when: str) -> None:
+        for name, scheduler in self.lr_schedulers.items():
+            if name.endswith(_SCHEDULER_SUFFIXES[when]):
+                scheduler.step()
+
+    def _set_to_train(self) -> None:
+        for name, module in {**self.models, **self.loss_funcs}.items():
+            module.train(name not in self.freeze_these)
+        self._freeze_batchnorm()
+
+    def _set_to_eval(self) -> None:
+        for module in {**self.models, **self.loss_funcs}.values():
+            module.eval()
+
+    def _freeze_batchnorm(self) -> None:
+        if self.freeze_trunk_batchnorm:
+            for layer in self.models["trunk"].modules():
+                if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                    layer.eval()
+
+    # Validation ------------------------------------------------------------------------------------
+
+    def embed(self, dataset: Dataset[Any], batch_size: int = 256) -> tuple[Tensor, Tensor]:
+        """``(embeddings, labels)`` of a dataset in eval mode without gradients; the models' modes are restored."""
+        modes = {name: module.training for name, module in self.models.items()}
+        self._set_to_eval()
+        parts, label_parts = [], []
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=self.collate_fn)
+        try:
+            with torch.no_grad(), self._autocast():
+                for batch in loader:
+                    data, labels = _pair_of(batch, self.data_and_label_getter)
+                    parts.append(self.compute_embeddings(data).float().cpu())
+                    label_parts.append(self._process_labels(labels).cpu())
+        finally:
+            for name, module in self.models.items():
+                module.train(modes[name])
+        return torch.cat(parts), torch.cat(label_parts)
+
+    def _maybe_validate(self, epoch: int) -> bool:
+        validation = self.validation
+        if validation is None or epoch % validation.every != 0:
+            return False
+        embeddings, labels = self.embed(validation.dataset, validation.batch_size)
+        metrics = validation.calculator.get_accuracy(embeddings, labels, ref_includes_query=True)
+        if validation.metric not in metrics:
+            raise KeyError(
+                f"Validation: the calculator returned no {validation.metric!r}; it returned {', '.join(metrics)}."
+            )
+        record = {"epoch": epoch, "step": self.global_step, "split": "val", **{k: float(v) for k, v in metrics.items()}}
+        self.eval_history.append(record)
+        if self.logger is not None:
+            self.logger.log("eval", record)
+        value = float(metrics[validation.metric])
+        for name, scheduler in self.lr_schedulers.items():
+            if name.endswith(_SCHEDULER_SUFFIXES["plateau"]):
+                scheduler.step(value)
+        if self.best_metric is None or value > self.best_metric + validation.min_delta:
+            self.best_metric, self.best_epoch, self.evaluations_since_best = value, epoch, 0
+            return True
+        self.evaluations_since_best += 1
+        if validation.patience is not None and self.evaluations_since_best >= validation.patience:
+            self.stopped_early = True
+        return False
+
+    # Checkpoints -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly after the current epoch."""
+        state_of = getattr(self.sampler, "state_dict", None)
+        sampler_state = state_of() if callable(state_of) else None
+        return {
+            "format_version": TRAINER_CHECKPOINT_VERSION,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "models": {k: v.state_dict() for k, v in self.models.items()},
+            "loss_funcs": {k: v.state_dict() for k, v in self.loss_funcs.items()},
+            "miners": {k: v.state_dict() for k, v in self.mining_funcs.items() if isinstance(v, nn.Module)},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "lr_schedulers": {k: v.state_dict() for k, v in self.lr_schedulers.items()},
+            "loss_weights": dict(self.loss_weights),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler": sampler_state,
+            "history": list(self.history),
+            "eval_history": list(self.eval_history),
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "evaluations_since_best": self.evaluations_since_best,
+            "stopped_early": self.stopped_early,
+        }
+
+    def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`state_dict` to ``path`` atomically (a temporary file, then a rename)."""
+        state = self.state_dict()
+        return atomic_write(path, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer.
+
+        Raises:
+            FileNotFoundError: no such file.
+            CorruptFileError: the file is truncated, corrupt, or not a trainer checkpoint of this version.
+            CheckpointMismatchError: the checkpoint holds other models, losses or optimizers, or other shapes
+                (then nothing is loaded when the names differ; after a shape error the trainer is partly
+                loaded and should be rebuilt).
+        """
+        raw = Path(path).read_bytes()
+        try:
+            state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        except Exception as exc:  # malformed bytes surface as many different exception types inside torch.load
+            raise CorruptFileError(
+                f"{path}: cannot read the trainer checkpoint; the file is truncated or corrupt ({len(raw)} bytes): "
+                f"{type(exc).__name__}"
+            ) from None
+        if not isinstance(state, dict) or "format_version" not in state or "models" not in state:
+            raise CorruptFileError(f"{path}: not a dmlkit trainer checkpoint.")
+        if state["format_version"] != TRAINER_CHECKPOINT_VERSION:
+            raise CorruptFileError(
+                f"{path}: trainer checkpoint format_version {state['format_version']!r} is not supported "
+                f"(this dmlkit reads version {TRAINER_CHECKPOINT_VERSION})."
+            )
+        groups = (
+            ("models", self.models),
+            ("loss_funcs", self.loss_funcs),
+            ("optimizers", self.optimizers),
+            ("lr_schedulers", self.lr_schedulers),
+        )
+        for group, owned in groups:
+            if set(state[group]) != set(owned):
+                raise CheckpointMismatchError(
+                    f"{path}: the checkpoint's {group} are {sorted(state[group])}, this trainer's are "
+                    f"{sorted(owned)}; build the trainer as it was when the checkpoint was written."
+                )
+        for group, owned in groups:
+            for name, obj in owned.items():
+                try:
+                    obj.load_state_dict(state[group][name])
+                except (RuntimeError, ValueError, KeyError) as exc:
+                    detail = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])
+                    raise CheckpointMismatchError(
+                        f"{path}: {group}[{name!r}] does not fit this trainer ({detail}); build the trainer as it "
+                        "was when the checkpoint was written."
+                    ) from None
+        for name, miner in self.mining_funcs.items():
+            if isinstance(miner, nn.Module) and name in state["miners"]:
+                miner.load_state_dict(state["miners"][name])
+        load_sampler = getattr(self.sampler, "load_state_dict", None)
+        if state["sampler"] is not None and callable(load_sampler):
+            load_sampler(state["sampler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.loss_weights = dict(state["loss_weights"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state["history"])
+        self.eval_history = list(state["eval_history"])
+        self.best_metric = state["best_metric"]
+        self.best_epoch = state["best_epoch"]
+        self.evaluations_since_best = int(state["evaluations_since_best"])
+        self.stopped_early = bool(state["stopped_early"])
+
+
+def _check_dict(group: str, given: Mapping[str, Any], allowed: Sequence[str], required: Sequence[str]) -> None:
+    for key in given:
+        if not any(fnmatch.fnmatchcase(key, pattern.replace("_*", "_[0-9]*")) for pattern in allowed):
+            names = ", ".join(allowed)
+            raise KeyError(f"Trainer: unknown {group} key {key!r}.{close_matches_hint(key, allowed)} Allowed: {names}.")
+    missing = [key for key in required if key not in given]
+    if missing:
+        raise KeyError(f"Trainer: {group} must include {', '.join(map(repr, missing))} for this training step.")
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _label_map(
+    dataset: Any, dataset_labels: Any, set_min_label_to_zero: bool, level: int
+) -> Callable[[Tensor], Tensor] | None:
+    """Map labels to ``0..C-1`` in sorted order when asked (PML's ``set_min_label_to_zero``/``dataset_labels``)."""
+    if dataset_labels is None and not set_min_label_to_zero:
+        return None
+    source = dataset_labels if dataset_labels is not None else getattr(dataset, "labels", None)
+    if source is None:
+        raise ValueError(
+            "Trainer: set_min_label_to_zero needs every label of the dataset: pass dataset_labels, or give the "
+            "dataset a `labels` attribute."
+        )
+    values = torch.as_tensor(np.asarray(source))
+    known = torch.unique(values[:, level] if values.ndim == 2 else values)
+
+    def mapped(labels: Tensor) -> Tensor:
+        position = torch.searchsorted(known, labels.cpu().contiguous())
+        position = position.clamp(max=len(known) - 1)
+        if not bool((known[position] == labels.cpu()).all()):
+            raise ValueError("Trainer: a batch holds a label missing from dataset_labels.")
+        return position.to(labels.device)
+
+    return mapped
+
+
+def _batch_length(data: Any) -> int:
+    if isinstance(data, Tensor):
+        return len(data)
+    if isinstance(data, (tuple, list)) and data and isinstance(data[0], Tensor):
+        return sum(len(part) for part in data)
+    return 0
+
+
+def _pair_of(batch: Any, getter: Callable[[Any], tuple[Any, Tensor]]) -> tuple[Any, Tensor]:
+    data, labels = getter(batch)
+    if isinstance(data, (tuple, list)):  # two-stream batches: validation embeds the first stream
+        data = data[0]
+    return data, labels
+
