@@ -42,6 +42,9 @@ class BaseSampler(Sampler[T_co]):
         self._entropy = seed if seed is not None else secrets.randbits(128)
         self._draws = 0
 
+    def __len__(self) -> int:
+        raise NotImplementedError
+
     @property
     def _owner(self) -> str:
         return type(self).__name__

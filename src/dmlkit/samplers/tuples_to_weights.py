@@ -177,7 +177,7 @@ class TuplesToWeightsSampler(BaseSampler[int]):
             subset = np.sort(rng.choice(size, size=self.subset_size, replace=False))
         else:
             subset = np.arange(size)
-        embeddings, labels = self._embed(subset)
+        embeddings, labels = self._embed(subset, int(rng.integers(2**63)))
         counts = self._count_mined(embeddings, labels)
         weights = np.zeros(size)
         weights[subset] = counts / counts.max() if counts.max() > 0 else 1.0
@@ -185,7 +185,7 @@ class TuplesToWeightsSampler(BaseSampler[int]):
         drawn = rng.choice(size, size=len(self), replace=True, p=weights / weights.sum())
         return iter(drawn.tolist())
 
-    def _embed(self, subset: np.ndarray) -> tuple[Tensor, Tensor]:
+    def _embed(self, subset: np.ndarray, loader_seed: int) -> tuple[Tensor, Tensor]:
         """Embeddings and labels of ``dataset[subset]``, computed in eval mode without gradients."""
         owner = self._owner
         device = self._device()
@@ -194,6 +194,8 @@ class TuplesToWeightsSampler(BaseSampler[int]):
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.dataloader_num_workers,
+            # the loader draws its workers' base seed from this generator, not from torch's global one
+            generator=torch.Generator().manual_seed(loader_seed),
         )
         chunks, label_chunks = [], []
         was_training = self.model.training
