@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -35,9 +32,3 @@ def test_load_dataset_by_name_and_unknown_name() -> None:
         KeyError, match=r"Unknown dataset 'digit'\. Did you mean 'digits'\? Known: digits, fashion_mnist, mnist\."
     ):
         load_dataset("digit")
-
-
-def test_importing_data_does_not_import_sklearn() -> None:
-    code = "import sys, dmlkit.data; print('sklearn' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from torch import Tensor
 
 from .._validation import close_matches_hint, message
+from . import transforms
 from .digits import load_digits
 from .idx import FASHION_MNIST_CLASSES, Split, load_fashion_mnist, load_mnist, read_idx
+from .images import IMAGE_EXTENSIONS, ImageCSVDataset, ImageFolderDataset, load_image
 from .root import DATA_ENV_VAR, resolve_data_root
 from .splits import class_disjoint_kfold, class_disjoint_split, class_halves_split, split_by_classes
 from .views import noisy_view
@@ -45,6 +47,11 @@ __all__ = [
     "Split",
     "DATA_ENV_VAR",
     "resolve_data_root",
+    "load_image",
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataset",
+    "ImageCSVDataset",
+    "transforms",
 ]
 
 _Root = str | os.PathLike[str] | None
