@@ -25,6 +25,7 @@ from torch import Tensor
 from .._validation import close_matches_hint, message
 from . import transforms
 from .digits import load_digits
+from .embeddings import EmbeddingDataset, load_embeddings
 from .idx import FASHION_MNIST_CLASSES, Split, load_fashion_mnist, load_mnist, read_idx
 from .images import IMAGE_EXTENSIONS, ImageCSVDataset, ImageFolderDataset, load_image
 from .root import DATA_ENV_VAR, resolve_data_root
@@ -52,6 +53,8 @@ __all__ = [
     "ImageFolderDataset",
     "ImageCSVDataset",
     "transforms",
+    "load_embeddings",
+    "EmbeddingDataset",
 ]
 
 _Root = str | os.PathLike[str] | None
