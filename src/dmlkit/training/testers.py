@@ -181,7 +181,7 @@ class _LabelRanks:
 
     def __call__(self, labels: Tensor) -> Tensor:
         if labels.shape[1] > len(self.tables):
-            rule = f"labels of at most {len(self.tables)} level(s), like `dataset_labels`"
+            rule = f"labelled with at most {len(self.tables)} level(s), like `dataset_labels`"
             raise ValueError(message(self.owner, "dataset", rule, Described(f"{labels.shape[1]} levels")))
         columns = []
         for h in range(labels.shape[1]):
@@ -190,8 +190,9 @@ class _LabelRanks:
             ranks = torch.searchsorted(table, column).clamp(max=table.shape[0] - 1)
             unknown = table[ranks] != column
             if bool(unknown.any()):
-                rule = f"holding every label of the data (level {h})"
-                raise ValueError(message(self.owner, "dataset_labels", rule, Described(f"no {column[unknown][0]!r}")))
+                rule = "a superset of the labels of the data, at every level"
+                value = Described(f"level {h} without label {column[unknown][0].item()!r}")
+                raise ValueError(message(self.owner, "dataset_labels", rule, value))
             columns.append(ranks)
         return torch.stack(columns, dim=1)
 
@@ -222,7 +223,9 @@ class BaseTester:
     * ``AVERAGE_{metric}`` keys average every key the calculator returned (so ``precision_at_{k}`` keys of
       ``at_k`` are averaged too);
     * ``set_min_label_to_zero=True`` without ``dataset_labels`` is rejected at construction;
-    * the returned ``all_accuracies`` is a plain ``dict``.
+    * the returned ``all_accuracies`` is a plain ``dict``; labels keep their dtype and stay on the device;
+    * ``visualizer_hook`` is the stored callable itself (pytorch-metric-learning wraps it in a method and
+      keeps the callable as ``original_visualizer_hook``).
 
     Args:
         normalize_embeddings: L2-normalise the embeddings (after PCA) before scoring.
