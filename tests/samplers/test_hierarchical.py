@@ -62,6 +62,7 @@ def test_batches_match_the_oracle(batch_size: int, samples_per_class: int, per_t
             if GROUP_SIZE[(sup, cls)] >= samples_per_class:
                 assert len(set(drawn)) == samples_per_class
     assert seen == Counter({combo: per_tuple for combo in expected})
+    assert sorted(sampler.super_pairs) == sorted(expected)
 
 
 @pytest.mark.parametrize(("batch_size", "supers"), [(20, 2), (30, 3), (10, 1)])

@@ -141,8 +141,10 @@ class HierarchicalSampler(BaseSampler[list[int]]):
         self.outer_label = outer_label
         self.sub_batch_len = share
         self.super_labels = super_values.tolist()
-        #: every combination of ``super_classes_per_batch`` super classes, as indices into ``super_labels``
-        self.super_pairs = np.array(list(itertools.combinations(range(num_super), super_classes_per_batch)))
+        combos = list(itertools.combinations(range(num_super), super_classes_per_batch))
+        #: every combination of ``super_classes_per_batch`` super class labels; each gets its own batches
+        self.super_pairs = [tuple(self.super_labels[i] for i in combo) for combo in combos]
+        self._combos = np.array(combos, dtype=np.int64)
         self._grouped = grouped
         self._sizes = sizes
         self._offsets = offsets
@@ -156,7 +158,7 @@ class HierarchicalSampler(BaseSampler[list[int]]):
         rng = self._generator()
         num_batches = len(self)
         # one row per (batch, super class of the batch): the share of that super class
-        row_super = np.repeat(self.super_pairs, self.batches_per_super_tuple, axis=0).reshape(-1)
+        row_super = np.repeat(self._combos, self.batches_per_super_tuple, axis=0).reshape(-1)
         row_batch = np.repeat(np.arange(num_batches), self.super_classes_per_batch)
         count = self._super_count[row_super]
         width = int(count.max())
