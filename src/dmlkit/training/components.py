@@ -24,6 +24,7 @@ from ..regularizers import REGULARIZERS
 
 __all__ = [
     "OPTIMIZERS",
+    "SCHEDULERS",
     "SUBCOMPONENTS",
     "accepted_params",
     "build_component",
@@ -44,6 +45,18 @@ OPTIMIZERS: Registry[torch.optim.Optimizer] = Registry(
     },
 )
 
+#: learning-rate schedulers; stepped once per epoch (``plateau``: on the validation metric, maximised).
+SCHEDULERS: Registry[Any] = Registry(
+    "scheduler",
+    {
+        "step": torch.optim.lr_scheduler.StepLR,
+        "multi_step": torch.optim.lr_scheduler.MultiStepLR,
+        "exponential": torch.optim.lr_scheduler.ExponentialLR,
+        "cosine": torch.optim.lr_scheduler.CosineAnnealingLR,
+        "plateau": torch.optim.lr_scheduler.ReduceLROnPlateau,
+    },
+)
+
 #: constructor arguments that are components themselves, and the registry their names come from.
 SUBCOMPONENTS: Mapping[str, Registry[Any]] = {
     "distance": DISTANCES,
@@ -52,10 +65,15 @@ SUBCOMPONENTS: Mapping[str, Registry[Any]] = {
 }
 
 #: the tables a top-level component name may come from, by configuration section.
-FAMILIES: Mapping[str, Registry[Any]] = {"loss": LOSSES, "miner": MINERS, "optimizer": OPTIMIZERS}
+FAMILIES: Mapping[str, Registry[Any]] = {
+    "loss": LOSSES,
+    "miner": MINERS,
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+}
 
 #: constructor arguments that cannot come from a text configuration (random generators, parameter lists).
-_NOT_CONFIGURABLE = frozenset({"generator", "params", "self"})
+_NOT_CONFIGURABLE = frozenset({"generator", "params", "self", "optimizer"})
 
 
 def accepted_params(cls: type) -> list[str]:

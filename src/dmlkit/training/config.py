@@ -39,6 +39,8 @@ __all__ = [
     "SamplerConfig",
     "InstanceConfig",
     "EvaluationConfig",
+    "ValidationConfig",
+    "OutputConfig",
     "TrainConfig",
     "parse_value",
     "parse_override",
@@ -68,21 +70,35 @@ class ComponentConfig:
 
 @dataclass
 class DataConfig:
-    """Which data set, and which of its classes are used for training and for testing (kept disjoint)."""
+    """Which data set, and which of its classes are used for training, validation and testing (all disjoint).
+
+    Data sets with an official train/test split (MNIST, Fashion-MNIST) take the training and validation
+    classes from the training split and the test classes from the test split. ``val_classes`` (empty: no
+    validation) are held out of training and used for early stopping and best-model selection, as in the
+    class-disjoint protocol of Musgrave, Belongie and Lim, 2020, arXiv:2003.08505. ``max_per_class`` keeps
+    the first that many samples of each class of each split (None: all), to fit a CPU budget.
+    """
 
     name: str = "digits"
+    root: str | None = None
     train_classes: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    val_classes: list[int] = field(default_factory=list)
     test_classes: list[int] = field(default_factory=lambda: [5, 6, 7, 8, 9])
+    max_per_class: int | None = None
 
 
 @dataclass
 class ModelConfig:
-    """The embedding network: an MLP with these hidden sizes and embedding size."""
+    """The embedding network: ``"mlp"`` (``hidden``, ``normalize``, ``batch_norm``), ``"cnn"`` (a small CNN
+    for 28x28 images; ``normalize`` and ``params``: ``channels``, ``hidden``) or the import path of any
+    ``nn.Module`` class (``"package.module:Class"``, built as ``Class(**params)``)."""
 
+    name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [128])
     embedding_size: int = 32
     normalize: bool = True
     batch_norm: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -116,6 +132,24 @@ class EvaluationConfig:
 
     distance: str = "euclidean"
     batch_size: int = 1024
+
+
+@dataclass
+class ValidationConfig:
+    """Evaluation on ``data.val_classes`` every ``every`` epochs: the best epoch by ``metric`` is kept, and
+    training stops after ``patience`` evaluations without improvement (null: never early)."""
+
+    metric: str = "mean_average_precision_at_r"
+    patience: int | None = None
+    every: int = 1
+
+
+@dataclass
+class OutputConfig:
+    """What a run folder receives besides config.json, metrics.json and the checkpoints."""
+
+    report: bool = True
+    tensorboard: bool = False
 
 
 def _component(family: str, default: ComponentConfig | None, optional: bool = False) -> Any:
@@ -163,9 +197,14 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
     optimizer: ComponentConfig = _component("optimizer", ComponentConfig("adam", {"lr": 0.0003}))
+    scheduler: ComponentConfig | None = _component("scheduler", None, optional=True)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
     epochs: int = 10
     iterations_per_epoch: int | None = None
+    max_grad_norm: float | None = None
+    autocast: str | None = None
     seed: int = 0
     device: str = "cpu"
     out_dir: str = "runs"
@@ -241,10 +280,32 @@ class TrainConfig:
         check_range(_OWNER, "epochs", self.epochs, low=1, integer=True)
         if self.iterations_per_epoch is not None:
             check_range(_OWNER, "iterations_per_epoch", self.iterations_per_epoch, low=1, integer=True)
-        for section in ("loss", "miner", "optimizer"):
+        self._validate_additions()
+        for section in ("loss", "miner", "optimizer", "scheduler"):
             component = getattr(self, section)
             if component is not None:
                 check_component(FAMILIES[section], component.name, component.params, section)
+
+    def _validate_additions(self) -> None:
+        data = self.data
+        taken = set(data.train_classes) | set(data.test_classes)
+        shared = sorted(set(data.val_classes) & taken)
+        if shared:
+            rule = f"disjoint from the training and test classes (shared: {shared})"
+            raise ValueError(message(_OWNER, "data.val_classes", rule, data.val_classes))
+        if data.max_per_class is not None:
+            check_range(_OWNER, "data.max_per_class", data.max_per_class, low=1, integer=True)
+        model = self.model.name
+        if model not in ("mlp", "cnn") and "." not in model and ":" not in model:
+            rule = '"mlp", "cnn" or an import path such as "package.module:Class"'
+            raise ValueError(message(_OWNER, "model.name", rule, model))
+        if self.validation.patience is not None:
+            check_range(_OWNER, "validation.patience", self.validation.patience, low=1, integer=True)
+        check_range(_OWNER, "validation.every", self.validation.every, low=1, integer=True)
+        if self.max_grad_norm is not None:
+            check_range(_OWNER, "max_grad_norm", self.max_grad_norm, low=0.0, low_inclusive=False)
+        if self.autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(message(_OWNER, "autocast", 'null, "bfloat16" or "float16"', self.autocast))
 
     # Editing ---------------------------------------------------------------------------------------
 
@@ -423,6 +484,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise TypeError(message(_OWNER, key, "a string", value))
+    if hint is dict or origin is dict:
+        if isinstance(value, Mapping):
+            return copy.deepcopy(dict(value))
+        raise TypeError(message(_OWNER, key, "a mapping", value))
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):

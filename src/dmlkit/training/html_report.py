@@ -38,7 +38,7 @@ import torch
 
 from .._validation import Described, message
 from ..errors import MissingDependencyError
-from .run_folder import atomic_write
+from .atomic import atomic_write
 
 __all__ = ["GALLERY_NEIGHBORS", "GALLERY_QUERIES", "MAP_MAX_POINTS", "write_html_report"]
 

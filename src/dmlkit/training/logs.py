@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from .._validation import message
 from ..errors import CorruptFileError, MissingDependencyError
-from .run_folder import atomic_write
+from .atomic import atomic_write
 
 __all__ = ["LogValue", "RunLogger", "TENSORBOARD_FOLDER"]
 

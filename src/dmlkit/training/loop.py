@@ -1,31 +1,36 @@
-"""The training loop: class-balanced batches, mining, a metric loss (plus an optional instance-discrimination
-term on two noisy views), and retrieval before and after training."""
+"""A configured training run: data, model, losses and optimizer from a :class:`TrainConfig`, trained by the
+:class:`~.trainer.Trainer`, with retrieval on the unseen test classes before and after training."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from ..data import class_disjoint_split, load_dataset, noisy_view
+from ..data import load_dataset, noisy_view, split_by_classes
 from ..evaluation import retrieval_metrics
 from ..losses import LOSSES
 from ..losses.ntxent import NTXentLoss
 from ..miners import MINERS
 from ..samplers import MPerClassSampler
 from ..types import Pairs
-from .components import OPTIMIZERS, accepted_params, build_component
+from .components import OPTIMIZERS, SCHEDULERS, accepted_params, build_component
 from .config import TrainConfig
-from .models import MLP
+from .models import build_model
+from .steps import TrainingStep
+from .trainer import Trainer, Validation
 
-__all__ = ["TrainResult", "embed", "evaluate", "train"]
+__all__ = ["TrainResult", "RunData", "embed", "evaluate", "load_run_data", "train"]
 
 #: the retrieval metrics reported before and after training, in report order.
 METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
+#: data sets with an official train/test split: test classes come from the test split.
+_SPLIT_DATASETS = ("mnist", "fashion_mnist")
 
 
 @dataclass
@@ -33,9 +38,10 @@ class TrainResult:
     """What :func:`train` produced.
 
     Attributes:
-        model: the trained embedding network (in eval mode).
+        model: the trained embedding network (in eval mode); the best epoch's weights when there is a
+            validation set.
         optimizer: its optimizer, with its state.
-        loss_fn: the loss module (it may hold learned parameters, e.g. proxies).
+        loss_fn: the metric loss module (it may hold learned parameters, e.g. proxies).
         before: retrieval metrics of the untrained model on the test classes.
         after: the same metrics after training.
         history: one entry per epoch: ``epoch``, mean ``loss`` (the total), mean ``instance_loss`` (the
@@ -43,6 +49,8 @@ class TrainResult:
             per batch (``None`` without a miner).
         raw_input: the same metrics on the input features themselves (no model), for context.
         num_train: training samples. num_test: test samples. seconds: wall time of the whole run.
+        trainer: the trainer (per-iteration ``history``, ``eval_history``, ``best_epoch``...).
+        test_embeddings: embeddings of the test set by the final model (for reports).
     """
 
     model: nn.Module
@@ -55,12 +63,27 @@ class TrainResult:
     num_test: int = 0
     seconds: float = 0.0
     raw_input: dict[str, float] = field(default_factory=dict)
+    trainer: Trainer | None = None
+    test_embeddings: Tensor | None = None
+
+
+@dataclass
+class RunData:
+    """The class-disjoint parts of a configured data set; training labels are mapped to ``0..C-1``."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
 
 
 def embed(model: nn.Module, features: Tensor, batch_size: int = 1024, device: str | torch.device = "cpu") -> Tensor:
     """Embeddings of ``features`` computed in eval mode without gradients; the model's mode is restored.
 
     Example:
+        >>> from dmlkit.training import MLP
         >>> model = MLP(4, hidden=(8,), out_features=2)
         >>> tuple(embed(model, torch.rand(10, 4), batch_size=3).shape)
         (10, 2)
@@ -99,13 +122,89 @@ def _retrieval(emb: Tensor, labels: Tensor, distance: str) -> dict[str, float]:
     return {key: float(metrics[key]) for key in METRICS}
 
 
-def train(config: TrainConfig | None = None, *, progress: bool = True) -> TrainResult:
+def load_run_data(config: TrainConfig) -> RunData:
+    """Load the configured data set and cut it into training, validation and test classes.
+
+    Example:
+        >>> parts = load_run_data(TrainConfig())
+        >>> sorted(set(parts.y_train.tolist())), len(parts.x_val), sorted(set(parts.y_test.tolist()))
+        ([0, 1, 2, 3, 4], 0, [5, 6, 7, 8, 9])
+    """
+    data = config.data
+    features, labels = load_dataset(data.name, root=data.root)
+    test_features, test_labels = features, labels
+    if data.name in _SPLIT_DATASETS:
+        test_features, test_labels = load_dataset(data.name, root=data.root, split="test")
+    train_idx = _capped(labels, data.train_classes, data.max_per_class)
+    val_idx = _capped(labels, data.val_classes, data.max_per_class) if data.val_classes else train_idx[:0]
+    test_idx = _capped(test_labels, data.test_classes, data.max_per_class)
+    # Losses with one weight per class (proxies, softmax heads) need labels 0..C-1.
+    train_classes = torch.tensor(sorted(set(data.train_classes)), dtype=labels.dtype)
+    return RunData(
+        x_train=features[train_idx],
+        y_train=torch.searchsorted(train_classes, labels[train_idx]),
+        x_val=features[val_idx],
+        y_val=labels[val_idx],
+        x_test=test_features[test_idx],
+        y_test=test_labels[test_idx],
+    )
+
+
+def _capped(labels: Tensor, classes: list[int], cap: int | None) -> Tensor:
+    """Indices of the samples of ``classes`` (in data order), at most ``cap`` per class (the first ones)."""
+    (idx,) = split_by_classes(labels, [classes])
+    if cap is None:
+        return idx
+    chosen = labels[idx]
+    order = torch.argsort(chosen, stable=True)
+    sorted_labels = chosen[order]
+    rank = torch.arange(len(order)) - torch.searchsorted(sorted_labels, sorted_labels)
+    return torch.sort(idx[order[rank < cap]]).values
+
+
+class _MetricWithInstanceStep(TrainingStep):
+    """The demo's step: the metric loss on a noisy view, plus NT-Xent between two noisy views of each sample."""
+
+    losses = ("metric_loss", "instance_loss")
+    miners = ("tuple_miner",)
+
+    def __init__(self, noise: float, low: float, high: float) -> None:
+        self.noise, self.low, self.high = noise, low, high
+        self.mined: dict[int, list[int]] = {}
+
+    def __call__(self, trainer: Trainer, data: Any, labels: Tensor) -> dict[str, Tensor]:
+        data = data.to(trainer.data_device)
+        instance = trainer.weight_of("instance_loss") > 0
+        view = self._view(data, trainer.generator) if instance else data
+        emb = trainer.compute_embeddings(view)
+        tuples = trainer.mine("tuple_miner", emb, labels)
+        if tuples is not None:
+            self.mined.setdefault(trainer.epoch, []).append(_count(tuples))
+        out = {"metric_loss": trainer.loss_funcs["metric_loss"](emb, labels, tuples)}
+        if instance:
+            second = trainer.compute_embeddings(self._view(data, trainer.generator))
+            # each sample's two views share a label that no other sample of the batch has
+            ids = torch.arange(len(data), device=emb.device).repeat(2)
+            out["instance_loss"] = trainer.loss_funcs["instance_loss"](torch.cat([emb, second]), ids)
+        return out
+
+    def _view(self, data: Tensor, generator: torch.Generator) -> Tensor:
+        return noisy_view(data, self.noise, generator=generator, low=self.low, high=self.high)
+
+
+def train(
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = True,
+    run_folder: str | Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Train an embedding network as ``config`` says and measure retrieval on the unseen test classes.
 
     The run is reproducible: the model's initialisation uses ``torch.manual_seed(config.seed)`` inside a
     forked random state (the caller's global generator is left untouched), ``MPerClassSampler`` draws
     batches from its own generator seeded with ``config.seed`` and the epoch, and the noise of the views
-    comes from a generator seeded with ``config.seed``.
+    comes from the trainer's generator seeded with ``config.seed``.
 
     With ``config.instance.weight > 0`` every batch is embedded twice, each time with fresh Gaussian pixel
     noise; the metric loss (and the miner) see the first view and ``weight * NTXentLoss`` treats the two views
@@ -113,120 +212,180 @@ def train(config: TrainConfig | None = None, *, progress: bool = True) -> TrainR
 
     Args:
         config: the configuration; the ``dmlkit train`` demo when None.
-        progress: show a progress bar with the loss and the number of mined tuples.
+        progress: show a progress bar with the loss and the throughput.
+        run_folder: where checkpoints (``last.pt``, ``best.pt``) and logs (``train``/``eval`` ``.jsonl`` and
+            ``.csv``) go; None: nowhere.
+        resume: continue from ``run_folder/last.pt`` (the logs are cut back to that epoch).
 
     Example:
         >>> result = train(TrainConfig().apply_overrides(["epochs=1", "iterations_per_epoch=2"]), progress=False)
         >>> sorted(result.after), len(result.history)
         (['mean_average_precision_at_r', 'precision_at_1', 'r_precision'], 1)
     """
-    from tqdm.auto import tqdm
-
     config = TrainConfig() if config is None else config
     config.validate()
+    if resume and run_folder is None:
+        raise ValueError("train: resume=True needs the run_folder that holds last.pt.")
     start = time.perf_counter()
     device = torch.device(config.device)
-    features, labels = load_dataset(config.data.name)
-    train_idx, test_idx = class_disjoint_split(labels, config.data.train_classes, config.data.test_classes)
-    x_train, x_test, y_test = features[train_idx], features[test_idx], labels[test_idx]
-    # Losses with one weight per class (proxies, softmax heads) need labels 0..C-1.
-    train_classes = torch.tensor(sorted(set(config.data.train_classes)), dtype=labels.dtype)
-    y_train = torch.searchsorted(train_classes, labels[train_idx])
+    parts = load_run_data(config)
     eval_kwargs: dict[str, Any] = {
         "distance": config.evaluation.distance,
         "batch_size": config.evaluation.batch_size,
         "device": device,
     }
-
+    num_classes = len(set(config.data.train_classes))
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        model = MLP(
-            x_train.shape[1],
-            hidden=config.model.hidden,
-            out_features=config.model.embedding_size,
-            normalize=config.model.normalize,
-            batch_norm=config.model.batch_norm,
-        ).to(device)
-        loss_fn = _build_loss(config, num_classes=len(train_classes)).to(device)
-        miner = None
-        if config.miner is not None:
-            miner = build_component(MINERS, config.miner.name, config.miner.params, "miner")
-        parameters = list(model.parameters()) + list(loss_fn.parameters())
-        optimizer = build_component(
-            OPTIMIZERS, config.optimizer.name, config.optimizer.params, "optimizer", params=parameters
-        )
-        before = evaluate(model, x_test, y_test, **eval_kwargs)
-        raw_input = _retrieval(x_test, y_test, config.evaluation.distance)
-        instance = config.instance
-        instance_loss = NTXentLoss(temperature=instance.temperature) if instance.weight > 0 else None
-        noise = torch.Generator(device=device).manual_seed(config.seed)
-        # noisy views stay within the range of the training features (pixel intensities, for images)
-        value_range = {"low": float(x_train.min()), "high": float(x_train.max())}
-
-        iterations = config.iterations_per_epoch or max(1, len(train_idx) // config.sampler.batch_size)
-        sampler = MPerClassSampler(
-            y_train,
-            m=config.sampler.m,
-            batch_size=config.sampler.batch_size,
-            length_before_new_iter=iterations * config.sampler.batch_size,
-            seed=config.seed,
-        )
-        loader = DataLoader(TensorDataset(x_train, y_train), batch_size=config.sampler.batch_size, sampler=sampler)
-        history: list[dict[str, Any]] = []
-        model.train()
-        with tqdm(total=config.epochs * iterations, desc="train", unit="batch", disable=not progress) as bar:
-            for epoch in range(config.epochs):
-                sampler.set_epoch(epoch)
-                losses: list[float] = []
-                instance_losses: list[float] = []
-                mined: list[int] = []
-                for x, y in loader:
-                    x, y = x.to(device), y.to(device)
-                    view = x
-                    if instance_loss is not None:
-                        view = noisy_view(x, instance.noise, generator=noise, **value_range)
-                    emb = model(view)
-                    tuples = None if miner is None else miner(emb, y)
-                    loss = loss_fn(emb, y, tuples)
-                    if instance_loss is not None:
-                        second = model(noisy_view(x, instance.noise, generator=noise, **value_range))
-                        # each sample's two views share a label that no other sample of the batch has
-                        ids = torch.arange(len(x), device=device).repeat(2)
-                        term = instance_loss(torch.cat([emb, second]), ids)
-                        instance_losses.append(float(term.detach()))
-                        loss = loss + instance.weight * term
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(float(loss.detach()))
-                    postfix: dict[str, Any] = {"epoch": epoch + 1, "loss": f"{losses[-1]:.4f}"}
-                    if tuples is not None:
-                        mined.append(_count(tuples))
-                        postfix["pairs" if isinstance(tuples, Pairs) else "triplets"] = mined[-1]
-                    bar.set_postfix(postfix, refresh=False)
-                    bar.update(1)
-                history.append(
-                    {
-                        "epoch": epoch + 1,
-                        "loss": sum(losses) / len(losses),
-                        "instance_loss": sum(instance_losses) / len(instance_losses) if instance_losses else None,
-                        "mined": sum(mined) / len(mined) if mined else None,
-                    }
-                )
-        after = evaluate(model, x_test, y_test, **eval_kwargs)
+        in_shape = parts.x_train.shape[1:]
+        model = build_model(config.model.name, in_shape, config.model.embedding_size, _model_params(config)).to(device)
+        loss_fn = _build_loss(config, num_classes=num_classes).to(device)
+        before = evaluate(model, parts.x_test, parts.y_test, **eval_kwargs)
+        raw_input = _retrieval(parts.x_test.flatten(1), parts.y_test, config.evaluation.distance)
+        trainer, step = _build_trainer(config, parts, model, loss_fn, device, progress, run_folder)
+        logger = trainer.logger
+        try:
+            if resume:
+                assert run_folder is not None
+                checkpoint = Path(run_folder) / "last.pt"
+                if not checkpoint.exists():
+                    raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from.")
+                epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+                if logger is not None:
+                    for stream in ("train", "eval"):
+                        logger.truncate(stream, lambda record, e=epoch: int(record.get("epoch", 0)) <= e)
+                trainer.train(num_epochs=config.epochs, resume=checkpoint)
+            else:
+                trainer.train(num_epochs=config.epochs)
+        finally:
+            if logger is not None:
+                logger.close()
+        if trainer.validation is not None and run_folder is not None and (Path(run_folder) / "best.pt").exists():
+            best = torch.load(Path(run_folder) / "best.pt", map_location=device, weights_only=True)
+            model.load_state_dict(best["models"]["trunk"])
+        test_embeddings = embed(model, parts.x_test, config.evaluation.batch_size, device)
+        after = _retrieval(test_embeddings, parts.y_test, config.evaluation.distance)
     model.eval()
     return TrainResult(
         model=model,
-        optimizer=optimizer,
+        optimizer=trainer.optimizers["trunk_optimizer"],
         loss_fn=loss_fn,
         before=before,
         after=after,
-        history=history,
-        num_train=len(train_idx),
-        num_test=len(test_idx),
+        history=_per_epoch(trainer.history, config.instance.weight > 0, step),
+        num_train=len(parts.x_train),
+        num_test=len(parts.x_test),
         seconds=time.perf_counter() - start,
         raw_input=raw_input,
+        trainer=trainer,
+        test_embeddings=test_embeddings,
     )
+
+
+def _model_params(config: TrainConfig) -> dict[str, Any]:
+    model = config.model
+    if model.name == "mlp":
+        return {"hidden": model.hidden, "normalize": model.normalize, "batch_norm": model.batch_norm, **model.params}
+    if model.name == "cnn":
+        return {"normalize": model.normalize, **model.params}
+    return dict(model.params)
+
+
+def _build_trainer(
+    config: TrainConfig,
+    parts: RunData,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    device: torch.device,
+    progress: bool,
+    run_folder: str | Path | None,
+) -> tuple[Trainer, _MetricWithInstanceStep]:
+    miners = {}
+    if config.miner is not None:
+        miners["tuple_miner"] = build_component(MINERS, config.miner.name, config.miner.params, "miner")
+    instance = config.instance
+    losses: dict[str, nn.Module] = {"metric_loss": loss_fn}
+    if instance.weight > 0:
+        losses["instance_loss"] = NTXentLoss(temperature=instance.temperature)
+    parameters = list(model.parameters()) + list(loss_fn.parameters())
+    optimizer = build_component(
+        OPTIMIZERS, config.optimizer.name, config.optimizer.params, "optimizer", params=parameters
+    )
+    schedulers = {}
+    if config.scheduler is not None:
+        params = dict(config.scheduler.params)
+        suffix = "_scheduler_by_epoch"
+        if config.scheduler.name == "plateau":
+            params.setdefault("mode", "max")  # the validation metric is maximised
+            suffix = "_scheduler_by_plateau"
+        schedulers["trunk" + suffix] = build_component(
+            SCHEDULERS, config.scheduler.name, params, "scheduler", optimizer=optimizer
+        )
+    iterations = config.iterations_per_epoch or max(1, len(parts.x_train) // config.sampler.batch_size)
+    sampler = MPerClassSampler(
+        parts.y_train,
+        m=config.sampler.m,
+        batch_size=config.sampler.batch_size,
+        length_before_new_iter=iterations * config.sampler.batch_size,
+        seed=config.seed,
+    )
+    validation = None
+    if len(parts.x_val):
+        v = config.validation
+        validation = Validation(
+            TensorDataset(parts.x_val, parts.y_val),
+            metric=v.metric,
+            patience=v.patience,
+            every=v.every,
+            batch_size=config.evaluation.batch_size,
+        )
+    logger = None
+    if run_folder is not None:
+        from .logs import RunLogger
+
+        logger = RunLogger(run_folder, tensorboard=config.output.tensorboard)
+    step = _MetricWithInstanceStep(instance.noise, float(parts.x_train.min()), float(parts.x_train.max()))
+    trainer = Trainer(
+        {"trunk": model},
+        {"trunk_optimizer": optimizer},
+        config.sampler.batch_size,
+        losses,
+        TensorDataset(parts.x_train, parts.y_train),
+        mining_funcs=miners,
+        iterations_per_epoch=iterations,
+        data_device=device,
+        loss_weights={"instance_loss": instance.weight} if instance.weight > 0 else None,
+        sampler=sampler,
+        lr_schedulers=schedulers,
+        step=step,
+        validation=validation,
+        max_grad_norm=config.max_grad_norm,
+        autocast_dtype=None if config.autocast is None else getattr(torch, config.autocast),
+        seed=config.seed,
+        checkpoint_dir=run_folder,
+        logger=logger,
+        progress=progress,
+    )
+    return trainer, step
+
+
+def _per_epoch(records: list[dict[str, Any]], instance: bool, step: _MetricWithInstanceStep) -> list[dict[str, Any]]:
+    """Mean loss, instance term and mined tuples of each epoch, from per-iteration records."""
+    epochs: dict[int, list[dict[str, Any]]] = {}
+    for record in records:
+        epochs.setdefault(int(record["epoch"]), []).append(record)
+    out = []
+    for epoch, rows in sorted(epochs.items()):
+        counts = step.mined.get(epoch)  # None for epochs run before a resume, or without a miner
+        out.append(
+            {
+                "epoch": epoch,
+                "loss": sum(r["loss"] for r in rows) / len(rows),
+                "instance_loss": sum(r["instance_loss"] for r in rows) / len(rows) if instance else None,
+                "mined": sum(counts) / len(counts) if counts else None,
+            }
+        )
+    return out
 
 
 def _build_loss(config: TrainConfig, num_classes: int) -> nn.Module:

@@ -12,14 +12,14 @@ import io
 import json
 import os
 import platform
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from ..errors import CorruptFileError
+from .atomic import atomic_write
 from .config import FORMAT_VERSION, TrainConfig
 from .loop import TrainResult
 from .models import MLP
@@ -38,35 +38,6 @@ __all__ = [
 
 #: the entries every checkpoint holds.
 CHECKPOINT_KEYS = ("format_version", "model_state", "optimizer_state", "config", "model_args")
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then move it onto ``path`` in one step.
-
-    On any error the temporary file is removed and ``path`` is left as it was.
-
-    Example:
-        >>> import tempfile, os
-        >>> folder = tempfile.mkdtemp()
-        >>> _ = atomic_write(os.path.join(folder, "a.txt"), lambda f: f.write(b"hello"))
-        >>> os.listdir(folder)
-        ['a.txt']
-    """
-    target = Path(path)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        # mkstemp creates the file readable by its owner only; a result file is as readable as any other.
-        os.chmod(tmp_name, 0o644)
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return target
 
 
 def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:

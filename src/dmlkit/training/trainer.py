@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from .._validation import at_least, close_matches_hint, message
 from ..errors import CorruptFileError
-from .run_folder import atomic_write
+from .atomic import atomic_write
 from .steps import MetricLossStep, TrainingStep
 
 __all__ = ["Trainer", "Validation", "CheckpointMismatchError", "TRAINER_CHECKPOINT_VERSION"]
