@@ -30,6 +30,7 @@ from .idx import FASHION_MNIST_CLASSES, Split, load_fashion_mnist, load_mnist, r
 from .images import IMAGE_EXTENSIONS, ImageCSVDataset, ImageFolderDataset, load_image
 from .root import DATA_ENV_VAR, resolve_data_root
 from .splits import class_disjoint_kfold, class_disjoint_split, class_halves_split, split_by_classes
+from .text_pairs import TextPair, TextPairDataset, load_sts_benchmark, read_text_pairs
 from .views import noisy_view
 
 __all__ = [
@@ -55,6 +56,10 @@ __all__ = [
     "transforms",
     "load_embeddings",
     "EmbeddingDataset",
+    "TextPair",
+    "TextPairDataset",
+    "read_text_pairs",
+    "load_sts_benchmark",
 ]
 
 _Root = str | os.PathLike[str] | None
