@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +19,11 @@ def test_train_end_to_end_writes_the_run_folder(tmp_path: Path, capsys: pytest.C
     out = capsys.readouterr().out
     assert code == 0
     folder = tmp_path / "runs" / "smoke"
-    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint.pt", "config.json", "metrics.json"]
+    written = {p.name for p in folder.iterdir()}
+    assert {"checkpoint.pt", "config.json", "metrics.json", "last.pt", "train.jsonl", "train.csv"} <= written
+    assert not any(name.startswith(".") for name in written)  # no temporary files left behind
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert "report.html" in written
     assert f"Run folder: {folder}" in out
     lines = out.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("metric"))
@@ -116,3 +121,38 @@ def test_python_dash_m_help() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("usage: dmlkit train [-h] [--set KEY=VALUE]")
     assert "--quiet" in out.stdout and "CONFIG" in out.stdout
+
+
+def test_resume_continues_an_interrupted_run_exactly(tmp_path: Path) -> None:
+    common = ["--set", "iterations_per_epoch=3", "--set", "model.hidden=[16]", "--set", "output.report=false", "--quiet"]
+    assert main(["train", *common, "--set", "epochs=3", "--out", str(tmp_path), "--name", "full"]) == 0
+    assert main(["train", *common, "--set", "epochs=1", "--out", str(tmp_path), "--name", "part"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "part"), "--set", "epochs=3", "--quiet"]) == 0
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    part = json.loads((tmp_path / "part" / "metrics.json").read_text())
+    assert part["after"] == full["after"]
+    assert [h["loss"] for h in part["history"]] == [h["loss"] for h in full["history"]]
+    lines = (tmp_path / "part" / "train.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 10))
+
+
+def test_resume_without_a_checkpoint_and_with_a_config_fail_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--resume", str(tmp_path), "--quiet"]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert main(["train", "some.json", "--resume", str(tmp_path), "--quiet"]) == 2
+    assert "give no CONFIG" in capsys.readouterr().err
+
+
+def test_embed_writes_embeddings_and_labels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    assert main(["train", *TINY, "--set", "output.report=false", "--out", str(tmp_path), "--name", "r", "--quiet"]) == 0
+    out = tmp_path / "emb"
+    assert main(["embed", str(tmp_path / "r" / "checkpoint.pt"), str(out), "--classes", "5", "6"]) == 0
+    embeddings, labels = np.load(f"{out}.npy"), np.load(f"{out}.labels.npy")
+    assert embeddings.shape == (len(labels), 32) and set(labels.tolist()) == {5, 6}
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1, rtol=1e-5)  # the demo model normalises
+    assert main(["embed", str(tmp_path / "missing.pt"), str(out)]) == 2
+    assert "dmlkit embed: error:" in capsys.readouterr().err

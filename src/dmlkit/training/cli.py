@@ -1,6 +1,8 @@
 """The ``dmlkit`` command line.
 
-* ``dmlkit train [CONFIG] [--set key=value ...] [--out DIR] [--name NAME] [--quiet]``
+* ``dmlkit train [CONFIG] [--set key=value ...] [--out DIR] [--name NAME] [--resume RUN_FOLDER] [--quiet]``
+* ``dmlkit embed CHECKPOINT OUT [--data NAME] [--split test] [--classes ...]``: embeddings (and labels) of a
+  data set by a trained model, as ``.npy`` files.
 * ``dmlkit eval QUERY QUERY_LABELS [--reference R --reference-labels RL] [--k K] [--json OUT] ...``: the
   :class:`~dmlkit.evaluation.AccuracyCalculator` metrics of saved embeddings (``.npy`` or ``.pt``).
 
@@ -50,8 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", metavar="DIR", help="parent folder of the run folder (default: runs)")
     train.add_argument("--name", metavar="NAME", help="run folder name (default: the current time)")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_FOLDER",
+        help="continue an interrupted run from RUN_FOLDER/last.pt with RUN_FOLDER/config.json (and --set overrides)",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_eval_parser(commands)
+    _add_embed_parser(commands)
     return parser
 
 
@@ -98,6 +106,24 @@ def _add_eval_parser(commands: Any) -> None:
     evaluate.add_argument("--json", metavar="OUT", help="also write the metrics to this JSON file (atomically)")
 
 
+def _add_embed_parser(commands: Any) -> None:
+    embed = commands.add_parser(
+        "embed",
+        help="embed a data set with a trained model",
+        description=(
+            "Embed a data set with the model of a run folder's checkpoint.pt and write OUT.npy (embeddings) "
+            "and OUT.labels.npy (labels). The data set defaults to the one the run trained on."
+        ),
+    )
+    embed.add_argument("checkpoint", metavar="CHECKPOINT", help="a run folder's checkpoint.pt")
+    embed.add_argument("out", metavar="OUT", help="output path prefix, e.g. emb (writes emb.npy, emb.labels.npy)")
+    embed.add_argument("--data", metavar="NAME", help="data set name (default: the run's)")
+    embed.add_argument("--root", metavar="DIR", help="data folder for file-based data sets")
+    embed.add_argument("--split", default=None, help="train or test, for data sets with official splits")
+    embed.add_argument("--classes", type=int, nargs="+", default=None, metavar="C", help="only these classes")
+    embed.add_argument("--batch-size", type=int, default=1024, help="embedding batch size")
+
+
 def load_config_file(path: str | Path) -> TrainConfig:
     """Read a configuration from ``.json``, or ``.yaml``/``.yml`` when PyYAML is installed.
 
@@ -139,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _train(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "embed":
+        return _embed(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover - argparse rejects others
 
 
@@ -148,8 +176,17 @@ def _error(text: str, command: str = "train") -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .run_folder import create_run_folder, load_json, save_run, write_json
+
+    resume = Path(args.resume) if args.resume is not None else None
     try:
-        config = TrainConfig() if args.config is None else load_config_file(args.config)
+        if resume is not None:
+            if args.config is not None:
+                raise ValueError("--resume reads RUN_FOLDER/config.json; give no CONFIG (use --set to change values).")
+            saved = load_json(resume / "config.json")
+            config = TrainConfig.from_dict(saved)
+        else:
+            config = TrainConfig() if args.config is None else load_config_file(args.config)
         extra = [f"out_dir={json.dumps(args.out)}"] if args.out is not None else []
         extra += [f"run_name={json.dumps(args.name)}"] if args.name is not None else []
         config = config.apply_overrides([*args.overrides, *extra])
@@ -160,7 +197,6 @@ def _train(args: argparse.Namespace) -> int:
 
     from .loop import train
     from .report import format_raw_input, format_report
-    from .run_folder import create_run_folder, save_run
 
     if not args.quiet:
         data = config.data
@@ -168,9 +204,15 @@ def _train(args: argparse.Namespace) -> int:
             f"Training on {data.name} classes {_classes(data.train_classes)}; "
             f"testing on the unseen classes {_classes(data.test_classes)}."
         )
-    result = train(config, progress=not args.quiet)
-    folder = create_run_folder(config.out_dir, config.run_name)
+    folder = resume if resume is not None else create_run_folder(config.out_dir, config.run_name)
+    write_json(folder / "config.json", config.to_dict())
+    try:
+        result = train(config, progress=not args.quiet, run_folder=folder, resume=resume is not None)
+    except (OSError, ValueError, CorruptFileError) as exc:
+        return _error(str(exc))
     save_run(folder, config, result)
+    if config.output.report:
+        _write_report(folder, config, result)
     title = (
         f"Retrieval on the unseen classes {_classes(config.data.test_classes)} "
         f"({result.num_test} samples; {result.seconds:.1f} s):"
@@ -178,6 +220,75 @@ def _train(args: argparse.Namespace) -> int:
     print(format_report(result.before, result.after, title=title))
     print(format_raw_input(result.raw_input))
     print(f"Run folder: {folder}")
+    return 0
+
+
+def _write_report(folder: Path, config: TrainConfig, result: Any) -> None:
+    """Write report.html into the run folder; a missing plotting library only skips it, with a note."""
+    from .html_report import write_html_report
+    from .loop import load_run_data
+
+    parts = load_run_data(config)
+    images = parts.x_test.reshape(-1, 8, 8) if config.data.name == "digits" else None
+    if images is None and parts.x_test.ndim >= 3:
+        images = parts.x_test
+    trainer = result.trainer
+    summary = {
+        "before": result.before,
+        "after": result.after,
+        "raw input": result.raw_input,
+        "data": config.data.name,
+        "loss": config.loss.name,
+        "miner": None if config.miner is None else config.miner.name,
+        "epochs": trainer.epoch if trainer is not None else config.epochs,
+        "best epoch": None if trainer is None else trainer.best_epoch,
+        "seconds": round(result.seconds, 1),
+    }
+    try:
+        write_html_report(
+            folder / "report.html",
+            train_records=[] if trainer is None else trainer.history,
+            eval_records=[] if trainer is None else trainer.eval_history,
+            embeddings=result.test_embeddings,
+            labels=parts.y_test,
+            images=images,
+            title=f"dmlkit run {folder.name}",
+            summary=summary,
+            seed=config.seed,
+        )
+    except MissingDependencyError as exc:
+        print(f"No report.html: {exc}", file=sys.stderr)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..data import load_dataset, split_by_classes
+    from .loop import embed
+    from .run_folder import load_checkpoint, model_from_checkpoint
+
+    try:
+        checkpoint = load_checkpoint(args.checkpoint)
+        config = TrainConfig.from_dict(checkpoint["config"])
+        name = args.data or config.data.name
+        root = args.root if args.root is not None else config.data.root
+        features, labels = load_dataset(name, root=root, split=args.split)
+        if args.classes is not None:
+            (idx,) = split_by_classes(labels, [args.classes])
+            features, labels = features[idx], labels[idx]
+        model = model_from_checkpoint(checkpoint)
+        embeddings = embed(model, features, batch_size=args.batch_size)
+    except KeyError as exc:
+        return _error(str(exc.args[0]) if exc.args else "unknown key", "embed")
+    except (OSError, ValueError, TypeError, RuntimeError, CorruptFileError, MissingDependencyError) as exc:
+        return _error(str(exc), "embed")
+    from .atomic import atomic_write
+
+    prefix = str(args.out).removesuffix(".npy")
+    for path, array in ((f"{prefix}.npy", embeddings), (f"{prefix}.labels.npy", labels)):
+        atomic_write(path, lambda f, a=array: np.save(f, torch.as_tensor(a).numpy()))
+    print(f"Wrote {prefix}.npy {tuple(embeddings.shape)} and {prefix}.labels.npy ({len(labels)} labels).")
     return 0
 
 

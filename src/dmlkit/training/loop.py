@@ -25,7 +25,7 @@ from .models import build_model
 from .steps import TrainingStep
 from .trainer import Trainer, Validation
 
-__all__ = ["TrainResult", "RunData", "embed", "evaluate", "load_run_data", "train"]
+__all__ = ["TrainResult", "RunData", "embed", "evaluate", "load_run_data", "model_spec", "train"]
 
 #: the retrieval metrics reported before and after training, in report order.
 METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
@@ -51,6 +51,7 @@ class TrainResult:
         num_train: training samples. num_test: test samples. seconds: wall time of the whole run.
         trainer: the trainer (per-iteration ``history``, ``eval_history``, ``best_epoch``...).
         test_embeddings: embeddings of the test set by the final model (for reports).
+        num_input_shape: the shape of one input sample (rebuilds the model from a checkpoint).
     """
 
     model: nn.Module
@@ -65,6 +66,7 @@ class TrainResult:
     raw_input: dict[str, float] = field(default_factory=dict)
     trainer: Trainer | None = None
     test_embeddings: Tensor | None = None
+    num_input_shape: tuple[int, ...] = ()
 
 
 @dataclass
@@ -237,8 +239,8 @@ def train(
     num_classes = len(set(config.data.train_classes))
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        in_shape = parts.x_train.shape[1:]
-        model = build_model(config.model.name, in_shape, config.model.embedding_size, _model_params(config)).to(device)
+        spec = model_spec(config, tuple(parts.x_train.shape[1:]))
+        model = build_model(spec["name"], spec["in_shape"], spec["embedding_size"], spec["params"]).to(device)
         loss_fn = _build_loss(config, num_classes=num_classes).to(device)
         before = evaluate(model, parts.x_test, parts.y_test, **eval_kwargs)
         raw_input = _retrieval(parts.x_test.flatten(1), parts.y_test, config.evaluation.distance)
@@ -279,16 +281,26 @@ def train(
         raw_input=raw_input,
         trainer=trainer,
         test_embeddings=test_embeddings,
+        num_input_shape=tuple(parts.x_train.shape[1:]),
     )
 
 
-def _model_params(config: TrainConfig) -> dict[str, Any]:
+def model_spec(config: TrainConfig, in_shape: tuple[int, ...]) -> dict[str, Any]:
+    """:func:`~dmlkit.training.models.build_model`'s arguments for the configured model and input shape.
+
+    Example:
+        >>> model_spec(TrainConfig(), (64,))["params"]
+        {'hidden': [128], 'normalize': True, 'batch_norm': False}
+    """
     model = config.model
     if model.name == "mlp":
-        return {"hidden": model.hidden, "normalize": model.normalize, "batch_norm": model.batch_norm, **model.params}
-    if model.name == "cnn":
-        return {"normalize": model.normalize, **model.params}
-    return dict(model.params)
+        params = {"hidden": list(model.hidden), "normalize": model.normalize, "batch_norm": model.batch_norm}
+    elif model.name == "cnn":
+        params = {"normalize": model.normalize}
+    else:
+        params = {}
+    params.update(model.params)
+    return {"name": model.name, "in_shape": list(in_shape), "embedding_size": model.embedding_size, "params": params}
 
 
 def _build_trainer(

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import CorruptFileError
 from .atomic import atomic_write
 from .config import FORMAT_VERSION, TrainConfig
 from .loop import TrainResult
-from .models import MLP
+from .models import MLP, build_model
 
 __all__ = [
     "CHECKPOINT_KEYS",
@@ -83,21 +84,12 @@ def create_run_folder(out_dir: str | os.PathLike[str], name: str | None = None) 
 
 def save_checkpoint(path: str | os.PathLike[str], result: TrainResult, config: TrainConfig) -> Path:
     """Write the model and optimizer state, the resolved configuration and the model's arguments."""
-    model = result.model
-    model_args = (
-        {
-            "in_features": model.in_features,
-            "hidden": list(model.hidden),
-            "out_features": model.out_features,
-            "normalize": model.normalize,
-            "batch_norm": model.batch_norm,
-        }
-        if isinstance(model, MLP)
-        else {}
-    )
+    from .loop import model_spec
+
+    model_args = model_spec(config, result.num_input_shape)
     checkpoint = {
         "format_version": FORMAT_VERSION,
-        "model_state": model.state_dict(),
+        "model_state": result.model.state_dict(),
         "optimizer_state": result.optimizer.state_dict(),
         "loss_state": result.loss_fn.state_dict(),
         "config": config.to_dict(),
@@ -130,9 +122,17 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> MLP:
-    """Rebuild the trained :class:`MLP` (in eval mode) from a loaded checkpoint."""
-    model = MLP(**checkpoint["model_args"])
+def model_from_checkpoint(checkpoint: Mapping[str, Any]) -> nn.Module:
+    """Rebuild the trained embedding network (in eval mode) from a loaded checkpoint.
+
+    ``model_args`` holds :func:`~dmlkit.training.models.build_model`'s arguments (``name``, ``in_shape``,
+    ``embedding_size``, ``params``); checkpoints of earlier releases hold an :class:`MLP`'s arguments.
+    """
+    args = checkpoint["model_args"]
+    if "name" in args:
+        model = build_model(args["name"], args["in_shape"], args["embedding_size"], args["params"])
+    else:
+        model = MLP(**args)
     model.load_state_dict(checkpoint["model_state"])
     return model.eval()
 
