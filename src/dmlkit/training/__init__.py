@@ -1,21 +1,72 @@
-"""Training pipeline (layer 5): configuration, embedding models, the training loop, run folders and the CLI.
+"""Training pipeline (layer 5): the trainer and its modes, testers, configuration, models, logs, reports and the CLI.
 
-``dmlkit train`` runs :func:`train` on the embedded :class:`TrainConfig` default and writes a run folder.
+``dmlkit train`` runs :func:`~dmlkit.training.loop.train` on the embedded :class:`TrainConfig` default and writes a
+run folder (configuration, metrics, checkpoints, logs and an HTML report).
 """
 
 from __future__ import annotations
 
-from .components import OPTIMIZERS, build_component
+from .components import OPTIMIZERS, SCHEDULERS, build_component
 from .config import FORMAT_VERSION, ComponentConfig, TrainConfig, parse_override, parse_value
-from .models import MLP
+from .html_report import write_html_report
+from .logs import RunLogger
+from .models import MLP, SmallCNN, build_model, import_module_class
+from .modes import (
+    CascadedEmbeddings,
+    DeepAdversarialMetricLearning,
+    MetricLossOnly,
+    TrainWithClassifier,
+    TwoStreamMetricLoss,
+)
+from .steps import (
+    AdversarialStep,
+    CascadedStep,
+    ClassifierStep,
+    MetricLossStep,
+    SelfSupervisedStep,
+    TrainingStep,
+    TwoStreamStep,
+)
+from .testers import (
+    BaseTester,
+    GlobalEmbeddingSpaceTester,
+    GlobalTwoStreamEmbeddingSpaceTester,
+    WithSameParentLabelTester,
+)
+from .trainer import CheckpointMismatchError, Trainer, Validation
 
 __all__ = [
     "FORMAT_VERSION",
     "OPTIMIZERS",
+    "SCHEDULERS",
     "MLP",
+    "SmallCNN",
+    "build_model",
+    "import_module_class",
     "ComponentConfig",
     "TrainConfig",
     "build_component",
     "parse_override",
     "parse_value",
+    "Trainer",
+    "Validation",
+    "CheckpointMismatchError",
+    "TrainingStep",
+    "MetricLossStep",
+    "ClassifierStep",
+    "CascadedStep",
+    "TwoStreamStep",
+    "SelfSupervisedStep",
+    "AdversarialStep",
+    "MetricLossOnly",
+    "TrainWithClassifier",
+    "CascadedEmbeddings",
+    "TwoStreamMetricLoss",
+    "DeepAdversarialMetricLearning",
+    "BaseTester",
+    "GlobalEmbeddingSpaceTester",
+    "WithSameParentLabelTester",
+    "GlobalTwoStreamEmbeddingSpaceTester",
+    "RunLogger",
+    "write_html_report",
 ]
