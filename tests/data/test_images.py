@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import csv
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -76,12 +75,6 @@ def test_missing_pillow_raises_missing_dependency(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(MissingDependencyError, match=r'Reading images needs the optional package `Pillow`.*'
                                                      r'pip install "dmlkit\[images\]"'):  # fmt: skip
         load_image(path)
-
-
-def test_importing_data_imports_no_optional_package() -> None:
-    code = "import sys, dmlkit.data; print(sorted(m for m in ('PIL', 'pandas', 'sklearn') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
 
 
 # --- ImageFolderDataset -------------------------------------------------------------------------------------------

@@ -60,7 +60,12 @@ _MAX_INTENSITY = 255.0
 
 
 class Split(str, enum.Enum):
-    """The official train / test partition of a data set."""
+    """The official train / test partition of a data set.
+
+    Example:
+        >>> Split("test") is Split.TEST
+        True
+    """
 
     TRAIN = "train"
     TEST = "test"

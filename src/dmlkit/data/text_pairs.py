@@ -28,7 +28,12 @@ __all__ = ["TextPair", "TextPairDataset", "read_text_pairs", "load_sts_benchmark
 
 
 class TextPair(NamedTuple):
-    """Two texts and their score (similarity, or a numeric label)."""
+    """Two texts and their score (similarity, or a numeric label).
+
+    Example:
+        >>> TextPair("a dog runs", "a dog is running", 4.8).score
+        4.8
+    """
 
     text_a: str
     text_b: str

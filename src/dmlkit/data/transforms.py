@@ -71,6 +71,10 @@ class Interpolation(str, enum.Enum):
     ``"bilinear"`` and ``"bicubic"`` low-pass filter when shrinking if ``antialias`` is on (the filters of
     Pillow's resize); ``"nearest"`` picks the input pixel whose centre is nearest (``"nearest-exact"`` in
     ``torch.nn.functional.interpolate``). Bicubic values may overshoot ``[0, 1]`` slightly.
+
+    Example:
+        >>> Interpolation("bicubic") is Interpolation.BICUBIC
+        True
     """
 
     NEAREST = "nearest"
@@ -292,7 +296,17 @@ def adjust_hue(image: Tensor, shift: float | Tensor) -> Tensor:
 
 
 class Transform:
-    """A callable on images: ``(C, H, W)`` and, where noted, batched ``(N, C, H, W)`` float tensors."""
+    """A callable on images: ``(C, H, W)`` and, where noted, batched ``(N, C, H, W)`` float tensors.
+
+    Subclasses implement ``__call__``; ``_repr_args`` feeds the ``repr``.
+
+    Example:
+        >>> class Invert(Transform):
+        ...     def __call__(self, image):
+        ...         return 1.0 - image
+        >>> Invert()(torch.zeros(1, 1, 2)), repr(Invert())
+        (tensor([[[1., 1.]]]), 'Invert()')
+    """
 
     def __call__(self, image: Tensor) -> Tensor:
         raise NotImplementedError
@@ -559,6 +573,11 @@ class JitterParams(NamedTuple):
 
     ``order`` lists indices into ``("brightness", "contrast", "saturation", "hue")``; a factor is None when
     that adjustment is off, a 0-D tensor for one image, or a tensor of one factor per image of a batch.
+
+    Example:
+        >>> params = ColorJitter(brightness=0.5, seed=0).sample()
+        >>> sorted(params.order), params.contrast is None, 0.5 <= float(params.brightness) <= 1.5
+        ([0, 1, 2, 3], True, True)
     """
 
     order: tuple[int, ...]
