@@ -25,4 +25,4 @@ class NotFittedError(RuntimeError):
 
 
 class CorruptFileError(ValueError):
-    """A file written by dmlkit is truncated, corrupt, or of an unknown format version."""
+    """A data or dmlkit file is truncated, corrupt, or of an unknown format version."""

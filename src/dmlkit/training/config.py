@@ -118,12 +118,15 @@ class InstanceConfig:
     arXiv:2002.05709; Exemplar CNNs, Dosovitskiy et al., 2014, arXiv:1406.6909). The metric loss is computed
     on the first view. With few training classes a supervised loss alone collapses each class and discards
     the features that separate unseen classes; this term keeps them. ``weight = 0`` turns it off, and the
-    metric loss then sees the clean batch.
+    metric loss then sees the clean batch. For images ``(N, C, H, W)``, ``crop_scale`` (in ``(0, 1]``) also
+    makes each view a random resized crop covering ``crop_scale`` to all of the image (Szegedy et al., 2015,
+    arXiv:1409.4842), SimCLR's main augmentation; None: no crop.
     """
 
     weight: float = 1.0
     temperature: float = 0.1
     noise: float = 0.2
+    crop_scale: float | None = None
 
 
 @dataclass
@@ -276,6 +279,8 @@ class TrainConfig:
         check_range(_OWNER, "instance.weight", self.instance.weight, low=0.0)
         check_range(_OWNER, "instance.temperature", self.instance.temperature, low=0.0, low_inclusive=False)
         check_range(_OWNER, "instance.noise", self.instance.noise, low=0.0)
+        if self.instance.crop_scale is not None:
+            check_range(_OWNER, "instance.crop_scale", self.instance.crop_scale, low=0.0, high=1.0, low_inclusive=False)
         check_range(_OWNER, "evaluation.batch_size", self.evaluation.batch_size, low=1, integer=True)
         check_range(_OWNER, "epochs", self.epochs, low=1, integer=True)
         if self.iterations_per_epoch is not None:

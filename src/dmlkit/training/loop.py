@@ -170,8 +170,8 @@ class _MetricWithInstanceStep(TrainingStep):
     losses = ("metric_loss", "instance_loss")
     miners = ("tuple_miner",)
 
-    def __init__(self, noise: float, low: float, high: float) -> None:
-        self.noise, self.low, self.high = noise, low, high
+    def __init__(self, noise: float, low: float, high: float, crop_scale: float | None = None) -> None:
+        self.noise, self.low, self.high, self.crop_scale = noise, low, high, crop_scale
         self.mined: dict[int, list[int]] = {}
 
     def __call__(self, trainer: Trainer, data: Any, labels: Tensor) -> dict[str, Tensor]:
@@ -191,6 +191,11 @@ class _MetricWithInstanceStep(TrainingStep):
         return out
 
     def _view(self, data: Tensor, generator: torch.Generator) -> Tensor:
+        if self.crop_scale is not None and data.ndim == 4:
+            from ..data.transforms import RandomResizedCrop
+
+            crop = RandomResizedCrop(tuple(data.shape[-2:]), scale=(self.crop_scale, 1.0), generator=generator)
+            data = crop(data)
         return noisy_view(data, self.noise, generator=generator, low=self.low, high=self.high)
 
 
@@ -356,7 +361,8 @@ def _build_trainer(
         from .logs import RunLogger
 
         logger = RunLogger(run_folder, tensorboard=config.output.tensorboard)
-    step = _MetricWithInstanceStep(instance.noise, float(parts.x_train.min()), float(parts.x_train.max()))
+    low, high = float(parts.x_train.min()), float(parts.x_train.max())
+    step = _MetricWithInstanceStep(instance.noise, low, high, instance.crop_scale)
     trainer = Trainer(
         {"trunk": model},
         {"trunk_optimizer": optimizer},
