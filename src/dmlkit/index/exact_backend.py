@@ -1,0 +1,78 @@
+"""Exact (exhaustive) search over the stored rows, in torch, with ties ordered by id.
+
+The stored rows are kept sorted by id, so :func:`dmlkit.evaluation.knn`'s order for equal keys (ascending
+row) is the order by id.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..evaluation import knn
+
+__all__ = ["exact_search", "exact_search_radius", "missing_value"]
+
+#: queries per block of the radius search
+_QUERY_ROWS = 256
+_KNN_DISTANCE = {"l2": "euclidean", "cosine": "cosine", "inner_product": "inner_product"}
+
+
+def missing_value(metric: str) -> float:
+    """The value reported for a missing neighbour: farther than any real one."""
+    return float("inf") if metric == "l2" else float("-inf")
+
+
+def exact_search(
+    data: Tensor, data_ids: Tensor, queries: Tensor, k: int, metric: str, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """(values, ids), each (len(queries), k): nearest first, ties by id, padded with id -1 past ``len(data)``."""
+    dtype = torch.promote_types(data.dtype, queries.dtype)
+    values = torch.full((queries.shape[0], k), missing_value(metric), dtype=dtype, device=queries.device)
+    ids = torch.full((queries.shape[0], k), -1, dtype=torch.long, device=queries.device)
+    found = min(k, data.shape[0])
+    if found == 0 or queries.shape[0] == 0:
+        return values, ids
+    result = knn(queries.to(data.device), found, data, distance=_KNN_DISTANCE[metric], block_size=block_size)
+    values[:, :found] = result.distances.to(device=queries.device, dtype=dtype)
+    ids[:, :found] = data_ids[result.indices].to(queries.device)
+    return values, ids
+
+
+def _block_values(q: Tensor, r: Tensor, metric: str) -> Tensor:
+    if metric == "cosine":
+        return F.normalize(q, dim=1) @ F.normalize(r, dim=1).T
+    if metric == "inner_product":
+        return q @ r.T
+    squared = (q * q).sum(1, keepdim=True) + (r * r).sum(1) - 2 * (q @ r.T)
+    return squared.clamp_(min=0).sqrt_()
+
+
+def exact_search_radius(
+    data: Tensor, data_ids: Tensor, queries: Tensor, radius: float, metric: str, block_size: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every (query row, value, id) within ``radius`` (``<=`` for l2, ``>=`` for similarities), sorted by
+    query row, then nearest first, then id."""
+    dtype = torch.promote_types(data.dtype, queries.dtype)
+    q_all = queries.to(device=data.device, dtype=dtype)
+    hit_rows, hit_values, hit_ids = [], [], []
+    for qs in range(0, q_all.shape[0], _QUERY_ROWS):
+        q = q_all[qs : qs + _QUERY_ROWS]
+        for rs in range(0, data.shape[0], block_size):
+            vals = _block_values(q, data[rs : rs + block_size].to(dtype), metric)
+            inside = vals <= radius if metric == "l2" else vals >= radius
+            r, c = inside.nonzero(as_tuple=True)
+            hit_rows.append(r + qs)
+            hit_values.append(vals[r, c])
+            hit_ids.append(data_ids[c + rs])
+    if not hit_rows:
+        empty = torch.empty(0, dtype=torch.long, device=data.device)
+        return empty, torch.empty(0, dtype=dtype, device=data.device), empty.clone()
+    rows, values, ids = torch.cat(hit_rows), torch.cat(hit_values), torch.cat(hit_ids)
+    # three stable sorts: by id, then by closeness, then by query row
+    order = ids.argsort(stable=True)
+    key = values[order] if metric == "l2" else -values[order]
+    order = order[key.argsort(stable=True)]
+    order = order[rows[order].argsort(stable=True)]
+    return rows[order], values[order], ids[order]
