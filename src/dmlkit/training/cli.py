@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_eval_parser(commands)
     _add_embed_parser(commands)
+    _add_index_parser(commands)
     return parser
 
 
@@ -167,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _eval(args)
     if args.command == "embed":
         return _embed(args)
+    if args.command == "index":
+        return _index(args)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover - argparse rejects others
 
 
@@ -413,3 +416,82 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_value(v) for v in value]
     return None if value != value else value
+
+
+def _add_index_parser(commands: Any) -> None:
+    index = commands.add_parser(
+        "index",
+        help="build and query an embedding index",
+        description="Build an EmbeddingIndex file from saved embeddings, or search one with saved queries.",
+    )
+    actions = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    build = actions.add_parser(
+        "build",
+        help="write an index file from (N, d) embeddings",
+        description=(
+            "Store (N, d) embeddings (.npy or .pt) with their ids in one index file, written atomically with a "
+            "format version and a SHA-256 checksum. Ids default to 0..N-1."
+        ),
+    )
+    build.add_argument("embeddings", metavar="EMBEDDINGS", help="(N, d) embeddings, .npy or .pt")
+    build.add_argument("out", metavar="OUT", help="the index file to write")
+    build.add_argument("--ids", metavar="IDS", help="(N,) distinct integer ids >= 0, .npy or .pt")
+    build.add_argument("--metric", default="cosine", choices=["cosine", "inner_product", "l2"], help="similarity")
+    build.add_argument(
+        "--backend",
+        default="exact",
+        choices=["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"],
+        help="exact torch search (default) or faiss",
+    )
+    build.add_argument("--nlist", type=int, default=100, help="IVF cells (faiss-ivf; needs at least this many rows)")
+    query = actions.add_parser(
+        "query",
+        help="search an index file with (M, d) queries",
+        description=(
+            "Print the K nearest ids of each query with their distances (l2) or scores (cosine, inner_product); "
+            "--json also writes them to a file."
+        ),
+    )
+    query.add_argument("index", metavar="INDEX", help="an index file written by dmlkit index build")
+    query.add_argument("queries", metavar="QUERIES", help="(M, d) query embeddings, .npy or .pt")
+    query.add_argument("--k", type=int, default=5, help="neighbours per query (default 5)")
+    query.add_argument("--json", metavar="OUT", help="also write ids and distances to this JSON file (atomically)")
+
+
+def _index(args: argparse.Namespace) -> int:
+    from ..index import EmbeddingIndex
+
+    command = f"index {args.index_command}"
+    try:
+        if args.index_command == "build":
+            embeddings = load_array(args.embeddings)
+            ids = load_array(args.ids) if args.ids is not None else None
+            if ids is not None and ids.ndim == 2 and ids.shape[1] == 1:
+                ids = ids[:, 0]
+            built = EmbeddingIndex(metric=args.metric, backend=args.backend, nlist=args.nlist)
+            built.add(embeddings, ids=ids)
+            built.save(args.out)
+            print(f"Wrote {args.out}: {len(built)} embeddings of dimension {built.dim}, {args.metric}, {args.backend}.")
+            return 0
+        found_index = EmbeddingIndex.load(args.index)
+        queries = load_array(args.queries)
+        found = found_index.search(queries, args.k)
+    except (OSError, ValueError, TypeError, KeyError, MissingDependencyError) as exc:
+        return _error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc), command)
+    kind = "score" if found_index.higher_is_closer else "distance"
+    print(f"{queries.shape[0]} queries, k={args.k}, {found_index.metric.value} ({kind}):")
+    for row, (ids_row, values_row) in enumerate(zip(found.ids.tolist(), found.distances.tolist(), strict=True)):
+        shown = ", ".join(f"{i} ({v:.6f})" for i, v in zip(ids_row, values_row, strict=True) if i >= 0)
+        print(f"query {row}: {shown}")
+    if args.json:
+        from .run_folder import write_json
+
+        # missing neighbours (infinite values) become null: JSON has no infinity
+        finite = [[v if abs(v) != float("inf") else None for v in row] for row in found.distances.tolist()]
+        body = {"metric": found_index.metric.value, "k": args.k, "ids": found.ids.tolist(), kind + "s": finite}
+        try:
+            write_json(args.json, body)
+        except OSError as exc:
+            return _error(str(exc), command)
+        print(f"Wrote {args.json}")
+    return 0
