@@ -10,5 +10,18 @@ when a faiss backend is used.
 from __future__ import annotations
 
 from .embedding_index import EmbeddingIndex, IndexBackend, IndexMetric, SearchResult
+from .inference import CustomKNN, IndexKNN, InferenceModel, MatchFinder, knn_func_for_distance
 
-__all__ = ["EmbeddingIndex", "IndexBackend", "IndexMetric", "SearchResult"]
+# pytorch-metric-learning's FaissKNN stays in dmlkit.index.inference (and dmlkit.utils.inference): its
+# constructor differs from dmlkit.evaluation.FaissKNN's, and one package should not export both.
+__all__ = [
+    "EmbeddingIndex",
+    "IndexBackend",
+    "IndexMetric",
+    "SearchResult",
+    "IndexKNN",
+    "InferenceModel",
+    "MatchFinder",
+    "CustomKNN",
+    "knn_func_for_distance",
+]

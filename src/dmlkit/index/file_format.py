@@ -88,8 +88,9 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_container(path: str | os.PathLike[str], header: Mapping[str, Any], sections: Mapping[str, Buffer]) -> Path:
-    """Atomically write ``header`` (JSON-serialisable) and the named byte ``sections`` to ``path``.
+def write_container(path: str | os.PathLike[str], header: Mapping[str, Any], sections: Mapping[str, Any]) -> Path:
+    """Atomically write ``header`` (JSON-serialisable) and the named ``sections`` (bytes-like: bytes, contiguous
+    numpy arrays) to ``path``.
 
     Example:
         >>> import tempfile, os
