@@ -71,7 +71,9 @@ class EmbeddingIndex:
     ``"faiss-hnsw"`` (Malkov and Yashunin, 2016, arXiv:1603.09320) are approximate. Faiss results are
     re-sorted so that ties among returned rows are also ordered by id. The index keeps its own copy of
     the rows (sorted by id) besides the faiss index, so that rows can be read back and an HNSW graph,
-    which faiss cannot delete from, is rebuilt after :meth:`remove` at the next search.
+    which faiss cannot delete from, is rebuilt after :meth:`remove` at the next search. HNSW graphs suit
+    metric comparisons (l2, cosine); for ``"inner_product"`` on unnormalised vectors their recall is poor,
+    so prefer IVF there.
 
     Sign convention: :meth:`search` returns Euclidean distances (not squared; smaller is closer) for
     ``metric="l2"``, and similarity scores (larger is closer) for ``"cosine"`` and ``"inner_product"``;
@@ -176,7 +178,9 @@ class EmbeddingIndex:
     @property
     def is_trained(self) -> bool:
         """False only for an IVF index that has not been trained yet."""
-        return self._faiss is None or self._faiss.is_trained
+        if self._faiss is None:
+            return self._backend is not IndexBackend.FAISS_IVF
+        return self._faiss.is_trained
 
     def __len__(self) -> int:
         return int(self._ids.shape[0])
@@ -218,6 +222,8 @@ class EmbeddingIndex:
 
     def _as_ids(self, value: Any, arg: str) -> Tensor:
         ids = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
+        if ids.ndim == 1 and ids.numel() == 0:
+            ids = ids.long()  # an empty list arrives as float64
         if ids.ndim != 1 or ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
             raise TypeError(
                 message(_OWNER, arg, "a 1-D sequence of integers", Described(f"{ids.dtype} {tuple(ids.shape)}"))

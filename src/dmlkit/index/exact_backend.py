@@ -1,7 +1,11 @@
 """Exact (exhaustive) search over the stored rows, in torch, with ties ordered by id.
 
 The stored rows are kept sorted by id, so :func:`dmlkit.evaluation.knn`'s order for equal keys (ascending
-row) is the order by id.
+row) is the order by id. The values of the selected neighbours are then recomputed pair by pair (a
+difference or product and a sum along the embedding, the same operations for every pair), so identical
+rows get bit-identical values wherever they sit in the search's blocks of matrix products, whose rounding
+can differ in the last bit, and the Euclidean distances are exact rather than expanded as
+``||q||^2 + ||r||^2 - 2 q.r``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ __all__ = ["exact_search", "exact_search_radius", "missing_value"]
 
 #: queries per block of the radius search
 _QUERY_ROWS = 256
+#: entries (queries x neighbours x dimension) per chunk of the pairwise recomputation
+_PAIR_ENTRIES = 1 << 22
 _KNN_DISTANCE = {"l2": "euclidean", "cosine": "cosine", "inner_product": "inner_product"}
 
 
@@ -34,10 +40,29 @@ def exact_search(
     found = min(k, data.shape[0])
     if found == 0 or queries.shape[0] == 0:
         return values, ids
-    result = knn(queries.to(data.device), found, data, distance=_KNN_DISTANCE[metric], block_size=block_size)
-    values[:, :found] = result.distances.to(device=queries.device, dtype=dtype)
-    ids[:, :found] = data_ids[result.indices].to(queries.device)
+    q_all = queries.to(device=data.device)
+    result = knn(q_all, found, data, distance=_KNN_DISTANCE[metric], block_size=block_size)
+    rows = max(1, _PAIR_ENTRIES // (found * max(data.shape[1], 1)))
+    for start in range(0, q_all.shape[0], rows):
+        idx = result.indices[start : start + rows]
+        exact = _pair_values(q_all[start : start + rows].to(dtype), data[idx].to(dtype), metric)
+        chosen = data_ids[idx]
+        # nearest first, equal values by id: sort by id, then stably by closeness
+        by_id = chosen.argsort(dim=1, stable=True)
+        exact, chosen = exact.gather(1, by_id), chosen.gather(1, by_id)
+        order = (exact if metric == "l2" else -exact).argsort(dim=1, stable=True)
+        values[start : start + rows, :found] = exact.gather(1, order).to(queries.device)
+        ids[start : start + rows, :found] = chosen.gather(1, order).to(queries.device)
     return values, ids
+
+
+def _pair_values(q: Tensor, r: Tensor, metric: str) -> Tensor:
+    """Values of query ``i`` against its candidates ``r[i, j]``: (b, d) and (b, k, d) -> (b, k)."""
+    if metric == "l2":
+        return (q[:, None, :] - r).square_().sum(-1).sqrt_()
+    if metric == "cosine":
+        q, r = F.normalize(q, dim=-1), F.normalize(r, dim=-1)
+    return (q[:, None, :] * r).sum(-1)
 
 
 def _block_values(q: Tensor, r: Tensor, metric: str) -> Tensor:

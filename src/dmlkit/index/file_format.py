@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+
 from ..errors import CorruptFileError
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "write_container", "read_container", "atomic_write_chunks"]
@@ -88,6 +90,14 @@ def _sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _byte_view(data: Any) -> memoryview:
+    """A flat byte view of bytes-like ``data`` (a numpy array is viewed in its own byte order)."""
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data).reshape(-1).view(np.uint8).data)
+    view = memoryview(data)
+    return view.cast("B") if view.nbytes else memoryview(b"")
+
+
 def write_container(path: str | os.PathLike[str], header: Mapping[str, Any], sections: Mapping[str, Any]) -> Path:
     """Atomically write ``header`` (JSON-serialisable) and the named ``sections`` (bytes-like: bytes, contiguous
     numpy arrays) to ``path``.
@@ -100,7 +110,7 @@ def write_container(path: str | os.PathLike[str], header: Mapping[str, Any], sec
         >>> bytes(sections["values"])
         b'\\x01\\x02'
     """
-    views = {name: memoryview(data).cast("B") for name, data in sections.items()}
+    views = {name: _byte_view(data) for name, data in sections.items()}
     layout, offset = [], 0
     for name, view in views.items():
         layout.append({"name": name, "offset": offset, "length": view.nbytes})
