@@ -104,6 +104,7 @@ def test_params_and_clone() -> None:
     assert (clf.n_neighbors, clf.weights) == (1, "uniform")
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.SkipTestWarning")
 def test_passes_sklearn_check_estimator() -> None:
     from sklearn.utils.estimator_checks import check_estimator
 

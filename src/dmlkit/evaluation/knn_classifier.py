@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 from torch import Tensor, nn
 
 from .._validation import Described, check_choice, check_embeddings, check_range, message
@@ -23,6 +23,15 @@ from .knn import KnnDistance, knn
 __all__ = ["KNNClassifier", "KnnWeights", "KnnMetric"]
 
 _OWNER = "KNNClassifier"
+
+
+def _validate(estimator: Any, *args: Any, **kwargs: Any) -> Any:
+    """scikit-learn's input validation: ``sklearn.utils.validation.validate_data`` (1.6+), else the method."""
+    try:
+        from sklearn.utils.validation import validate_data as validate
+    except ImportError:  # scikit-learn < 1.6
+        return estimator._validate_data(*args, **kwargs)
+    return validate(estimator, *args, **kwargs)
 
 
 class KnnWeights(str, enum.Enum):
@@ -122,7 +131,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self._check_params()
         labels = y.detach().cpu().numpy() if isinstance(y, Tensor) else y
         if self.encoder is None and not isinstance(X, Tensor):
-            array, labels = validate_data(self, X, labels, dtype=[np.float64, np.float32])
+            array, labels = _validate(self, X, labels, dtype=[np.float64, np.float32])
             embeddings = _from_numpy(array)
         else:
             if labels is None:
@@ -148,7 +157,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             rule = f"<= the number of training samples (n_samples = {reference.shape[0]})"
             raise ValueError(message(_OWNER, "n_neighbors", rule, self.n_neighbors))
         if self.encoder is None and not isinstance(X, Tensor):
-            queries = _from_numpy(validate_data(self, X, reset=False, dtype=[np.float64, np.float32]))
+            queries = _from_numpy(_validate(self, X, reset=False, dtype=[np.float64, np.float32]))
         else:
             queries = self._embed(X, "X")
         if queries.shape[1] != reference.shape[1]:
