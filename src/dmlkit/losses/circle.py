@@ -1,19 +1,34 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_range, check_type
+from .._validation import Described, check_range, check_type, message
 from ..distances import CosineSimilarity
+from ..indices import convert_to_pairs
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import masked_logsumexp
 from .generalized_lifted_structure import checked_pair_masks
+from .tiled import (
+    Aggregate,
+    CellStat,
+    LabelBlocks,
+    ListedBlocks,
+    PairBlocks,
+    PairSet,
+    RowStatKernel,
+    check_chunk_size,
+    listed_in_both,
+    normalized_inputs,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["CircleLoss"]
 
@@ -32,10 +47,17 @@ class CircleLoss(BaseMetricLossFunction):
     ``softplus(logsumexp_n + logsumexp_p)``, so it stays finite for any ``gamma``. An anchor without a
     positive or without a negative contributes 0; the default reducer averages the non-zero values.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`): both log-sum-exps of each anchor are accumulated
+    over ``chunk_size x chunk_size`` blocks of the matrix (an online log-sum-exp) and the blocks are recomputed in
+    the backward pass, so no ``(batch, reference)`` matrix is held: memory ``O(B * D + chunk_size ** 2)``. Loss and
+    gradients equal the dense path's, for labels, mined pairs or triplets, and every reducer.
+
     Args:
         m: the relaxation margin (the paper uses 0.25 for faces and re-identification, 0.4 for fine-grained
             retrieval).
         gamma: the scale, ``> 0`` (the paper uses 256, 128 and 80 in those settings).
+        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (must be a :class:`~dmlkit.distances.CosineSimilarity`, the default),
             ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.
 
@@ -50,12 +72,14 @@ class CircleLoss(BaseMetricLossFunction):
     default_distance = CosineSimilarity
     default_reducer = AvgNonZeroReducer
 
-    def __init__(self, m: float = 0.4, gamma: float = 80, **kwargs: Any) -> None:
+    def __init__(self, m: float = 0.4, gamma: float = 80, chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         check_type(name, "distance", self.distance, CosineSimilarity, "a CosineSimilarity (the loss is defined on it)")
         check_range(name, "m", m)
         check_range(name, "gamma", gamma, low=0, low_inclusive=False)
+        check_chunk_size(name, chunk_size)
+        self.chunk_size = chunk_size
         self.m = m
         self.gamma = gamma
 
@@ -67,6 +91,9 @@ class CircleLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        if block is not None:
+            return {"loss": self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)}
         mat = self.distance(embeddings, ref_emb)
         positive, negative = checked_pair_masks(type(self).__name__, indices_tuple, labels, ref_labels, mat.shape)
         m, gamma = self.m, self.gamma
@@ -84,3 +111,63 @@ class CircleLoss(BaseMetricLossFunction):
         values = torch.where(valid, F.softplus(pos + neg), torch.zeros_like(pos))
         anchors = torch.arange(mat.shape[0], device=mat.device)
         return {"loss": Terms(values, anchors, TermKind.ELEMENT)}
+
+    def _tiled_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+        block: int,
+    ) -> Terms:
+        """The dense path's terms without the matrix: both log-sum-exps of each anchor, accumulated by blocks."""
+        query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        blocks: PairBlocks
+        if indices_tuple is None:
+            blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+        else:
+            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+            both = listed_in_both((a1, p), (a2, n), ref.shape[0])
+            if both:
+                rule = "pairs that are either positive or negative, not both"
+                raise ValueError(
+                    message(type(self).__name__, "indices_tuple", rule, Described(f"{both} pair(s) listed as both"))
+                )
+            blocks = ListedBlocks((query.shape[0], ref.shape[0]), block, (a1, p), (a2, n))
+        kernel = RowStatKernel(
+            [
+                _CircleLogit(PairSet.POSITIVE, -self.gamma, 1 + self.m, 1 - self.m),
+                _CircleLogit(PairSet.NEGATIVE, self.gamma, self.m, self.m),
+            ]
+        )
+        stats = tiled_rows(kernel, blocks, self.distance, query, ref, block)[0]
+        pos, neg = stats[:, 0], stats[:, 1]
+        valid = (pos > float("-inf")) & (neg > float("-inf"))
+        values = torch.where(valid, F.softplus(pos + neg), torch.zeros_like(pos))
+        return Terms(values, torch.arange(query.shape[0], device=query.device), TermKind.ELEMENT)
+
+
+class _CircleLogit(CellStat):
+    """The circle loss's logit of a cell: ``-gamma * relu(1 + m - s) * (s - (1 - m))`` on positives (``scale =
+    -gamma``, ``optimum = 1 + m``), ``gamma * relu(s + m) * (s - m)`` on negatives (``scale = gamma``, ``optimum =
+    m``); the ``relu`` weight is a constant for the gradient, as in the paper."""
+
+    def __init__(self, pairs: PairSet, scale: float, optimum: float, delta: float) -> None:
+        super().__init__(pairs, Aggregate.LOGSUMEXP)
+        self.scale = scale
+        self.optimum = optimum
+        self.delta = delta
+
+    def _weight(self, tile: Tensor) -> Tensor:
+        # positives: -gamma * relu(1 + m - s); negatives: gamma * relu(s + m)
+        weight = (self.optimum - tile) if self.scale < 0 else (tile + self.optimum)
+        return weight.clamp_(min=0).mul_(self.scale)
+
+    def value(self, tile: Tensor, extras: Sequence[Tensor]) -> Tensor:
+        return self._weight(tile).mul_(tile - self.delta)
+
+    def backward(
+        self, tile: Tensor, upstream: Tensor, extras: Sequence[Tensor], extra_grads: list[Tensor | None]
+    ) -> Tensor:
+        return upstream.mul_(self._weight(tile))

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,7 +12,23 @@ from ..indices import convert_to_pairs, label_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import FusedReduction, fused_reduction, masked_hinge, pair_values
+from .functional import FusedReduction, divide_by_count, fused_reduction, masked_hinge, pair_values
+from .tiled import (
+    Aggregate,
+    CellStat,
+    Count,
+    LabelBlocks,
+    ListedBlocks,
+    PairBlocks,
+    PairSet,
+    RowStatKernel,
+    check_chunk_size,
+    label_pairs,
+    normalized_inputs,
+    pair_distances,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["ContrastiveLoss", "contrastive_terms", "pair_entries"]
 
@@ -35,9 +51,19 @@ class ContrastiveLoss(BaseMetricLossFunction):
     are reduced separately and summed, so a ``MultipleReducers`` keyed by those names can treat them apart.
     The default reducer averages the non-zero values of each.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`) when the reducer is a mean, a non-zero mean or a
+    sum (``MeanReducer``, ``AvgNonZeroReducer``, ``SumReducer``): the negative pairs' hinges are summed (and
+    counted) over ``chunk_size x chunk_size`` blocks of the matrix, recomputed in the backward pass, and the
+    positive pairs are evaluated from their embeddings, so no ``(batch, reference)`` matrix is held. Loss and
+    gradients equal the dense path's, for labels, mined pairs or triplets. Other reducers need every negative
+    term and take the dense path.
+
     Args:
         pos_margin: positive pairs closer than this (farther, for a similarity) cost nothing.
         neg_margin: negative pairs farther than this (closer, for a similarity) cost nothing.
+        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled when the reducer
+            allows it).
         **kwargs: ``distance``, ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.
 
     Example:
@@ -51,13 +77,17 @@ class ContrastiveLoss(BaseMetricLossFunction):
 
     default_reducer = AvgNonZeroReducer
 
-    def __init__(self, pos_margin: float = 0, neg_margin: float = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, pos_margin: float = 0, neg_margin: float = 1, chunk_size: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         check_range(name, "pos_margin", pos_margin)
         check_range(name, "neg_margin", neg_margin)
+        check_chunk_size(name, chunk_size)
         self.pos_margin = pos_margin
         self.neg_margin = neg_margin
+        self.chunk_size = chunk_size
 
     def compute_terms(
         self,
@@ -67,6 +97,10 @@ class ContrastiveLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
+        reduction = fused_reduction(self.reducer)
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        if block is not None and reduction is not None:
+            return self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block, reduction)
         mat = self.distance(embeddings, ref_emb)
         return contrastive_terms(
             self.distance,
@@ -78,6 +112,62 @@ class ContrastiveLoss(BaseMetricLossFunction):
             self.neg_margin,
             fused_reduction(self.reducer),
         )
+
+    def _tiled_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+        block: int,
+        reduction: FusedReduction,
+    ) -> dict[str, Terms]:
+        """The dense path's groups without the matrix: the positive pairs listed, the negatives reduced by blocks."""
+        query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        blocks: PairBlocks
+        if indices_tuple is None:
+            a1, p = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
+            blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+        else:
+            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+            # a negative pair listed k times is k terms
+            shape = (query.shape[0], ref.shape[0])
+            blocks = ListedBlocks(shape, block, None, (a2, n), multiplicity=True, dtype=query.dtype)
+        closer = self.distance.higher_is_closer
+        pos = pair_distances(self.distance, query, ref, a1, p)
+        pos_excess = self.pos_margin - pos if closer else pos - self.pos_margin
+        counted = {
+            FusedReduction.MEAN: Count.CELLS,
+            FusedReduction.NONZERO: Count.POSITIVE,
+            FusedReduction.SUM: Count.NONE,
+        }[reduction]
+        kernel = RowStatKernel([_Hinge(PairSet.NEGATIVE, self.neg_margin, closer, counted)])
+        sums, counts = tiled_rows(kernel, blocks, self.distance, query, ref, block)
+        neg_loss = divide_by_count(sums.sum(), int(counts.sum()), reduction)
+        return {
+            "pos_loss": Terms(pos_excess.clamp(min=0), a1, TermKind.POS_PAIR),
+            "neg_loss": Terms.reduced(neg_loss),
+        }
+
+
+class _Hinge(CellStat):
+    """``relu(threshold - s)``, or ``relu(s - threshold)`` when ``above``, summed."""
+
+    def __init__(self, pairs: PairSet, threshold: float, above: bool, count: Count) -> None:
+        super().__init__(pairs, Aggregate.SUM, count)
+        self.threshold = threshold
+        self.above = above
+
+    def value(self, tile: Tensor, extras: Sequence[Tensor]) -> Tensor:
+        excess = tile - self.threshold if self.above else self.threshold - tile
+        return excess.clamp_(min=0)
+
+    def backward(
+        self, tile: Tensor, upstream: Tensor, extras: Sequence[Tensor], extra_grads: list[Tensor | None]
+    ) -> Tensor:
+        active = tile > self.threshold if self.above else tile < self.threshold
+        return upstream.mul_(active) if self.above else upstream.mul_(active).neg_()
 
 
 def contrastive_terms(

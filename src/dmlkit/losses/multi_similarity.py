@@ -8,10 +8,23 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import CosineSimilarity
-from ..indices import pair_masks
+from ..indices import convert_to_pairs, pair_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values, row_logsumexp, segment_logsumexp
+from .tiled import (
+    AffineStat,
+    Aggregate,
+    LabelBlocks,
+    ListedBlocks,
+    PairBlocks,
+    PairSet,
+    RowStatKernel,
+    check_chunk_size,
+    normalized_inputs,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["MultiSimilarityLoss"]
 
@@ -32,10 +45,17 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
     mining step is a separate miner (``MultiSimilarityMiner``). Computed with log-sum-exp, so large ``alpha``
     and ``beta`` stay finite.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`): both log-sum-exps of each anchor are accumulated
+    over ``chunk_size x chunk_size`` blocks of the matrix (an online log-sum-exp) and the blocks are recomputed in
+    the backward pass, so no ``(batch, reference)`` matrix is held: memory ``O(B * D + chunk_size ** 2)``. Loss and
+    gradients equal the dense path's, for labels, mined pairs or triplets, and every reducer.
+
     Args:
         alpha: weight (inverse temperature) of the positive term, ``> 0``.
         beta: weight of the negative term, ``> 0``.
         base: the similarity threshold ``lambda`` both terms are measured from.
+        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default ``MeanReducer()``),
             ``embedding_regularizer``, ``embedding_reg_weight``.
 
@@ -47,12 +67,16 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
 
     default_distance = CosineSimilarity
 
-    def __init__(self, alpha: float = 2, beta: float = 50, base: float = 0.5, **kwargs: Any) -> None:
+    def __init__(
+        self, alpha: float = 2, beta: float = 50, base: float = 0.5, chunk_size: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         check_range(name, "alpha", alpha, low=0, low_inclusive=False)
         check_range(name, "beta", beta, low=0, low_inclusive=False)
         check_range(name, "base", base)
+        check_chunk_size(name, chunk_size)
+        self.chunk_size = chunk_size
         self.alpha = alpha
         self.beta = beta
         self.base = base
@@ -65,6 +89,9 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        if block is not None:
+            return {"loss": self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)}
         mat = self.distance(embeddings, ref_emb)
         size = mat.shape[0]
         positive, negative = pair_masks(indices_tuple, labels, ref_labels, (size, mat.shape[1]))
@@ -77,3 +104,34 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
         neg_loss = row_logsumexp(neg_exponent, negative, add_one=True) / self.beta
         anchors = torch.arange(size, device=mat.device)
         return {"loss": Terms(pos_loss + neg_loss, anchors, TermKind.ELEMENT)}
+
+    def _tiled_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+        block: int,
+    ) -> Terms:
+        """The dense path's terms without the matrix: both log-sum-exps of each anchor, accumulated by blocks."""
+        query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        blocks: PairBlocks
+        if indices_tuple is None:
+            blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+        else:
+            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+            blocks = ListedBlocks((query.shape[0], ref.shape[0]), block, (a1, p), (a2, n))
+        # alpha * margin(s, base) on positives and beta * margin(base, s) on negatives, as affine maps of s
+        sign = -1.0 if self.distance.higher_is_closer else 1.0
+        alpha, beta, base = self.alpha, self.beta, self.base
+        kernel = RowStatKernel(
+            [
+                AffineStat(PairSet.POSITIVE, Aggregate.LOGSUMEXP, sign * alpha, -sign * alpha * base),
+                AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, -sign * beta, sign * beta * base),
+            ]
+        )
+        stats = tiled_rows(kernel, blocks, self.distance, query, ref, block)[0]
+        zero = query.new_zeros(())
+        values = torch.logaddexp(stats[:, 0], zero) / alpha + torch.logaddexp(stats[:, 1], zero) / beta
+        return Terms(values, torch.arange(query.shape[0], device=query.device), TermKind.ELEMENT)

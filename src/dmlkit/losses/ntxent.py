@@ -12,6 +12,20 @@ from ..indices import convert_to_pairs, label_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values, row_logsumexp
+from .tiled import (
+    AffineStat,
+    Aggregate,
+    LabelBlocks,
+    ListedBlocks,
+    PairSet,
+    RowStatKernel,
+    check_chunk_size,
+    label_pairs,
+    normalized_inputs,
+    pair_distances,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["NTXentLoss", "positive_pair_terms"]
 
@@ -73,8 +87,16 @@ class NTXentLoss(BaseMetricLossFunction):
     negatives is computed once per anchor, so memory is one ``(batch, reference)`` matrix whatever the
     number of positive pairs, and small temperatures stay finite.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`): the negatives' log-sum-exp is accumulated
+    over ``chunk_size x chunk_size`` blocks of the matrix with an online log-sum-exp and recomputed block by
+    block in the backward pass, and the positive pairs are evaluated from their embeddings, so no
+    ``(batch, reference)`` matrix is held: memory ``O(B * D + P + chunk_size ** 2)`` for ``P`` positive pairs.
+    Loss and gradients equal the dense path's, for labels, mined pairs or triplets, and every reducer.
+
     Args:
         temperature: ``T``, ``> 0``.
+        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default ``MeanReducer()``, over
             the positive pairs), ``embedding_regularizer``, ``embedding_reg_weight``.
 
@@ -86,10 +108,12 @@ class NTXentLoss(BaseMetricLossFunction):
 
     default_distance = CosineSimilarity
 
-    def __init__(self, temperature: float = 0.07, **kwargs: Any) -> None:
+    def __init__(self, temperature: float = 0.07, chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_range(type(self).__name__, "temperature", temperature, low=0, low_inclusive=False)
+        check_chunk_size(type(self).__name__, chunk_size)
         self.temperature = temperature
+        self.chunk_size = chunk_size
 
     def compute_terms(
         self,
@@ -99,6 +123,9 @@ class NTXentLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        if block is not None:
+            return {"loss": self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)}
         mat = self.distance(embeddings, ref_emb)
         scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
         logits = mat * scale
@@ -108,3 +135,30 @@ class NTXentLoss(BaseMetricLossFunction):
             return torch.logaddexp(negative_lse - pair_values(logits, a, p), logits.new_zeros(()))
 
         return {"loss": positive_pair_terms(logits, labels, indices_tuple, ref_labels, pair_loss)}
+
+    def _tiled_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+        block: int,
+    ) -> Terms:
+        """The dense path's terms (up to their order) without the matrix: one value per listed positive pair."""
+        scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
+        query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        if indices_tuple is None:
+            a, p = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
+            blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+        else:
+            a, p, a_neg, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+            shape = (query.shape[0], ref.shape[0])
+            # a negative listed k times weighs k in the sum, as k listed pairs would
+            blocks = ListedBlocks(shape, block, None, (a_neg, n), multiplicity=True, dtype=query.dtype)  # type: ignore[assignment]
+        if a.numel() == 0:
+            return Terms(query.new_zeros(0), a, TermKind.POS_PAIR)
+        kernel = RowStatKernel([AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, scale)])
+        negative_lse = tiled_rows(kernel, blocks, self.distance, query, ref, block)[0][:, 0]
+        positive = pair_distances(self.distance, query, ref, a, p) * scale
+        return Terms(torch.logaddexp(negative_lse[a] - positive, query.new_zeros(())), a, TermKind.POS_PAIR)

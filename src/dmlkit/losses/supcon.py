@@ -8,11 +8,27 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import CosineSimilarity
-from ..indices import pair_masks, ref_is_query
+from ..indices import convert_to_pairs, pair_masks, ref_is_query
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values
+from .tiled import (
+    AffineStat,
+    Aggregate,
+    LabelBlocks,
+    ListedBlocks,
+    PairBlocks,
+    PairSet,
+    RowStatKernel,
+    check_chunk_size,
+    label_pair_counts,
+    labels_have_negative,
+    listed_pair_counts,
+    normalized_inputs,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["SupConLoss"]
 
@@ -31,8 +47,16 @@ class SupConLoss(BaseMetricLossFunction):
     negative at all (a single class), the loss is 0. Pairs from a miner restrict ``P(i)`` and ``A(i)``;
     a pair listed twice counts once.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`): the candidates' log-sum-exp and the positives'
+    sum of each anchor are accumulated over ``chunk_size x chunk_size`` blocks of the matrix (an online
+    log-sum-exp) and the blocks are recomputed in the backward pass, so no ``(batch, reference)`` matrix is held:
+    memory ``O(B * D + chunk_size ** 2)``. Loss and gradients equal the dense path's, for labels, mined pairs or
+    triplets, and every reducer.
+
     Args:
         temperature: ``T``, ``> 0``.
+        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default
             ``AvgNonZeroReducer()``), ``embedding_regularizer``, ``embedding_reg_weight``.
 
@@ -45,10 +69,12 @@ class SupConLoss(BaseMetricLossFunction):
     default_distance = CosineSimilarity
     default_reducer = AvgNonZeroReducer
 
-    def __init__(self, temperature: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, temperature: float = 0.1, chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_range(type(self).__name__, "temperature", temperature, low=0, low_inclusive=False)
+        check_chunk_size(type(self).__name__, chunk_size)
         self.temperature = temperature
+        self.chunk_size = chunk_size
 
     def compute_terms(
         self,
@@ -58,6 +84,9 @@ class SupConLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        if block is not None:
+            return {"loss": self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)}
         mat = self.distance(embeddings, ref_emb)
         positive, negative = pair_masks(indices_tuple, labels, ref_labels, tuple(mat.shape))  # type: ignore[arg-type]
         anchors = torch.arange(mat.shape[0], device=mat.device)
@@ -80,3 +109,41 @@ class SupConLoss(BaseMetricLossFunction):
         num_pos = torch.bincount(rows, minlength=mat.shape[0]).clamp(min=1)
         pos_sum = logits.new_zeros(mat.shape[0]).index_add(0, rows, pair_values(log_prob, rows, cols))
         return {"loss": Terms(-pos_sum / num_pos, anchors, TermKind.ELEMENT)}
+
+    def _tiled_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+        block: int,
+    ) -> Terms:
+        """The dense path's terms without the matrix: ``logsumexp_{A(i)} - sum_{P(i)} / |P(i)|`` per anchor."""
+        query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        num_query, num_ref = query.shape[0], ref.shape[0]
+        anchors = torch.arange(num_query, device=query.device)
+        blocks: PairBlocks
+        if indices_tuple is None:
+            num_pos = label_pair_counts(labels, ref_labels)  # type: ignore[arg-type]
+            any_negative = labels_have_negative(labels, ref_labels)  # type: ignore[arg-type]
+            blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+        else:
+            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
+            num_pos = listed_pair_counts(a1, p, num_query, num_ref)
+            any_negative = a2.numel() > 0
+            blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+        if not (bool(num_pos.any()) and any_negative):
+            return Terms(query.new_zeros(0), anchors[:0], TermKind.ELEMENT)
+        scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
+        kernel = RowStatKernel(
+            [
+                AffineStat(PairSet.CANDIDATE, Aggregate.LOGSUMEXP, scale),
+                AffineStat(PairSet.POSITIVE, Aggregate.SUM, scale),
+            ]
+        )
+        stats = tiled_rows(kernel, blocks, self.distance, query, ref, block)[0]
+        has_pos = num_pos > 0
+        num_pos = num_pos.clamp(min=1).to(query.dtype)
+        values = torch.where(has_pos, stats[:, 0] - stats[:, 1] / num_pos, query.new_zeros(()))
+        return Terms(values, anchors, TermKind.ELEMENT)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +20,23 @@ from .functional import (
     pair_values,
     reduce_in_chunks,
 )
+from .tiled import (
+    Aggregate,
+    LabelBlocks,
+    ListedBlocks,
+    Mask,
+    PairBlocks,
+    PairSet,
+    TileKernel,
+    check_chunk_size,
+    label_pairs,
+    masked,
+    normalized_inputs,
+    pair_distances,
+    sorted_by_row,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["TripletMarginLoss"]
 
@@ -36,6 +53,18 @@ class TripletMarginLoss(BaseMetricLossFunction):
     distances (``s(a, p) - s(a, n)`` for similarities); ``softplus`` instead of ``relu`` when
     ``smooth_loss``. The default reducer averages over the triplets with a positive loss.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`), which holds no ``(batch, reference)`` matrix:
+
+    * all triplets (from labels, or from a miner's pairs) with a mean, non-zero mean or sum reducer and no
+      ``swap``: each positive pair is compared with its anchor's row one ``chunk_size x chunk_size`` block at a
+      time, the blocks recomputed in the backward pass (memory ``O(B * D + P * chunk_size)`` for ``P`` positive
+      pairs);
+    * listed triplets (a miner's, or ``triplets_per_anchor`` random ones): each triplet's two (three with
+      ``swap``) distances are evaluated from the embeddings, with any reducer;
+    * all triplets with ``swap`` or another reducer need every triplet's value: dense path.
+
+    Loss and gradients equal the dense path's.
+
     Args:
         margin: the required gap between positive and negative, ``>= 0``.
         swap: use the positive-negative distance as the negative's distance when it is closer
@@ -43,6 +72,8 @@ class TripletMarginLoss(BaseMetricLossFunction):
         smooth_loss: ``log(1 + exp(margin - gap))`` instead of the hinge.
         triplets_per_anchor: ``"all"`` triplets, or this many random triplets per anchor.
         generator: random source for ``triplets_per_anchor`` sampling.
+        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled where it applies).
         **kwargs: ``distance``, ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.
 
     Example:
@@ -60,11 +91,13 @@ class TripletMarginLoss(BaseMetricLossFunction):
         smooth_loss: bool = False,
         triplets_per_anchor: int | str = "all",
         generator: torch.Generator | None = None,
+        chunk_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         check_range(name, "margin", margin, low=0)
+        check_chunk_size(name, chunk_size)
         valid_count = isinstance(triplets_per_anchor, int) and not isinstance(triplets_per_anchor, bool)
         if triplets_per_anchor != "all" and not (valid_count and triplets_per_anchor >= 1):  # type: ignore[operator]
             raise ValueError(message(name, "triplets_per_anchor", '"all" or a positive integer', triplets_per_anchor))
@@ -73,6 +106,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
         self.smooth_loss = smooth_loss
         self.triplets_per_anchor = triplets_per_anchor
         self.generator = generator
+        self.chunk_size = chunk_size
 
     def compute_terms(
         self,
@@ -82,6 +116,11 @@ class TripletMarginLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        if block is not None:
+            tiled = self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)
+            if tiled is not None:
+                return {"loss": tiled}
         mat = self.distance(embeddings, ref_emb)
         ref_is_batch = ref_emb is embeddings
         fused = fused_reduction(self.reducer)
@@ -109,6 +148,52 @@ class TripletMarginLoss(BaseMetricLossFunction):
         if self.swap:
             an = self.distance.smallest_dist(an, self._positive_negative(mat, ref_is_batch, ref_emb, p, n))
         return {"loss": Terms(self._loss(self.distance.gap(pair_values(mat, a, p), an)), a, TermKind.TRIPLET)}
+
+    def _tiled_terms(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None,
+        indices_tuple: tuple[Tensor, ...] | None,
+        ref_emb: Tensor,
+        ref_labels: Tensor | None,
+        block: int,
+    ) -> Terms | None:
+        """The dense path's terms without the matrix, or ``None`` where the dense path is needed."""
+        fused = fused_reduction(self.reducer)
+        every = indices_tuple is None and self.triplets_per_anchor == "all"
+        from_pairs = indices_tuple is not None and len(indices_tuple) == 4
+        query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        if (every or from_pairs) and (fused is None or self.swap):
+            if every:
+                return None
+            # the triplets of mined pairs, listed
+        elif every or from_pairs:
+            assert fused is not None
+            blocks: PairBlocks
+            if indices_tuple is None:
+                a, p = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
+                blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+            else:
+                a1, p1, a2, n = indices_tuple
+                a, p = sorted_by_row(a1, p1)
+                # a negative pair listed k times makes k triplets with each positive pair of its anchor
+                shape = (query.shape[0], ref.shape[0])
+                blocks = ListedBlocks(shape, block, None, (a2, n), multiplicity=True, dtype=query.dtype)
+            if a.numel() == 0:
+                return Terms(query.new_zeros(0), a, TermKind.TRIPLET)
+            sign = -1.0 if self.distance.is_inverted else 1.0
+            kernel = _TripletRows(a, self.margin, sign, self.smooth_loss, fused, block, query.shape[0])
+            ap = pair_distances(self.distance, query, ref, a, p)
+            sums, counts = tiled_rows(kernel, blocks, self.distance, query, ref, block, ap)
+            return Terms.reduced(divide_by_count(sums.sum(), int(counts.sum()), fused))
+        a, p, n = self.triplets(labels, indices_tuple, ref_labels, self.triplets_per_anchor, self.generator)
+        if a.numel() == 0:
+            return Terms(query.new_zeros(0), a, TermKind.TRIPLET)
+        an = pair_distances(self.distance, query, ref, a, n)
+        if self.swap:
+            an = self.distance.smallest_dist(an, pair_distances(self.distance, ref, ref, p, n))
+        gap = self.distance.gap(pair_distances(self.distance, query, ref, a, p), an)
+        return Terms(self._loss(gap), a, TermKind.TRIPLET)
 
     def _given_triplets_reduced(self, mat: Tensor, a: Tensor, p: Tensor, n: Tensor, fused: FusedReduction) -> Terms:
         """Listed triplets reduced chunk by chunk: no per-triplet tensor outlives its chunk."""
@@ -330,3 +415,79 @@ def _block_values(
 ) -> tuple[Tensor, Tensor]:
     violation, keep = _block_violations(mat, negative, block, margin, sign)
     return (F.softplus(violation) if smooth else violation.clamp_min_(0)), keep
+
+
+class _TripletRows(TileKernel):
+    """Per anchor row, the sum (and count, for the reduction) of the margin losses of its triplets: each listed
+    positive pair ``(a, p)`` against every negative of ``a`` in a tile. The positive pairs' distances ``d(a, p)``
+    are the extra input; the pairs are sorted by anchor."""
+
+    pair_sets = (PairSet.NEGATIVE,)
+    aggregates = (Aggregate.SUM,)
+
+    def __init__(
+        self,
+        anchors: Tensor,
+        margin: float,
+        sign: float,
+        smooth: bool,
+        reduction: FusedReduction,
+        block: int,
+        num_rows: int,
+    ) -> None:
+        self.anchors = anchors
+        self.margin, self.sign, self.smooth, self.reduction, self.block = margin, sign, smooth, reduction, block
+        edges = torch.arange(0, num_rows + block, block, device=anchors.device)
+        self.bounds = torch.searchsorted(anchors, edges).tolist()
+
+    def _pairs(self, rows: tuple[int, int]) -> tuple[int, int]:
+        index = rows[0] // self.block
+        return self.bounds[index], self.bounds[index + 1]
+
+    def skips(self, rows: tuple[int, int]) -> bool:
+        lo, hi = self._pairs(rows)
+        return hi == lo
+
+    def _violations(
+        self, tile: Tensor, mask: Mask, rows: tuple[int, int], ap: Tensor
+    ) -> tuple[Tensor, Tensor, Mask, int]:
+        lo, hi = self._pairs(rows)
+        local = self.anchors[lo:hi] - rows[0]
+        # margin - gap, gap = sign * (d(a, n) - d(a, p)), on each pair's copy of its anchor's row
+        violation = tile.index_select(0, local).sub_(ap[lo:hi].unsqueeze(1)).mul_(-self.sign).add_(self.margin)
+        assert isinstance(mask, Tensor)
+        return violation, local, mask.index_select(0, local), lo
+
+    def forward_block(
+        self, tile: Tensor, masks: list[Mask], rows: tuple[int, int], extras: Sequence[Tensor]
+    ) -> tuple[Tensor, Tensor | None]:
+        violation, local, mask, _ = self._violations(tile, masks[0], rows, extras[0])
+        values = F.softplus(violation) if self.smooth else violation.clamp_(min=0)
+        values = masked(values, mask)
+        sums = tile.new_zeros((tile.shape[0], 1))
+        sums[:, 0].index_add_(0, local, values.sum(dim=1))
+        counts = tile.new_zeros((tile.shape[0], 1))
+        if self.reduction is FusedReduction.MEAN:
+            counts[:, 0].index_add_(0, local, masked(torch.ones_like(values), mask).sum(dim=1))
+        elif self.reduction is FusedReduction.NONZERO:
+            counts[:, 0].index_add_(0, local, masked((values > 0).to(values.dtype), mask).sum(dim=1))
+        return sums, counts
+
+    def backward_block(
+        self,
+        tile: Tensor,
+        masks: list[Mask],
+        rows: tuple[int, int],
+        extras: Sequence[Tensor],
+        outputs: Tensor,
+        grads: Tensor,
+        extra_grads: list[Tensor | None],
+    ) -> Tensor | None:
+        violation, local, mask, lo = self._violations(tile, masks[0], rows, extras[0])
+        slope = masked(_margin_slope(violation, self.smooth, self.reduction), mask)
+        slope.mul_(grads[:, 0].index_select(0, local).unsqueeze(1))
+        # d/d d(a, n) = -sign * slope, summed over the anchor's positives; d/d d(a, p) = sign * slope, over n
+        tile_grad = torch.zeros_like(tile).index_add_(0, local, slope, alpha=-self.sign)
+        if extra_grads[0] is not None:
+            extra_grads[0][lo : lo + local.numel()] += slope.sum(dim=1).mul_(self.sign)
+        return tile_grad
