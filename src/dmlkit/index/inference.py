@@ -169,7 +169,7 @@ class IndexKNN:
         normalize_embeddings: L2-normalise stored rows and queries first (e.g. L2 distances between unit
             vectors, as ``LpDistance()`` measures them).
         **index_options: further :class:`~dmlkit.index.EmbeddingIndex` options (``nlist``, ``nprobe``,
-            ``dtype`` ...).
+            ``dtype`` ...). Without ``dtype``, float64 embeddings are stored in float64, others in float32.
 
     Example:
         >>> knn = IndexKNN(metric="l2")
@@ -192,8 +192,10 @@ class IndexKNN:
         self.index_options = index_options
         self.index: EmbeddingIndex | None = None
 
-    def _new_index(self) -> EmbeddingIndex:
-        return EmbeddingIndex(metric=self.metric, backend=self.backend, **self.index_options)
+    def _new_index(self, like: Tensor) -> EmbeddingIndex:
+        # float64 embeddings are kept in float64 unless a dtype was asked for
+        options = {"dtype": torch.float64 if like.dtype == torch.float64 else torch.float32, **self.index_options}
+        return EmbeddingIndex(metric=self.metric, backend=self.backend, **options)
 
     def _prepare(self, x: Any) -> Tensor:
         x = _as_tensor(x)
@@ -202,15 +204,17 @@ class IndexKNN:
 
     def train(self, embeddings: Tensor | np.ndarray) -> None:
         """Replace the stored rows by ``embeddings``."""
-        index = self._new_index()
-        index.add(self._prepare(embeddings))
+        x = self._prepare(embeddings)
+        index = self._new_index(x)
+        index.add(x)
         self.index = index
 
     def add(self, embeddings: Tensor | np.ndarray) -> None:
         """Append rows to the stored ones."""
+        x = self._prepare(embeddings)
         if self.index is None:
-            self.index = self._new_index()
-        self.index.add(self._prepare(embeddings))
+            self.index = self._new_index(x)
+        self.index.add(x)
 
     def reset(self) -> None:
         self.index = None
@@ -225,8 +229,9 @@ class IndexKNN:
                 raise ValueError(message("IndexKNN", "reference", "given, or rows stored with train()/add()", None))
             index = self.index
         else:
-            index = self._new_index()
-            index.add(self._prepare(reference))
+            ref = self._prepare(reference)
+            index = self._new_index(ref)
+            index.add(ref)
         extra = int(ref_includes_query)
         distances, ids = index.search(q, k + extra)
         if extra:
