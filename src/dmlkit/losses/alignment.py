@@ -70,7 +70,8 @@ class AlignmentLoss(BaseMetricLossFunction):
         if block is None:
             mat = self.distance(embeddings, ref_emb)
             if indices_tuple is None:
-                a, p = torch.nonzero(label_masks(labels, ref_labels)[0], as_tuple=True)  # type: ignore[arg-type]
+                assert labels is not None
+                a, p = torch.nonzero(label_masks(labels, ref_labels)[0], as_tuple=True)
             else:
                 a, p = convert_to_pairs(indices_tuple, labels, ref_labels)[:2]  # type: ignore[arg-type]
             distances = pair_values(mat, a, p)
