@@ -279,6 +279,13 @@ def test_match_finder_errors() -> None:
     with pytest.raises(TypeError, match=re.escape("MatchFinder: `distance` must be a dmlkit distance")):
         MatchFinder(distance="cosine")  # type: ignore[arg-type]
     assert MatchFinder().get_matching_pairs(x, threshold=0.99, return_tuples=True) == [(0, 0), (1, 1), (2, 2)]
+    # a calibrated threshold may arrive as a numpy scalar or a one-element tensor
+    assert MatchFinder(threshold=np.float32(0.5)).threshold == 0.5
+    assert MatchFinder(threshold=torch.tensor(0.25)).threshold == 0.25
+    with pytest.raises(ValueError, match=re.escape("MatchFinder: `threshold` must be a number, not NaN, got nan.")):
+        MatchFinder(threshold=float("nan"))
+    with pytest.raises(TypeError, match=re.escape("MatchFinder: `threshold` must be a number, got '0.5'.")):
+        MatchFinder(threshold="0.5")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- knn funcs

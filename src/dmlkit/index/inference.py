@@ -21,6 +21,7 @@ Differences from pytorch-metric-learning 2.9.0, each for a reason given where it
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,6 +64,16 @@ def _drop_own_rows(distances: Tensor, indices: Tensor, k: int) -> tuple[Tensor, 
 # --------------------------------------------------------------------------------------------- matching
 
 
+def _as_threshold(value: Any) -> float:
+    """A finite threshold as a Python float; numpy scalars and one-element tensors (a calibrated value) too."""
+    if (isinstance(value, Tensor) and value.numel() == 1) or isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    check_range("MatchFinder", "threshold", value)
+    if math.isinf(value):
+        raise ValueError(message("MatchFinder", "threshold", "finite", value))
+    return float(value)
+
+
 class MatchFinder:
     """Decides "same or different" by thresholding a distance (or similarity).
 
@@ -86,17 +97,14 @@ class MatchFinder:
         if distance is None:
             distance = CosineSimilarity()
         check_type("MatchFinder", "distance", distance, BaseDistance, "a dmlkit distance (e.g. CosineSimilarity())")
-        if threshold is not None:
-            check_range("MatchFinder", "threshold", threshold)
         self.distance = distance
-        self.threshold = threshold
+        self.threshold = None if threshold is None else _as_threshold(threshold)
 
     def _threshold(self, threshold: float | None) -> float:
         value = self.threshold if threshold is None else threshold
         if value is None:
             raise ValueError(message("MatchFinder", "threshold", "given, to the constructor or to this call", None))
-        check_range("MatchFinder", "threshold", value)
-        return float(value)
+        return _as_threshold(value)
 
     def _matches(self, values: Tensor, threshold: float) -> Tensor:
         return values >= threshold if self.distance.is_inverted else values <= threshold
