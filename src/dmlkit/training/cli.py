@@ -14,6 +14,7 @@ evaluated on the unseen digits 5-9 (and, for reference, the raw pixels on the sa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -229,10 +230,11 @@ def _train(args: argparse.Namespace) -> int:
 def _write_report(folder: Path, config: TrainConfig, result: Any) -> None:
     """Write report.html into the run folder; a missing plotting library only skips it, with a note."""
     from .html_report import write_html_report
-    from .loop import load_run_data
+    from .loop import IMAGE_SHAPES, load_run_data
 
     parts = load_run_data(config)
-    images = parts.x_test.reshape(-1, 8, 8) if config.data.name == "digits" else None
+    shape = IMAGE_SHAPES.get(config.data.name)
+    images = parts.x_test.reshape(-1, *shape) if shape is not None else None
     if images is None and parts.x_test.ndim >= 3:
         images = parts.x_test
     trainer = result.trainer
@@ -264,7 +266,6 @@ def _write_report(folder: Path, config: TrainConfig, result: Any) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     from ..data import load_dataset, split_by_classes
@@ -290,9 +291,16 @@ def _embed(args: argparse.Namespace) -> int:
 
     prefix = str(args.out).removesuffix(".npy")
     for path, array in ((f"{prefix}.npy", embeddings), (f"{prefix}.labels.npy", labels)):
-        atomic_write(path, lambda f, a=array: np.save(f, torch.as_tensor(a).numpy()))
+        values = torch.as_tensor(array).numpy()
+        atomic_write(path, functools.partial(_save_npy, values))
     print(f"Wrote {prefix}.npy {tuple(embeddings.shape)} and {prefix}.labels.npy ({len(labels)} labels).")
     return 0
+
+
+def _save_npy(array: Any, file: Any) -> None:
+    import numpy as np
+
+    np.save(file, array)
 
 
 def _classes(classes: Sequence[int]) -> str:

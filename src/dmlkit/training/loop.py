@@ -31,6 +31,8 @@ __all__ = ["TrainResult", "RunData", "embed", "evaluate", "load_run_data", "mode
 METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 #: data sets with an official train/test split: test classes come from the test split.
 _SPLIT_DATASETS = ("mnist", "fashion_mnist")
+#: flat feature vectors that are images: their shape as (channels, height, width), for crops and galleries.
+IMAGE_SHAPES = {"digits": (1, 8, 8)}
 
 
 @dataclass
@@ -170,8 +172,16 @@ class _MetricWithInstanceStep(TrainingStep):
     losses = ("metric_loss", "instance_loss")
     miners = ("tuple_miner",)
 
-    def __init__(self, noise: float, low: float, high: float, crop_scale: float | None = None) -> None:
+    def __init__(
+        self,
+        noise: float,
+        low: float,
+        high: float,
+        crop_scale: float | None = None,
+        image_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         self.noise, self.low, self.high, self.crop_scale = noise, low, high, crop_scale
+        self.image_shape = image_shape
         self.mined: dict[int, list[int]] = {}
 
     def __call__(self, trainer: Trainer, data: Any, labels: Tensor) -> dict[str, Tensor]:
@@ -191,11 +201,13 @@ class _MetricWithInstanceStep(TrainingStep):
         return out
 
     def _view(self, data: Tensor, generator: torch.Generator) -> Tensor:
-        if self.crop_scale is not None and data.ndim == 4:
+        flat_images = data.ndim == 2 and self.image_shape is not None
+        if self.crop_scale is not None and (data.ndim == 4 or flat_images):
             from ..data.transforms import RandomResizedCrop
 
-            crop = RandomResizedCrop(tuple(data.shape[-2:]), scale=(self.crop_scale, 1.0), generator=generator)
-            data = crop(data)
+            images = data.reshape(len(data), *self.image_shape) if flat_images else data  # type: ignore[misc]
+            crop = RandomResizedCrop(tuple(images.shape[-2:]), scale=(self.crop_scale, 1.0), generator=generator)
+            data = crop(images).reshape(data.shape)
         return noisy_view(data, self.noise, generator=generator, low=self.low, high=self.high)
 
 
@@ -249,8 +261,12 @@ def train(
         loss_fn = _build_loss(config, num_classes=num_classes).to(device)
         before = evaluate(model, parts.x_test, parts.y_test, **eval_kwargs)
         raw_input = _retrieval(parts.x_test.flatten(1), parts.y_test, config.evaluation.distance)
-        trainer, step = _build_trainer(config, parts, model, loss_fn, device, progress, run_folder)
-        logger = trainer.logger
+        logger = None
+        if run_folder is not None:
+            from .logs import RunLogger
+
+            logger = RunLogger(run_folder, tensorboard=config.output.tensorboard)
+        trainer, step = _build_trainer(config, parts, model, loss_fn, device, progress, run_folder, logger)
         try:
             if resume:
                 assert run_folder is not None
@@ -260,7 +276,7 @@ def train(
                 epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
                 if logger is not None:
                     for stream in ("train", "eval"):
-                        logger.truncate(stream, lambda record, e=epoch: int(record.get("epoch", 0)) <= e)
+                        logger.truncate(stream, _up_to_epoch(epoch))
                 trainer.train(num_epochs=config.epochs, resume=checkpoint)
             else:
                 trainer.train(num_epochs=config.epochs)
@@ -290,6 +306,15 @@ def train(
     )
 
 
+def _up_to_epoch(epoch: int) -> Any:
+    """A log-record filter keeping the records of epochs ``<= epoch`` (the state a checkpoint resumes from)."""
+
+    def keep(record: dict[str, Any]) -> bool:
+        return int(record.get("epoch", 0)) <= epoch
+
+    return keep
+
+
 def model_spec(config: TrainConfig, in_shape: tuple[int, ...]) -> dict[str, Any]:
     """:func:`~dmlkit.training.models.build_model`'s arguments for the configured model and input shape.
 
@@ -316,6 +341,7 @@ def _build_trainer(
     device: torch.device,
     progress: bool,
     run_folder: str | Path | None,
+    logger: Any,
 ) -> tuple[Trainer, _MetricWithInstanceStep]:
     miners = {}
     if config.miner is not None:
@@ -356,13 +382,10 @@ def _build_trainer(
             every=v.every,
             batch_size=config.evaluation.batch_size,
         )
-    logger = None
-    if run_folder is not None:
-        from .logs import RunLogger
-
-        logger = RunLogger(run_folder, tensorboard=config.output.tensorboard)
     low, high = float(parts.x_train.min()), float(parts.x_train.max())
-    step = _MetricWithInstanceStep(instance.noise, low, high, instance.crop_scale)
+    step = _MetricWithInstanceStep(
+        instance.noise, low, high, instance.crop_scale, IMAGE_SHAPES.get(config.data.name)
+    )
     trainer = Trainer(
         {"trunk": model},
         {"trunk_optimizer": optimizer},
