@@ -387,6 +387,7 @@ class EmbeddingCache:
         sidecar.unlink(missing_ok=True)
         handle, tmp_name = tempfile.mkstemp(prefix=f".{npy.name}.", suffix=".tmp", dir=self.folder)
         os.close(handle)
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it private; a cache file is as readable as any other
         digest = hashlib.sha256()
         try:
             out: np.memmap | None = None
