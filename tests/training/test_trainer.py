@@ -401,3 +401,28 @@ def test_pml_trainers_path_has_every_pml_trainer() -> None:
     names = {n for n in dir(pml_trainers) if n[0].isupper()}
     assert names <= set(dmlkit.trainers.__all__)
     assert issubclass(dmlkit.trainers.MetricLossOnly, dmlkit.trainers.BaseTrainer)
+
+
+def test_loss_parameters_get_their_own_optimizer_and_are_checkpointed(tmp_path: Path) -> None:
+    from dmlkit.losses import ProxyAnchorLoss
+
+    loss = ProxyAnchorLoss(num_classes=4, embedding_size=4)
+    start = loss.proxies.detach().clone()
+    trunk = _net(0)
+    trainer = Trainer(
+        {"trunk": trunk},
+        {
+            "trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.01),
+            "metric_loss_optimizer": torch.optim.SGD(loss.parameters(), lr=0.5),
+        },
+        batch_size=16,
+        loss_funcs={"metric_loss": loss},
+        dataset=_data(),
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    trainer.train(num_epochs=1)
+    assert not torch.equal(loss.proxies, start)
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert torch.equal(saved["loss_funcs"]["metric_loss"]["proxies"], loss.proxies)
+    assert set(saved["optimizers"]) == {"trunk_optimizer", "metric_loss_optimizer"}
