@@ -13,8 +13,8 @@ from torch import Tensor
 from dmlkit.distances import CosineSimilarity, DotProductSimilarity, LpDistance, SNRDistance
 from dmlkit.losses import tiled
 from dmlkit.losses.tiled import (
-    Aggregate,
     AffineStat,
+    Aggregate,
     Count,
     EveryPairBlocks,
     LabelBlocks,
