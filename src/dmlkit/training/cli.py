@@ -3,6 +3,8 @@
 * ``dmlkit train [CONFIG] [--set key=value ...] [--out DIR] [--name NAME] [--resume RUN_FOLDER] [--quiet]``
 * ``dmlkit embed CHECKPOINT OUT [--data NAME] [--split test] [--classes ...]``: embeddings (and labels) of a
   data set by a trained model, as ``.npy`` files.
+* ``dmlkit index build EMBEDDINGS OUT.index ...`` and ``dmlkit index query OUT.index QUERIES --k K``: a saved,
+  searchable :class:`~dmlkit.index.EmbeddingIndex`.
 * ``dmlkit eval QUERY QUERY_LABELS [--reference R --reference-labels RL] [--k K] [--json OUT] ...``: the
   :class:`~dmlkit.evaluation.AccuracyCalculator` metrics of saved embeddings (``.npy`` or ``.pt``).
 
