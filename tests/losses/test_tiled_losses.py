@@ -77,7 +77,8 @@ def _run(
     params = [p for p in loss_fn.parameters() if p.requires_grad]
     value = loss_fn(inputs[0], labels, indices, inputs[1] if ref is not None else None, ref_labels)
     grads = torch.autograd.grad(value, inputs + params, allow_unused=True)
-    return value.item(), [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, inputs + params)]
+    together = zip(grads, inputs + params, strict=True)
+    return value.item(), [g if g is not None else torch.zeros_like(x) for g, x in together]
 
 
 def assert_tiled_equals_dense(
