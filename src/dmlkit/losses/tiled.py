@@ -283,7 +283,7 @@ def masked_log(values: Tensor, mask: Mask) -> Tensor:
         values.diagonal(mask.offset).fill_(float("-inf"))
         return values
     if mask.dtype == torch.bool:
-        return values.masked_fill_(~mask, float("-inf"))
+        return torch.where(mask, values, float("-inf"))
     return values.add_(mask.log())
 
 
@@ -295,7 +295,7 @@ def masked(values: Tensor, mask: Mask) -> Tensor:
         values.diagonal(mask.offset).fill_(0.0)
         return values
     if mask.dtype == torch.bool:
-        return values.masked_fill_(~mask, 0.0)
+        return torch.where(mask, values, 0.0)
     return values.mul_(mask)
 
 
@@ -366,15 +366,24 @@ class CellStat:
         self.aggregate = aggregate
         self.count = count
 
+    #: ``d value / d s`` when it is a constant (the kernel then folds it into each row's gradient).
+    constant_slope: float | None = None
+
     def value(self, tile: Tensor, extras: Sequence[Tensor]) -> Tensor:
         raise NotImplementedError
+
+    def shifted_value(self, tile: Tensor, shift: Tensor, extras: Sequence[Tensor]) -> Tensor:
+        """``value(s) - shift`` with ``shift`` one number per row (a new tensor)."""
+        return self.value(tile, extras).sub_(shift.unsqueeze(1))
 
     def backward(
         self, tile: Tensor, upstream: Tensor, extras: Sequence[Tensor], extra_grads: list[Tensor | None]
     ) -> Tensor:
         """``d loss / d s`` from ``upstream = d loss / d value`` per cell (0 outside the set); adds the gradients of
         the extra inputs the value depends on into ``extra_grads``."""
-        raise NotImplementedError
+        if self.constant_slope is None:
+            raise NotImplementedError
+        return upstream.mul_(self.constant_slope)
 
 
 class AffineStat(CellStat):
@@ -386,15 +395,15 @@ class AffineStat(CellStat):
         super().__init__(pairs, aggregate, count)
         self.scale = scale
         self.shift = shift
+        self.constant_slope = scale
 
     def value(self, tile: Tensor, extras: Sequence[Tensor]) -> Tensor:
         out = tile * self.scale
         return out.add_(self.shift) if self.shift else out
 
-    def backward(
-        self, tile: Tensor, upstream: Tensor, extras: Sequence[Tensor], extra_grads: list[Tensor | None]
-    ) -> Tensor:
-        return upstream.mul_(self.scale)
+    def shifted_value(self, tile: Tensor, shift: Tensor, extras: Sequence[Tensor]) -> Tensor:
+        # one pass: scale * s + (shift - row shift)
+        return torch.add((self.shift - shift).unsqueeze(1), tile, alpha=self.scale)
 
 
 class RowStatKernel(TileKernel):
@@ -454,15 +463,16 @@ class RowStatKernel(TileKernel):
             if not bool(grad.any()):
                 continue
             mask = masks[index]
+            slope = stat.constant_slope
             if stat.aggregate is Aggregate.LOGSUMEXP:
                 # empty rows (-inf) have no cell: any finite stand-in keeps exp(-inf - L) at 0
                 lse = outputs[:, column]
                 lse = lse.masked_fill(lse == float("-inf"), 0.0)
-                upstream = masked_log(stat.value(tile, extras), mask).sub_(lse.unsqueeze(1)).exp_()
-                upstream.mul_(grad.unsqueeze(1))
+                upstream = masked_log(stat.shifted_value(tile, lse, extras), mask).exp_()
+                upstream.mul_((grad if slope is None else grad * slope).unsqueeze(1))
             else:
-                upstream = spread(grad, mask, tile.shape)
-            part = stat.backward(tile, upstream, extras, extra_grads)
+                upstream = spread(grad if slope is None else grad * slope, mask, tile.shape)
+            part = upstream if slope is not None else stat.backward(tile, upstream, extras, extra_grads)
             total = part if total is None else total.add_(part)
         return total
 
@@ -713,11 +723,12 @@ def label_pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[Tenso
     sorted_ref, order = torch.sort(ref, stable=True)
     low = torch.searchsorted(sorted_ref, labels)
     per_row = torch.searchsorted(sorted_ref, labels, right=True) - low
-    total = int(per_row.sum())
-    anchors = torch.repeat_interleave(torch.arange(labels.shape[0], device=labels.device), per_row, output_size=total)
-    starts = torch.cumsum(per_row, 0) - per_row
-    offsets = torch.arange(total, device=labels.device) - torch.repeat_interleave(starts, per_row, output_size=total)
-    partners = order[torch.repeat_interleave(low, per_row, output_size=total) + offsets]
+    ends = torch.cumsum(per_row, 0)
+    total = int(ends[-1]) if ends.numel() else 0
+    # the row of each output position: how many rows end at or before it (cheaper than repeat_interleave on CPU)
+    positions = torch.arange(total, device=labels.device)
+    anchors = torch.searchsorted(ends, positions, right=True)
+    partners = order[low[anchors] + positions - (ends - per_row)[anchors]]
     if same_set:
         keep = anchors != partners
         anchors, partners = anchors[keep], partners[keep]
