@@ -256,6 +256,7 @@ def main() -> None:
         texts_b = [train.texts[i] for i in train.second[rows].tolist()]
         with torch.no_grad():
             both = encode(texts_a + texts_b)
+        both = both.clone()  # encode() returns inference-mode tensors, which autograd refuses
         return both[: len(rows)], both[len(rows) :]
 
     uncached_times = []
