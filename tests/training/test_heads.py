@@ -78,7 +78,7 @@ def test_skip_connection_head_starts_as_identity_and_learns() -> None:
         loss = ((head(x) - target) ** 2).mean()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert float(head.branch[1].weight.grad.abs().sum()) > 0
 
