@@ -52,9 +52,8 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +72,7 @@ RUNS = Path("runs")
 MATCH_SCORE = 4.0
 
 
-@dataclass
-class Split:
+class Split(NamedTuple):
     """The distinct sentences of a split and, per pair, the rows of its two sentences and its gold score."""
 
     texts: list[str]
