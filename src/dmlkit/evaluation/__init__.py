@@ -1,7 +1,8 @@
-"""Evaluation (layer 4): exact streamed k-nn, retrieval and clustering metrics, and ``AccuracyCalculator``.
+"""Evaluation (layer 4): exact streamed k-nn, retrieval and clustering metrics, ``AccuracyCalculator``,
+match/no-match threshold calibration and a k-NN classifier.
 
 Importing this package costs torch only: faiss and scikit-learn are imported inside the functions that use
-them.
+them, and ``KNNClassifier`` (a scikit-learn estimator) is imported on first access.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from .retrieval import (
     precision_at_1,
     r_precision,
     retrieval_metrics,
+)
+from .thresholds import (
+    MatchCurve,
+    ThresholdCalibration,
+    ThresholdTarget,
+    calibrate_threshold,
+    calibrate_threshold_on_set,
+    match_curve,
 )
 
 __all__ = [
@@ -36,4 +45,24 @@ __all__ = [
     "retrieval_metrics",
     "normalized_mutual_info",
     "adjusted_mutual_info",
+    "MatchCurve",
+    "ThresholdCalibration",
+    "ThresholdTarget",
+    "calibrate_threshold",
+    "calibrate_threshold_on_set",
+    "match_curve",
+    "KNNClassifier",
+    "KnnWeights",
+    "KnnMetric",
 ]
+
+_LAZY = {"KNNClassifier", "KnnWeights", "KnnMetric"}
+
+
+def __getattr__(name: str) -> object:
+    # scikit-learn's base classes are needed to define KNNClassifier; load them only when it is asked for.
+    if name in _LAZY:
+        from . import knn_classifier
+
+        return getattr(knn_classifier, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from .components import OPTIMIZERS, SCHEDULERS, build_component
 from .config import FORMAT_VERSION, ComponentConfig, TrainConfig, parse_override, parse_value
+from .embedding_cache import EmbeddingCache, inputs_fingerprint, module_fingerprint
+from .heads import LinearHead, MLPHead, SkipConnectionHead
 from .html_report import write_html_report
 from .logs import RunLogger
 from .models import MLP, SmallCNN, build_model, import_module_class
@@ -69,4 +71,10 @@ __all__ = [
     "GlobalTwoStreamEmbeddingSpaceTester",
     "RunLogger",
     "write_html_report",
+    "EmbeddingCache",
+    "module_fingerprint",
+    "inputs_fingerprint",
+    "LinearHead",
+    "MLPHead",
+    "SkipConnectionHead",
 ]
