@@ -12,6 +12,7 @@ from torch.utils.data import Sampler
 
 from ..registry import Registry
 from .base import BaseSampler
+from .distributed_m_per_class import DistributedMPerClassSampler
 from .fixed_set_of_triplets import FixedSetOfTriplets
 from .hierarchical import HierarchicalSampler
 from .m_per_class import MPerClassSampler
@@ -22,6 +23,7 @@ __all__ = [
     "BaseSampler",
     "MPerClassSampler",
     "MPerClassBatchSampler",
+    "DistributedMPerClassSampler",
     "HierarchicalSampler",
     "TuplesToWeightsSampler",
     "FixedSetOfTriplets",
@@ -33,6 +35,7 @@ SAMPLERS: Registry[Sampler] = Registry(
     {
         "m_per_class": MPerClassSampler,
         "m_per_class_batch": MPerClassBatchSampler,
+        "distributed_m_per_class": DistributedMPerClassSampler,
         "hierarchical": HierarchicalSampler,
         "tuples_to_weights": TuplesToWeightsSampler,
         "fixed_set_of_triplets": FixedSetOfTriplets,
