@@ -8,6 +8,10 @@
 * ``dmlkit eval QUERY QUERY_LABELS [--reference R --reference-labels RL] [--k K] [--json OUT] ...``: the
   :class:`~dmlkit.evaluation.AccuracyCalculator` metrics of saved embeddings (``.npy`` or ``.pt``).
 
+Under ``torchrun --nproc_per_node N -m dmlkit train CONFIG`` (``WORLD_SIZE`` > 1 in the environment), ``dmlkit
+train`` initialises ``torch.distributed`` from torchrun's variables (NCCL when ``device`` is ``cuda``, gloo
+otherwise), trains on all processes, and only rank 0 prints, writes the run folder and the report.
+
 Without a configuration file, ``dmlkit train`` runs the embedded default (:class:`~dmlkit.training.TrainConfig`):
 a small MLP trained with a triplet loss plus an instance-discrimination term on the digits 0-4 of scikit-learn,
 evaluated on the unseen digits 5-9 (and, for reference, the raw pixels on the same retrieval task).
@@ -182,7 +186,7 @@ def _error(text: str, command: str = "train") -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .run_folder import create_run_folder, load_json, save_run, write_json
+    from .run_folder import load_json
 
     resume = Path(args.resume) if args.resume is not None else None
     try:
@@ -201,21 +205,77 @@ def _train(args: argparse.Namespace) -> int:
     except (OSError, ValueError, TypeError, MissingDependencyError) as exc:
         return _error(str(exc))
 
+    try:
+        started = _start_process_group(config)
+    except (RuntimeError, ValueError) as exc:
+        return _error(str(exc))
+    try:
+        return _run_training(args, config, resume)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _start_process_group(config: TrainConfig) -> bool:
+    """Under torchrun (``WORLD_SIZE`` > 1), initialise the default process group from its environment variables;
+    True when this call did (and the caller destroys it)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed.")
+    if dist.is_initialized():
+        return False
+    cuda = torch.device(config.device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True
+
+
+def _run_training(args: argparse.Namespace, config: TrainConfig, resume: Path | None) -> int:
+    from ..wrappers.distributed import rank_and_world_size
     from .loop import train
     from .report import format_raw_input, format_report
+    from .run_folder import create_run_folder, save_run, write_json
 
-    if not args.quiet:
+    rank, world = rank_and_world_size()
+    if not args.quiet and rank == 0:
         data = config.data
         print(
             f"Training on {data.name} classes {_classes(data.train_classes)}; "
             f"testing on the unseen classes {_classes(data.test_classes)}."
         )
-    folder = resume if resume is not None else create_run_folder(config.out_dir, config.run_name)
-    write_json(folder / "config.json", config.to_dict())
+    problem = None
+    folder = resume
+    if rank == 0:
+        try:
+            folder = resume if resume is not None else create_run_folder(config.out_dir, config.run_name)
+            write_json(folder / "config.json", config.to_dict())
+        except OSError as exc:
+            problem = str(exc)
+    if world > 1:
+        # every process needs rank 0's folder (its name holds the time) and the news of a failure
+        import torch.distributed as dist
+
+        shared = [None if folder is None else str(folder), problem]
+        dist.broadcast_object_list(shared, src=0)
+        folder, problem = (None if shared[0] is None else Path(shared[0])), shared[1]
+    if problem is not None:
+        return _error(problem)
+    assert folder is not None
     try:
         result = train(config, progress=not args.quiet, run_folder=folder, resume=resume is not None)
     except (OSError, ValueError, CorruptFileError) as exc:
         return _error(str(exc))
+    if rank != 0:
+        return 0
     save_run(folder, config, result)
     if config.output.report:
         _write_report(folder, config, result)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +13,15 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
+from .._validation import message
 from ..data import load_dataset, noisy_view, split_by_classes
 from ..evaluation import retrieval_metrics
 from ..losses import LOSSES
 from ..losses.ntxent import NTXentLoss
 from ..miners import MINERS
-from ..samplers import MPerClassSampler
+from ..samplers import DistributedMPerClassSampler, MPerClassSampler
 from ..types import Pairs
+from ..wrappers.distributed import DistributedLossWrapper, DistributedMinerWrapper, rank_and_world_size
 from .components import OPTIMIZERS, SCHEDULERS, accepted_params, build_component
 from .config import TrainConfig
 from .models import build_model
@@ -52,6 +55,9 @@ class TrainResult:
         raw_input: the same metrics on the input features themselves (no model), for context.
         num_train: training samples. num_test: test samples. seconds: wall time of the whole run.
         trainer: the trainer (per-iteration ``history``, ``eval_history``, ``best_epoch``...).
+
+    Under ``torch.distributed`` only rank 0 measures retrieval: on the other processes ``before``, ``after``
+    and ``raw_input`` are empty and ``test_embeddings`` is None.
         test_embeddings: embeddings of the test set by the final model (for reports).
         num_input_shape: the shape of one input sample (rebuilds the model from a checkpoint).
     """
@@ -195,8 +201,10 @@ class _MetricWithInstanceStep(TrainingStep):
         out = {"metric_loss": trainer.loss_funcs["metric_loss"](emb, labels, tuples)}
         if instance:
             second = trainer.compute_embeddings(self._view(data, trainer.generator))
-            # each sample's two views share a label that no other sample of the batch has
-            ids = torch.arange(len(data), device=emb.device).repeat(2)
+            # each sample's two views share a label that no other sample of the batch has (nor of another
+            # process's batch: the instance loss may gather the batches of every process)
+            first_id = rank_and_world_size()[0] * len(data)
+            ids = torch.arange(first_id, first_id + len(data), device=emb.device).repeat(2)
             out["instance_loss"] = trainer.loss_funcs["instance_loss"](torch.cat([emb, second]), ids)
         return out
 
@@ -229,6 +237,14 @@ def train(
     noise; the metric loss (and the miner) see the first view and ``weight * NTXentLoss`` treats the two views
     of each sample as its only positive pair (see :class:`~dmlkit.training.config.InstanceConfig`).
 
+    Under ``torch.distributed`` (a process group initialised by the caller, as ``dmlkit train`` does under
+    ``torchrun``), each of the ``N`` processes trains on its ``1/N`` of every batch of ``sampler.batch_size``
+    (which must be a multiple of ``N * sampler.m``) drawn by :class:`~dmlkit.samplers.DistributedMPerClassSampler`,
+    the losses and the miner see the whole batch (:class:`~dmlkit.wrappers.distributed.DistributedLossWrapper`),
+    ``device="cuda"`` means each process's own GPU (``LOCAL_RANK``), and only rank 0 writes the run folder and
+    measures retrieval. The batches and the gradients are those of one process; the random views of the
+    instance term are drawn by each process for its own part.
+
     Args:
         config: the configuration; the ``dmlkit train`` demo when None.
         progress: show a progress bar with the loss and the throughput.
@@ -246,7 +262,8 @@ def train(
     if resume and run_folder is None:
         raise ValueError("train: resume=True needs the run_folder that holds last.pt.")
     start = time.perf_counter()
-    device = torch.device(config.device)
+    rank, world = rank_and_world_size()
+    device = _process_device(config.device, world)
     parts = load_run_data(config)
     eval_kwargs: dict[str, Any] = {
         "distance": config.evaluation.distance,
@@ -259,10 +276,13 @@ def train(
         spec = model_spec(config, tuple(parts.x_train.shape[1:]))
         model = build_model(spec["name"], spec["in_shape"], spec["embedding_size"], spec["params"]).to(device)
         loss_fn = _build_loss(config, num_classes=num_classes).to(device)
-        before = evaluate(model, parts.x_test, parts.y_test, **eval_kwargs)
-        raw_input = _retrieval(parts.x_test.flatten(1), parts.y_test, config.evaluation.distance)
+        before: dict[str, float] = {}
+        raw_input: dict[str, float] = {}
+        if rank == 0:
+            before = evaluate(model, parts.x_test, parts.y_test, **eval_kwargs)
+            raw_input = _retrieval(parts.x_test.flatten(1), parts.y_test, config.evaluation.distance)
         logger = None
-        if run_folder is not None:
+        if run_folder is not None and rank == 0:
             from .logs import RunLogger
 
             logger = RunLogger(run_folder, tensorboard=config.output.tensorboard)
@@ -283,11 +303,15 @@ def train(
         finally:
             if logger is not None:
                 logger.close()
-        if trainer.validation is not None and run_folder is not None and (Path(run_folder) / "best.pt").exists():
-            best = torch.load(Path(run_folder) / "best.pt", map_location=device, weights_only=True)
+        best_file = None if run_folder is None else Path(run_folder) / "best.pt"
+        if trainer.validation is not None and best_file is not None and best_file.exists() and rank == 0:
+            best = torch.load(best_file, map_location=device, weights_only=True)
             model.load_state_dict(best["models"]["trunk"])
-        test_embeddings = embed(model, parts.x_test, config.evaluation.batch_size, device)
-        after = _retrieval(test_embeddings, parts.y_test, config.evaluation.distance)
+        test_embeddings: Tensor | None = None
+        after: dict[str, float] = {}
+        if rank == 0:
+            test_embeddings = embed(model, parts.x_test, config.evaluation.batch_size, device)
+            after = _retrieval(test_embeddings, parts.y_test, config.evaluation.distance)
     model.eval()
     return TrainResult(
         model=model,
@@ -304,6 +328,15 @@ def train(
         test_embeddings=test_embeddings,
         num_input_shape=tuple(parts.x_train.shape[1:]),
     )
+
+
+def _process_device(name: str, world: int) -> torch.device:
+    """The configured device; with several processes, ``cuda`` without an index is this process's GPU."""
+    device = torch.device(name)
+    if world > 1 and device.type == "cuda" and device.index is None:
+        local = os.environ.get("LOCAL_RANK")
+        return torch.device("cuda", int(local) if local is not None else torch.cuda.current_device())
+    return device
 
 
 def _up_to_epoch(epoch: int) -> Any:
@@ -343,13 +376,18 @@ def _build_trainer(
     run_folder: str | Path | None,
     logger: Any,
 ) -> tuple[Trainer, _MetricWithInstanceStep]:
-    miners = {}
+    rank, world = rank_and_world_size()
+    miners: dict[str, Any] = {}
     if config.miner is not None:
         miners["tuple_miner"] = build_component(MINERS, config.miner.name, config.miner.params, "miner")
     instance = config.instance
     losses: dict[str, nn.Module] = {"metric_loss": loss_fn}
     if instance.weight > 0:
         losses["instance_loss"] = NTXentLoss(temperature=instance.temperature)
+    if world > 1:
+        # every loss and the miner see the batches of all processes: the gradients of one process
+        losses = {name: DistributedLossWrapper(loss) for name, loss in losses.items()}  # type: ignore[arg-type]
+        miners = {name: DistributedMinerWrapper(miner) for name, miner in miners.items()}
     parameters = list(model.parameters()) + list(loss_fn.parameters())
     optimizer = build_component(
         OPTIMIZERS, config.optimizer.name, config.optimizer.params, "optimizer", params=parameters
@@ -365,13 +403,30 @@ def _build_trainer(
             SCHEDULERS, config.scheduler.name, params, "scheduler", optimizer=optimizer
         )
     iterations = config.iterations_per_epoch or max(1, len(parts.x_train) // config.sampler.batch_size)
-    sampler = MPerClassSampler(
-        parts.y_train,
-        m=config.sampler.m,
-        batch_size=config.sampler.batch_size,
-        length_before_new_iter=iterations * config.sampler.batch_size,
-        seed=config.seed,
-    )
+    batch_size = config.sampler.batch_size
+    sampler: MPerClassSampler | DistributedMPerClassSampler
+    if world > 1:
+        if batch_size % (world * config.sampler.m):
+            rule = f"a multiple of `sampler.m` * number of processes ({config.sampler.m} * {world})"
+            raise ValueError(message("TrainConfig", "sampler.batch_size", rule, batch_size))
+        batch_size //= world  # each process's part; together the batches of one process
+        sampler = DistributedMPerClassSampler(
+            parts.y_train,
+            m=config.sampler.m,
+            batch_size=batch_size,
+            length_before_new_iter=iterations * batch_size,
+            num_replicas=world,
+            rank=rank,
+            seed=config.seed,
+        )
+    else:
+        sampler = MPerClassSampler(
+            parts.y_train,
+            m=config.sampler.m,
+            batch_size=batch_size,
+            length_before_new_iter=iterations * batch_size,
+            seed=config.seed,
+        )
     validation = None
     if len(parts.x_val):
         v = config.validation
@@ -389,7 +444,7 @@ def _build_trainer(
     trainer = Trainer(
         {"trunk": model},
         {"trunk_optimizer": optimizer},
-        config.sampler.batch_size,
+        batch_size,
         losses,
         TensorDataset(parts.x_train, parts.y_train),
         mining_funcs=miners,

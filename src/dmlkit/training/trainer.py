@@ -21,10 +21,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from .._validation import at_least, close_matches_hint, message
 from ..errors import CorruptFileError
+from ..wrappers.distributed import all_gather, rank_and_world_size
 from .atomic import atomic_write
 from .steps import MetricLossStep, TrainingStep
 
@@ -111,6 +112,18 @@ class Trainer:
     optimizers, schedulers, losses (their parameters: proxies), the generator and torch's global random state,
     the validation state and the history, so ``train(..., resume=path)`` after an interruption ends with the
     same weights as an uninterrupted run.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``; the process group initialised before :meth:`train`) every
+    process runs the same trainer on its own batches of ``batch_size``: rank 0's weights are copied to every
+    process at the start, parameter gradients are averaged over processes after each backward pass (the
+    models stay plain modules, so checkpoints are the same as in one process), model buffers (batch-norm
+    statistics) follow rank 0's before each step, a sampler without ``num_replicas`` is cut so that process
+    ``r`` takes rows ``[r * batch_size, (r + 1) * batch_size)`` of each global batch of ``world_size *
+    batch_size`` of its stream (with :class:`~dmlkit.samplers.DistributedMPerClassSampler`, each process
+    draws its own part), validation embeds a part of the validation set on each process and gathers the
+    embeddings once, and only rank 0 writes checkpoints, logs and the progress bar. A loss that should see
+    the global batch is wrapped in :class:`~dmlkit.wrappers.distributed.DistributedLossWrapper` (and its
+    miner in ``DistributedMinerWrapper``); unwrapped, each process's loss sees its own batch.
 
     Args:
         models: ``nn.Module`` s by name; ``embedder`` defaults to the identity.
@@ -323,7 +336,10 @@ class Trainer:
             )
         iterations = self.iterations_per_epoch or len(loader)
         total_batches = max(0, num_epochs - start_epoch + 1) * iterations
-        bar = tqdm(total=total_batches, desc="train", unit="batch", disable=not self.progress)
+        rank, world = rank_and_world_size()
+        if world > 1:
+            self._broadcast_from_rank_0()
+        bar = tqdm(total=total_batches, desc="train", unit="batch", disable=not self.progress or rank != 0)
         with bar:
             for epoch in range(start_epoch, num_epochs + 1):
                 self.epoch = epoch
@@ -343,7 +359,7 @@ class Trainer:
                         "samples_per_second": count / max(time.perf_counter() - started, 1e-9),
                     }
                     self.history.append(record)
-                    if self.logger is not None:
+                    if self.logger is not None and rank == 0:
                         self.logger.log("train", record)
                     if self.end_of_iteration_hook is not None:
                         self.end_of_iteration_hook(self)
@@ -355,7 +371,7 @@ class Trainer:
                     bar.update(1)
                 self._step_schedulers("epoch")
                 improved = self._maybe_validate(epoch)
-                if self.checkpoint_dir is not None:
+                if self.checkpoint_dir is not None and rank == 0:
                     self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
                     self.save_checkpoint(self.checkpoint_dir / "last.pt")
                     if improved:
@@ -366,6 +382,9 @@ class Trainer:
 
     def _loader(self) -> DataLoader[Any]:
         sampler = self.sampler if self.sampler is not None else RandomSampler(self.dataset, generator=torch.Generator())  # type: ignore[arg-type]
+        rank, world = rank_and_world_size()
+        if world > 1 and not hasattr(sampler, "num_replicas"):
+            sampler = _ProcessShard(sampler, self.batch_size, rank, world)
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
@@ -379,7 +398,7 @@ class Trainer:
         """Batches of ``epoch``, the loader re-seeded from ``(seed, epoch, pass)`` before each pass over it."""
         for pass_number in itertools.count():
             order_seed = ((self.seed * 1_000_003 + epoch) * 1_000_033 + pass_number) % 2**31
-            sampler = loader.sampler
+            sampler = loader.sampler.base if isinstance(loader.sampler, _ProcessShard) else loader.sampler
             if isinstance(sampler, RandomSampler) and sampler.generator is not None:
                 sampler.generator.manual_seed(order_seed)
             elif hasattr(sampler, "set_epoch"):
@@ -389,6 +408,8 @@ class Trainer:
     def _forward_backward(self, batch: Any) -> tuple[float, int]:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
+        if rank_and_world_size()[1] > 1:
+            self._broadcast_model_buffers()
         data, labels = self.data_and_label_getter(batch)
         labels = self._process_labels(labels)
         data, labels = self._subset_batch(data, labels)
@@ -410,6 +431,8 @@ class Trainer:
                 f"(terms: {self.losses}); lower the learning rate, check the data for NaN/Inf, or use max_grad_norm."
             )
         total.backward()
+        if rank_and_world_size()[1] > 1:
+            self._average_gradients(frozen)
         self._clip_gradients(frozen)
         for name, optimizer in self.optimizers.items():
             if name.removesuffix("_optimizer") not in frozen:
@@ -484,11 +507,76 @@ class Trainer:
                 if isinstance(layer, nn.modules.batchnorm._BatchNorm):
                     layer.eval()
 
+    # Several processes -----------------------------------------------------------------------------
+
+    def _synced_modules(self) -> list[nn.Module]:
+        modules = [*self.models.values(), *self.loss_funcs.values()]
+        return modules + [m for m in self.mining_funcs.values() if isinstance(m, nn.Module)]
+
+    def _broadcast_from_rank_0(self) -> None:
+        """Give every process rank 0's parameters and buffers (as ``DistributedDataParallel`` does at start)."""
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in _unique(t for m in self._synced_modules() for t in [*m.parameters(), *m.buffers()]):
+                dist.broadcast(tensor.data, src=0)
+
+    def _broadcast_model_buffers(self) -> None:
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            for tensor in _unique(t for m in self.models.values() for t in m.buffers()):
+                dist.broadcast(tensor.data, src=0)
+
+    def _average_gradients(self, frozen: set[str]) -> None:
+        """Average the trained parameters' gradients over processes: one all-reduce per device and dtype.
+
+        A parameter without a gradient on every process keeps none (an optimizer then skips it, as in one
+        process); one with a gradient on some processes only counts zeros for the others.
+        """
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        params = list(
+            _unique(
+                p
+                for name, module in {**self.models, **self.loss_funcs}.items()
+                if name not in frozen
+                for p in module.parameters()
+                if p.requires_grad
+            )
+        )
+        if not params:
+            return
+        has_grad = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+        has_grad = _gathered_sum(has_grad, params[0].device)
+        groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
+        for p, count in zip(params, has_grad.tolist(), strict=True):
+            if count:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                groups.setdefault((p.device, p.dtype), []).append(p)
+        for group in groups.values():
+            flat = torch.cat([p.grad.reshape(-1) for p in group])  # type: ignore[union-attr]
+            dist.all_reduce(flat)
+            flat /= world
+            for p, part in zip(group, flat.split([p.numel() for p in group]), strict=True):
+                p.grad.copy_(part.view_as(p))  # type: ignore[union-attr]
+
     # Validation ------------------------------------------------------------------------------------
 
     def embed(self, dataset: Dataset[Any], batch_size: int = 256) -> tuple[Tensor, Tensor]:
         """``(embeddings, labels)`` of a dataset in eval mode without gradients; the models' modes are restored."""
         modes = {name: module.training for name, module in self.models.items()}
+        rank, world = rank_and_world_size()
+        size = len(dataset)  # type: ignore[arg-type]
+        keep = None
+        if world > 1:
+            # each process embeds a contiguous part; the parts are gathered once, in dataset order
+            per_process = -(-size // world)
+            start, stop = min(size, rank * per_process), min(size, (rank + 1) * per_process)
+            keep = stop - start
+            dataset = Subset(dataset, range(start, stop) if keep else range(min(1, size)))
         self._set_to_eval()
         parts, label_parts = [], []
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=self.collate_fn)
@@ -501,7 +589,11 @@ class Trainer:
         finally:
             for name, module in self.models.items():
                 module.train(modes[name])
-        return torch.cat(parts), torch.cat(label_parts)
+        embeddings, labels = torch.cat(parts), torch.cat(label_parts)
+        if keep is None:
+            return embeddings, labels
+        embeddings, labels = embeddings[:keep], labels[:keep]
+        return _gathered(embeddings, self.data_device), _gathered(labels, self.data_device)
 
     def _maybe_validate(self, epoch: int) -> bool:
         validation = self.validation
@@ -515,7 +607,7 @@ class Trainer:
             )
         record = {"epoch": epoch, "step": self.global_step, "split": "val", **{k: float(v) for k, v in metrics.items()}}
         self.eval_history.append(record)
-        if self.logger is not None:
+        if self.logger is not None and rank_and_world_size()[0] == 0:
             self.logger.log("eval", record)
         value = float(metrics[validation.metric])
         for name, scheduler in self.lr_schedulers.items():
@@ -682,3 +774,53 @@ def _pair_of(batch: Any, getter: Callable[[Any], tuple[Any, Tensor]]) -> tuple[A
         data = data[0]
     return data, labels
 
+
+class _ProcessShard(Sampler[int]):
+    """This process's part of a sampler's stream: of each ``world * batch_size`` consecutive indices (a global
+    batch), rows ``[rank * batch_size, (rank + 1) * batch_size)``; an incomplete global batch is dropped."""
+
+    def __init__(self, base: Sampler[int], batch_size: int, rank: int, world: int) -> None:
+        self.base = base
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world = world
+
+    def __len__(self) -> int:
+        return len(self.base) // (self.world * self.batch_size) * self.batch_size  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        size = self.world * self.batch_size
+        start = self.rank * self.batch_size
+        chunk: list[int] = []
+        for index in self.base:
+            chunk.append(index)
+            if len(chunk) == size:
+                yield from chunk[start : start + self.batch_size]
+                chunk = []
+
+
+def _unique(tensors: Iterator[Tensor] | Any) -> Iterator[Tensor]:
+    seen: set[int] = set()
+    for tensor in tensors:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            yield tensor
+
+
+def _collective_device(device: torch.device) -> torch.device:
+    """Where a collective's tensors must live: the GPU for NCCL, else the CPU."""
+    import torch.distributed as dist
+
+    return device if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def _gathered(tensor: Tensor, device: torch.device) -> Tensor:
+    return all_gather(tensor.to(_collective_device(device))).cpu()
+
+
+def _gathered_sum(tensor: Tensor, device: torch.device) -> Tensor:
+    import torch.distributed as dist
+
+    tensor = tensor.to(_collective_device(device))
+    dist.all_reduce(tensor)
+    return tensor.cpu()
