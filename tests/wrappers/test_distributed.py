@@ -302,6 +302,25 @@ def _memory(rank: int, out: dict[Any, Any]) -> None:
             _guard(out, ("memory", variant, efficient), functools.partial(_memory_sequence, rank, efficient, variant))
 
 
+def _ddp_step(rank: int, efficient: bool) -> float:
+    """A model in DistributedDataParallel, its output in the wrapped loss: after DDP's gradient averaging, the
+    model's gradient is that of one process on the whole batch."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(DIM, 4).double()
+    single = copy.deepcopy(model)
+    data, labels = _batch(30)
+    TripletMarginLoss(margin=0.5)(single(data), labels).backward()
+    ddp = DistributedDataParallel(model)
+    loss = DistributedLossWrapper(TripletMarginLoss(margin=0.5), efficient=efficient)
+    loss(ddp(_part(data, rank)), _part(labels, rank)).backward()
+    return max(
+        float((p.grad - q.grad).abs().max())  # type: ignore[operator]
+        for p, q in zip(model.parameters(), single.parameters(), strict=True)
+    )
+
+
 def _misc(rank: int, out: dict[Any, Any]) -> None:
     out["rank_and_world_size"] = rank_and_world_size()
     out["is_distributed"] = is_distributed()
@@ -318,6 +337,8 @@ def _misc(rank: int, out: dict[Any, Any]) -> None:
     wrapped(_part(emb, rank), _part(labels, rank)).backward()
     out["proxies"] = proxies.proxies.detach().clone()
     out["proxy_grads"] = proxies.proxies.grad.clone() if proxies.proxies.grad is not None else None
+    for efficient in (False, True):
+        _guard(out, ("ddp", efficient), functools.partial(_ddp_step, rank, efficient))
     errors: dict[str, Callable[[], Any]] = {
         "memory_ref": lambda: DistributedLossWrapper(CrossBatchMemory(ContrastiveLoss(), DIM))(
             _part(emb, rank), _part(labels, rank), ref_emb=_part(emb, rank)
@@ -468,6 +489,14 @@ def test_gather_is_in_rank_order_with_uneven_rows_and_gradients_to_own_rows(resu
         # every process weighs row i of the gathered rows by i + 1; the sum over the 2 processes reaches each row
         own = range(3) if rank == 0 else range(3, 7)
         assert grad == [[2.0 * (i + 1)] * 2 for i in own]
+
+
+@pytest.mark.parametrize("efficient", [False, True], ids=["full", "efficient"])
+def test_distributed_data_parallel_averaging_gives_the_single_process_gradient(
+    results: list[dict[Any, Any]], efficient: bool
+) -> None:
+    for error in _errors(results, ("ddp", efficient)):
+        assert error < TOL  # type: ignore[operator]
 
 
 def test_loss_parameters_start_from_rank_0_and_get_the_same_gradient(results: list[dict[Any, Any]]) -> None:

@@ -616,7 +616,8 @@ class DistributedMinerWrapper(nn.Module):
       into the gathered batch, as :class:`DistributedLossWrapper` with ``efficient=False`` expects them.
     * ``efficient=True``: the local embeddings are the anchors and the gathered batch the reference set;
       pairs and triplets of a query with its own row are dropped. Anchors are local indices and the others
-      indices into the gathered batch, as :class:`DistributedLossWrapper` with ``efficient=True`` expects.
+      indices into the gathered batch, as :class:`DistributedLossWrapper` with ``efficient=True`` expects
+      (an :class:`~dmlkit.miners.EmbeddingsAlreadyPackagedAsTriplets` packs its triplets from local rows).
       Miners that decide per anchor give the single-process tuples; miners that choose a positive closest to
       the anchor, or use statistics of the whole batch, do not.
 
