@@ -179,3 +179,25 @@ def test_labels_are_optional_unlike_pml() -> None:
     with pytest.raises(ValueError):
         pml_losses.InstanceLoss()(emb)
     torch.testing.assert_close(InstanceLoss()(emb), pml_losses.InstanceLoss()(emb, torch.arange(10)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("reducer_name", ["MeanReducer", "SumReducer"])
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_fused_cross_entropy_equals_the_per_term_path(reducer_name: str, with_labels: bool) -> None:
+    """The one-product backward against a reducer subclass, which takes the per-term autograd path."""
+    import dmlkit.reducers as reducers
+
+    reducer_cls = getattr(reducers, reducer_name)
+    listed_cls = type(f"Listed{reducer_name}", (reducer_cls,), {})
+    emb, labels = _batch(3, n=12, d=5, classes=4)
+    results = []
+    for reducer in (reducer_cls(), listed_cls()):
+        x = emb.clone().requires_grad_(True)
+        value = InstanceLoss(gamma=5, reducer=reducer)(x, labels if with_labels else None)
+        value.backward()
+        results.append((value.detach(), x.grad))
+    assert results[0][0].item() > 0
+    assert torch.allclose(results[0][0], results[1][0], rtol=1e-12)
+    assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-13)
+    emb.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: InstanceLoss(gamma=3, reducer=reducer_cls())(x), (emb,))

@@ -10,6 +10,7 @@ from .._validation import check_range, message
 from ..distances import CosineSimilarity
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
+from .functional import FusedReduction, fused_reduction
 
 __all__ = ["InstanceLoss"]
 
@@ -69,14 +70,44 @@ class InstanceLoss(BaseMetricLossFunction):
                 )
             )
         d = self.distance
-        if type(d) is CosineSimilarity and d.power == 1 and d.normalize_embeddings:
+        rows = torch.arange(embeddings.shape[0], device=embeddings.device)
+        targets = rows if labels is None else torch.unique(labels, return_inverse=True)[1]
+        plain_cosine = type(d) is CosineSimilarity and d.power == 1 and d.normalize_embeddings
+        reduction = fused_reduction(self.reducer)
+        if plain_cosine and reduction in (FusedReduction.MEAN, FusedReduction.SUM):
+            scale = 1.0 / len(rows) if reduction is FusedReduction.MEAN else 1.0
+            total = _BatchInstanceCrossEntropy.apply(d.normalize(embeddings), float(self.gamma), targets, scale)
+            return {"loss": Terms.reduced(total)}
+        if plain_cosine:
             # gamma scales the (batch, dim) operand instead of the (batch, batch) logits (and their gradient)
             unit = d.normalize(embeddings)
             logits = (unit * self.gamma) @ unit.T
         else:
             logits = d(embeddings) * self.gamma
-        rows = torch.arange(embeddings.shape[0], device=embeddings.device)
-        targets = rows if labels is None else torch.unique(labels, return_inverse=True)[1]
         # cross entropy from log_softmax (F.cross_entropy's loss kernel stalls on small inputs with 2 threads)
         values = -torch.log_softmax(logits, dim=1).gather(1, targets.unsqueeze(1)).squeeze(1)
         return {"loss": Terms(values, rows, TermKind.ELEMENT)}
+
+
+class _BatchInstanceCrossEntropy(torch.autograd.Function):
+    """``scale * sum_i CE(gamma * U U^T [i], t_i)`` for unit rows ``U``, with a hand-written backward.
+
+    With ``G = dL/dZ = scale (softmax(Z) - onehot(t))`` for the logits ``Z = gamma U U^T``, the gradient is
+    ``gamma (G U + G^T U)``: two products that read ``G`` in place (forming ``G + G^T`` would cost a transposed
+    copy of the batch-by-batch matrix), and ``softmax(Z)`` is the exponential of the saved log-probabilities.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, unit: Tensor, gamma: float, targets: Tensor, scale: float) -> Tensor:
+        log_probs = torch.log_softmax((unit * gamma) @ unit.T, dim=1)
+        ctx.save_for_backward(unit, log_probs, targets)
+        ctx.gamma, ctx.scale = gamma, scale
+        return log_probs.gather(1, targets.unsqueeze(1)).sum() * -scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        unit, log_probs, targets = ctx.saved_tensors
+        weights = torch.exp(log_probs)
+        weights.scatter_add_(1, targets.unsqueeze(1), torch.full_like(targets, -1, dtype=weights.dtype).unsqueeze(1))
+        weights.mul_(grad * (ctx.scale * ctx.gamma))
+        return weights @ unit + weights.T @ unit, None, None, None
