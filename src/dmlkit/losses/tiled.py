@@ -158,25 +158,34 @@ class LabelBlocks(PairBlocks):
     i.e. ``ref_labels`` is ``None`` or ``labels`` itself), negatives do not, candidates are both."""
 
     def __init__(self, labels: Tensor, ref_labels: Tensor | None) -> None:
-        self.labels = labels
-        self.ref_labels = labels if ref_labels is None else ref_labels
         self.same_set = ref_is_query(labels, ref_labels)
+        ref = labels if ref_labels is None else ref_labels
+        # compact label ids in the narrowest integer type: the per-tile comparisons are then cheaper
+        ids = torch.unique(torch.cat([labels, ref]), return_inverse=True)[1]
+        dtype = torch.int16 if ids.numel() == 0 or int(ids.max()) < 2**15 else torch.int32
+        ids = ids.to(dtype)
+        self.labels = ids[: labels.shape[0]]
+        self.ref_labels = self.labels if self.same_set else ids[labels.shape[0] :]
 
     def block(self, rows: tuple[int, int], cols: tuple[int, int], sets: Sequence[PairSet]) -> list[Mask] | None:
         query = self.labels[rows[0] : rows[1]].unsqueeze(1)
         ref = self.ref_labels[cols[0] : cols[1]].unsqueeze(0)
         offset = _self_offset(rows, cols) if self.same_set else None
+        same: Tensor | None = None
         masks: list[Mask] = []
         for kind in sets:
-            if kind is PairSet.POSITIVE:
-                same = query == ref
-                if offset is not None:
-                    same.diagonal(offset).fill_(False)
-                masks.append(same)
-            elif kind is PairSet.NEGATIVE:
-                masks.append(query != ref)
-            else:
+            if kind is PairSet.CANDIDATE:
                 masks.append(None if offset is None else ExceptSelf(offset))
+                continue
+            if same is None:
+                same = query == ref
+            if kind is PairSet.NEGATIVE:
+                masks.append(~same)
+            else:
+                positive = same.clone() if PairSet.NEGATIVE in sets else same
+                if offset is not None:
+                    positive.diagonal(offset).fill_(False)
+                masks.append(positive)
         return masks
 
 
