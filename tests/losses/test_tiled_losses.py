@@ -139,6 +139,21 @@ def test_all_unique_and_single_class_labels(name: str, kind: str) -> None:
     assert_tiled_equals_dense(LOSSES[name], emb, labels)
 
 
+@pytest.mark.parametrize("name", ["supcon", "multi_similarity", "circle", "sigmoid"])
+@pytest.mark.parametrize("per_element", [-1, 10**6])
+def test_positives_from_the_tiles_or_from_their_list(
+    name: str, per_element: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # few positive pairs are listed, many are masked on every tile: both give the dense path's value
+    monkeypatch.setattr(tiled, "LISTED_PER_ELEMENT", per_element)
+    emb, labels = _batch(22, 17)
+    ref, ref_labels = _batch(23, 9)
+    assert_tiled_equals_dense(LOSSES[name], emb, labels)
+    assert_tiled_equals_dense(LOSSES[name], emb, labels, None, ref, ref_labels)
+    assert_tiled_equals_dense(LOSSES[name], emb, torch.zeros(17, dtype=torch.long))
+    assert_tiled_equals_dense(LOSSES[name], emb, torch.arange(17))
+
+
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_one_sample_and_tiny_blocks(name: str) -> None:
     emb, labels = _batch(4, 7)
@@ -176,6 +191,18 @@ def test_miners(name: str, kind: str, with_ref: bool) -> None:
     assert_tiled_equals_dense(LOSSES[name], emb, labels, indices, ref, ref_labels)
     if name != "triplet":  # the indices alone define the pairs
         assert_tiled_equals_dense(LOSSES[name], emb, None, indices, ref, ref_labels)
+
+
+def test_supcon_anchor_whose_only_candidate_is_its_positive_is_left_out() -> None:
+    # its value is exactly 0 (the log-softmax of one logit), so the default non-zero mean skips it on both paths
+    emb, labels = _batch(24, 10)
+    a1, p, a2, n = PairMarginMiner(pos_margin=0.0, neg_margin=4.0)(emb, labels)
+    first = int(a1[0])
+    one_pos = (a1 != first) | (torch.arange(a1.numel()) == 0)
+    pairs = (a1[one_pos], p[one_pos], a2[a2 != first], n[a2 != first])
+    terms = SupConLoss(chunk_size=4).compute_terms(emb, labels, pairs, emb, labels)["loss"]
+    assert terms.values[first].item() == 0.0
+    assert_tiled_equals_dense(LOSSES["supcon"], emb, labels, pairs, block=4)
 
 
 def test_uniformity_refuses_mined_pairs_on_both_paths() -> None:

@@ -13,7 +13,7 @@ from ..indices import convert_to_pairs
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import masked_logsumexp
+from .functional import masked_logsumexp, segment_logsumexp
 from .generalized_lifted_structure import checked_pair_masks
 from .tiled import (
     Aggregate,
@@ -24,8 +24,14 @@ from .tiled import (
     PairSet,
     RowStatKernel,
     check_chunk_size,
+    distinct_pairs,
+    few_pairs,
+    label_pair_counts,
+    label_pairs,
     listed_in_both,
+    listed_pair_counts,
     normalized_inputs,
+    pair_distances,
     tile_size,
     tiled_rows,
 )
@@ -121,31 +127,43 @@ class CircleLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
         block: int,
     ) -> Terms:
-        """The dense path's terms without the matrix: both log-sum-exps of each anchor, accumulated by blocks."""
+        """The dense path's terms without the matrix: the negatives' log-sum-exp of each anchor accumulated over
+        tiles, the positives' too or, when they are few, over their list."""
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        num_query, num_ref = query.shape[0], ref.shape[0]
         blocks: PairBlocks
+        listed: tuple[Tensor, Tensor] | None = None
         if indices_tuple is None:
             blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+            num_pos = label_pair_counts(labels, ref_labels)  # type: ignore[arg-type]
+            if few_pairs(int(num_pos.sum()), num_query, num_ref):
+                listed = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
         else:
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
-            both = listed_in_both((a1, p), (a2, n), ref.shape[0])
+            both = listed_in_both((a1, p), (a2, n), num_ref)
             if both:
                 rule = "pairs that are either positive or negative, not both"
                 raise ValueError(
                     message(type(self).__name__, "indices_tuple", rule, Described(f"{both} pair(s) listed as both"))
                 )
-            blocks = ListedBlocks((query.shape[0], ref.shape[0]), block, (a1, p), (a2, n))
-        kernel = RowStatKernel(
-            [
-                _CircleLogit(PairSet.POSITIVE, -self.gamma, 1 + self.m, 1 - self.m),
-                _CircleLogit(PairSet.NEGATIVE, self.gamma, self.m, self.m),
-            ]
-        )
-        stats = tiled_rows(kernel, blocks, self.distance, query, ref, block)[0]
-        pos, neg = stats[:, 0], stats[:, 1]
-        valid = (pos > float("-inf")) & (neg > float("-inf"))
-        values = torch.where(valid, F.softplus(pos + neg), torch.zeros_like(pos))
-        return Terms(values, torch.arange(query.shape[0], device=query.device), TermKind.ELEMENT)
+            blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+            listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
+            num_pos = listed_pair_counts(a1, p, num_query, num_ref)
+        positive = _CircleLogit(PairSet.POSITIVE, -self.gamma, 1 + self.m, 1 - self.m)
+        stats = [_CircleLogit(PairSet.NEGATIVE, self.gamma, self.m, self.m)]
+        if listed is None:
+            stats.append(positive)
+        rows = tiled_rows(RowStatKernel(stats), blocks, self.distance, query, ref, block)[0]
+        neg = rows[:, 0]
+        if listed is None:
+            pos = rows[:, 1]
+        else:
+            pos_values = pair_distances(self.distance, query, ref, listed[0], listed[1])
+            logits = positive.weight(pos_values.detach()) * (pos_values - positive.delta)
+            pos = segment_logsumexp(logits, listed[0], num_query)
+        valid = (num_pos > 0) & (neg > float("-inf"))
+        values = torch.where(valid, F.softplus(pos + neg), torch.zeros_like(neg))
+        return Terms(values, torch.arange(num_query, device=query.device), TermKind.ELEMENT)
 
 
 class _CircleLogit(CellStat):
@@ -159,15 +177,15 @@ class _CircleLogit(CellStat):
         self.optimum = optimum
         self.delta = delta
 
-    def _weight(self, tile: Tensor) -> Tensor:
+    def weight(self, tile: Tensor) -> Tensor:
         # positives: -gamma * relu(1 + m - s); negatives: gamma * relu(s + m)
         weight = (self.optimum - tile) if self.scale < 0 else (tile + self.optimum)
         return weight.clamp_(min=0).mul_(self.scale)
 
     def value(self, tile: Tensor, extras: Sequence[Tensor]) -> Tensor:
-        return self._weight(tile).mul_(tile - self.delta)
+        return self.weight(tile).mul_(tile - self.delta)
 
     def backward(
         self, tile: Tensor, upstream: Tensor, extras: Sequence[Tensor], extra_grads: list[Tensor | None]
     ) -> Tensor:
-        return upstream.mul_(self._weight(tile))
+        return upstream.mul_(self.weight(tile))

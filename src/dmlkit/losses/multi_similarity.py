@@ -21,7 +21,12 @@ from .tiled import (
     PairSet,
     RowStatKernel,
     check_chunk_size,
+    distinct_pairs,
+    few_pairs,
+    label_pair_counts,
+    label_pairs,
     normalized_inputs,
+    pair_distances,
     tile_size,
     tiled_rows,
 )
@@ -114,24 +119,33 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
         block: int,
     ) -> Terms:
-        """The dense path's terms without the matrix: both log-sum-exps of each anchor, accumulated by blocks."""
+        """The dense path's terms without the matrix: the negatives' log-sum-exp of each anchor accumulated over
+        tiles, the positives' too or, when they are few, over their list."""
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        num_query, num_ref = query.shape[0], ref.shape[0]
         blocks: PairBlocks
+        listed: tuple[Tensor, Tensor] | None = None
         if indices_tuple is None:
             blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+            if few_pairs(int(label_pair_counts(labels, ref_labels).sum()), num_query, num_ref):  # type: ignore[arg-type]
+                listed = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
         else:
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
-            blocks = ListedBlocks((query.shape[0], ref.shape[0]), block, (a1, p), (a2, n))
+            blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+            listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
         # alpha * margin(s, base) on positives and beta * margin(base, s) on negatives, as affine maps of s
         sign = -1.0 if self.distance.higher_is_closer else 1.0
         alpha, beta, base = self.alpha, self.beta, self.base
-        kernel = RowStatKernel(
-            [
-                AffineStat(PairSet.POSITIVE, Aggregate.LOGSUMEXP, sign * alpha, -sign * alpha * base),
-                AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, -sign * beta, sign * beta * base),
-            ]
-        )
-        stats = tiled_rows(kernel, blocks, self.distance, query, ref, block)[0]
+        stats = [AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, -sign * beta, sign * beta * base)]
+        if listed is None:
+            stats.append(AffineStat(PairSet.POSITIVE, Aggregate.LOGSUMEXP, sign * alpha, -sign * alpha * base))
+        rows = tiled_rows(RowStatKernel(stats), blocks, self.distance, query, ref, block)[0]
         zero = query.new_zeros(())
-        values = torch.logaddexp(stats[:, 0], zero) / alpha + torch.logaddexp(stats[:, 1], zero) / beta
-        return Terms(values, torch.arange(query.shape[0], device=query.device), TermKind.ELEMENT)
+        if listed is None:
+            pos_loss = torch.logaddexp(rows[:, 1], zero) / alpha
+        else:
+            pos_values = pair_distances(self.distance, query, ref, listed[0], listed[1])
+            pos_exponent = self.distance.margin(pos_values, self.base) * alpha  # type: ignore[arg-type]
+            pos_loss = segment_logsumexp(pos_exponent, listed[0], num_query, add_one=True) / alpha
+        values = pos_loss + torch.logaddexp(rows[:, 0], zero) / beta
+        return Terms(values, torch.arange(num_query, device=query.device), TermKind.ELEMENT)

@@ -25,7 +25,12 @@ from .tiled import (
     PairSet,
     RowStatKernel,
     check_chunk_size,
+    distinct_pairs,
+    few_pairs,
+    label_pair_counts,
+    label_pairs,
     normalized_inputs,
+    pair_distances,
     tile_size,
     tiled_rows,
 )
@@ -129,15 +134,27 @@ class SigmoidLoss(BaseMetricLossFunction):
         bias: Tensor,
     ) -> Tensor:
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+        num_query, num_ref = query.shape[0], ref.shape[0]
         blocks: PairBlocks
+        listed: tuple[Tensor, Tensor] | None = None
         if indices_tuple is None:
             blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+            if few_pairs(int(label_pair_counts(labels, ref_labels).sum()), num_query, num_ref):  # type: ignore[arg-type]
+                listed = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
         else:
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
-            blocks = ListedBlocks((query.shape[0], ref.shape[0]), block, (a1, p), (a2, n))
-        kernel = RowStatKernel([_PairSigmoid(PairSet.POSITIVE, -1.0), _PairSigmoid(PairSet.NEGATIVE, 1.0)])
-        sums = tiled_rows(kernel, blocks, self.distance, query, ref, block, scale, bias)[0]
-        return sums.sum(dim=1)
+            blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+            listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
+        # the (few) positive pairs from their list, the negatives over the tiles
+        stats = [_PairSigmoid(PairSet.NEGATIVE, 1.0)]
+        if listed is None:
+            stats.append(_PairSigmoid(PairSet.POSITIVE, -1.0))
+        sums = tiled_rows(RowStatKernel(stats), blocks, self.distance, query, ref, block, scale, bias)[0]
+        values = sums.sum(dim=1)
+        if listed is not None:
+            pos_values = pair_distances(self.distance, query, ref, listed[0], listed[1])
+            values = values.index_add(0, listed[0], F.softplus(-(pos_values * scale + bias)))
+        return values
 
     def extra_repr(self) -> str:
         return f"temperature={self.log_temperature.exp().item():.4g}, bias={self.bias.item():.4g}"

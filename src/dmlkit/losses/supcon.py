@@ -22,10 +22,14 @@ from .tiled import (
     PairSet,
     RowStatKernel,
     check_chunk_size,
+    distinct_pairs,
+    few_pairs,
     label_pair_counts,
+    label_pairs,
     labels_have_negative,
     listed_pair_counts,
     normalized_inputs,
+    pair_distances,
     tile_size,
     tiled_rows,
 )
@@ -119,31 +123,46 @@ class SupConLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
         block: int,
     ) -> Terms:
-        """The dense path's terms without the matrix: ``logsumexp_{A(i)} - sum_{P(i)} / |P(i)|`` per anchor."""
+        """The dense path's terms without the matrix: ``logsumexp_{A(i)} - sum_{P(i)} / |P(i)|`` per anchor.
+
+        The candidates' log-sum-exp is accumulated over tiles; the positives' sum too, or, when they are few, over
+        their list.
+        """
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         num_query, num_ref = query.shape[0], ref.shape[0]
         anchors = torch.arange(num_query, device=query.device)
         blocks: PairBlocks
+        listed: tuple[Tensor, Tensor] | None = None
         if indices_tuple is None:
             num_pos = label_pair_counts(labels, ref_labels)  # type: ignore[arg-type]
             any_negative = labels_have_negative(labels, ref_labels)  # type: ignore[arg-type]
             blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
+            if few_pairs(int(num_pos.sum()), num_query, num_ref):
+                listed = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
+            num_candidates = num_ref - 1 if blocks.same_set else num_ref
+            single = torch.full_like(num_pos, num_candidates == 1, dtype=torch.bool)
         else:
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
             num_pos = listed_pair_counts(a1, p, num_query, num_ref)
             any_negative = a2.numel() > 0
             blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+            listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
+            single = listed_pair_counts(torch.cat([a1, a2]), torch.cat([p, n]), num_query, num_ref) == 1
         if not (bool(num_pos.any()) and any_negative):
             return Terms(query.new_zeros(0), anchors[:0], TermKind.ELEMENT)
         scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
-        kernel = RowStatKernel(
-            [
-                AffineStat(PairSet.CANDIDATE, Aggregate.LOGSUMEXP, scale),
-                AffineStat(PairSet.POSITIVE, Aggregate.SUM, scale),
-            ]
-        )
-        stats = tiled_rows(kernel, blocks, self.distance, query, ref, block)[0]
-        has_pos = num_pos > 0
+        stats = [AffineStat(PairSet.CANDIDATE, Aggregate.LOGSUMEXP, scale)]
+        if listed is None:
+            stats.append(AffineStat(PairSet.POSITIVE, Aggregate.SUM, scale))
+        rows = tiled_rows(RowStatKernel(stats), blocks, self.distance, query, ref, block)[0]
+        if listed is None:
+            pos_sum = rows[:, 1]
+        else:
+            pos_values = pair_distances(self.distance, query, ref, listed[0], listed[1]) * scale
+            pos_sum = query.new_zeros(num_query).index_add(0, listed[0], pos_values)
+        # an anchor whose one candidate is its positive scores exactly 0 (log_softmax of one logit), whatever the
+        # rounding of its two evaluations: the non-zero mean must leave it out on both paths
+        keep = (num_pos > 0) & ~single
         num_pos = num_pos.clamp(min=1).to(query.dtype)
-        values = torch.where(has_pos, stats[:, 0] - stats[:, 1] / num_pos, query.new_zeros(()))
+        values = torch.where(keep, rows[:, 0] - pos_sum / num_pos, query.new_zeros(()))
         return Terms(values, anchors, TermKind.ELEMENT)

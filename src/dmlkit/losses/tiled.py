@@ -57,6 +57,8 @@ __all__ = [
     "sorted_by_row",
     "listed_in_both",
     "normalized_inputs",
+    "few_pairs",
+    "distinct_pairs",
     "label_pair_counts",
     "listed_pair_counts",
     "labels_have_negative",
@@ -73,6 +75,9 @@ AUTO_TILE_BATCH = 4096
 DEFAULT_BLOCK = 1024
 #: listed pairs evaluated at once by :func:`pair_distances`.
 PAIR_CHUNK = 1 << 16
+#: positive pairs are evaluated from a list (instead of masks on every tile) when there are at most this many
+#: per query and reference element: then the list is small and the tiles need no label comparison.
+LISTED_PER_ELEMENT = 32
 
 
 class ExceptSelf:
@@ -686,6 +691,22 @@ def pair_distances(
         tensor([5., 0.])
     """
     return _PairDistances.apply(distance, chunk, query, ref, rows, cols)
+
+
+def few_pairs(num_pairs: int, num_query: int, num_ref: int) -> bool:
+    """Whether ``num_pairs`` positive pairs are few enough to be listed (see ``LISTED_PER_ELEMENT``)."""
+    return num_pairs <= LISTED_PER_ELEMENT * (num_query + num_ref)
+
+
+def distinct_pairs(rows: Tensor, cols: Tensor, num_ref: int) -> tuple[Tensor, Tensor]:
+    """The distinct pairs, sorted by row then column.
+
+    Example:
+        >>> distinct_pairs(torch.tensor([2, 0, 2]), torch.tensor([1, 3, 1]), 4)
+        (tensor([0, 2]), tensor([3, 1]))
+    """
+    keys = torch.unique(rows * num_ref + cols)
+    return torch.div(keys, num_ref, rounding_mode="floor"), keys % num_ref
 
 
 def label_pair_counts(labels: Tensor, ref_labels: Tensor | None = None) -> Tensor:
