@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from .._validation import at_least, close_matches_hint, message
 from ..errors import CorruptFileError
-from ..wrappers.distributed import all_gather, rank_and_world_size
+from ..wrappers.distributed import all_gather, broadcast_from_rank_0, rank_and_world_size
 from .atomic import atomic_write
 from .steps import MetricLossStep, TrainingStep
 
@@ -515,18 +515,11 @@ class Trainer:
 
     def _broadcast_from_rank_0(self) -> None:
         """Give every process rank 0's parameters and buffers (as ``DistributedDataParallel`` does at start)."""
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for tensor in _unique(t for m in self._synced_modules() for t in [*m.parameters(), *m.buffers()]):
-                dist.broadcast(tensor.data, src=0)
+        tensors = _unique(t for m in self._synced_modules() for t in [*m.parameters(), *m.buffers()])
+        broadcast_from_rank_0(tensors, self.data_device)
 
     def _broadcast_model_buffers(self) -> None:
-        import torch.distributed as dist
-
-        with torch.no_grad():
-            for tensor in _unique(t for m in self.models.values() for t in m.buffers()):
-                dist.broadcast(tensor.data, src=0)
+        broadcast_from_rank_0(_unique(t for m in self.models.values() for t in m.buffers()), self.data_device)
 
     def _average_gradients(self, frozen: set[str]) -> None:
         """Average the trained parameters' gradients over processes: one all-reduce per device and dtype.

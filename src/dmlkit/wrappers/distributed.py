@@ -19,7 +19,7 @@ processes then gives the gradient of ``L``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "is_distributed",
     "rank_and_world_size",
     "all_gather",
+    "broadcast_from_rank_0",
 ]
 
 _LOSS = "DistributedLossWrapper"
@@ -172,11 +173,29 @@ class _AverageGradients(torch.autograd.Function):
         return (None, *out)
 
 
-def _broadcast_state(module: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers into every process (in place)."""
+def broadcast_from_rank_0(tensors: Iterable[Tensor], device: torch.device | None = None) -> None:
+    """Overwrite ``tensors`` (in place, e.g. parameters and buffers) with rank 0's values on every process.
+
+    With NCCL, tensors off the GPU travel through ``device`` (the GPU the process computes on). Every process
+    must pass the same tensors in the same order.
+
+    Example:
+        >>> weights = torch.ones(2)
+        >>> broadcast_from_rank_0([weights])  # one process: nothing to copy
+        >>> weights
+        tensor([1., 1.])
+    """
+    if rank_and_world_size()[1] == 1:
+        return
+    staged = dist.get_backend() == "nccl"
     with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src=0)
+        for tensor in tensors:
+            if staged and tensor.device.type != "cuda" and device is not None:
+                copy = tensor.data.to(device)
+                dist.broadcast(copy, src=0)
+                tensor.data.copy_(copy)
+            else:
+                dist.broadcast(tensor.data, src=0)
 
 
 def _call_with_averaged_gradients(loss: nn.Module, world: int, *args: Any) -> Any:
@@ -464,7 +483,7 @@ class DistributedLossWrapper(nn.Module):
                 return self.loss(embeddings, labels, indices_tuple, enqueue_mask)
             return self.loss(embeddings, labels, indices_tuple, ref_emb, ref_labels)
         if not self._synced:
-            _broadcast_state(self.loss)
+            broadcast_from_rank_0([*self.loss.parameters(), *self.loss.buffers()], embeddings.device)
             self._synced = True
         if isinstance(self.loss, CrossBatchMemory):
             if labels is None:
