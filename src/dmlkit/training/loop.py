@@ -55,11 +55,11 @@ class TrainResult:
         raw_input: the same metrics on the input features themselves (no model), for context.
         num_train: training samples. num_test: test samples. seconds: wall time of the whole run.
         trainer: the trainer (per-iteration ``history``, ``eval_history``, ``best_epoch``...).
+        test_embeddings: embeddings of the test set by the final model (for reports).
+        num_input_shape: the shape of one input sample (rebuilds the model from a checkpoint).
 
     Under ``torch.distributed`` only rank 0 measures retrieval: on the other processes ``before``, ``after``
     and ``raw_input`` are empty and ``test_embeddings`` is None.
-        test_embeddings: embeddings of the test set by the final model (for reports).
-        num_input_shape: the shape of one input sample (rebuilds the model from a checkpoint).
     """
 
     model: nn.Module
