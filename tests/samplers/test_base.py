@@ -24,6 +24,9 @@ MODEL = nn.Linear(3, 2)
 FACTORIES: dict[str, Callable[[int | None], Any]] = {
     "m_per_class": lambda seed: SAMPLERS["m_per_class"](LABELS, 2, 6, 60, seed=seed),
     "m_per_class_batch": lambda seed: SAMPLERS["m_per_class_batch"](LABELS, 2, 6, 60, seed=seed),
+    "distributed_m_per_class": lambda seed: SAMPLERS["distributed_m_per_class"](
+        LABELS, 2, 6, 60, num_replicas=1, rank=0, seed=seed
+    ),
     "hierarchical": lambda seed: SAMPLERS["hierarchical"](HIERARCHY, 4, 2, seed=seed),
     "tuples_to_weights": lambda seed: SAMPLERS["tuples_to_weights"](
         MODEL, TripletMarginMiner(margin=0.5), DATA, subset_size=20, seed=seed

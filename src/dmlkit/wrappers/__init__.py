@@ -1,4 +1,5 @@
-"""Loss wrappers (layer 3): cross-batch memory, self-supervised views, and weighted sums of losses.
+"""Loss wrappers (layer 3): cross-batch memory, self-supervised views, weighted sums of losses, gathering
+across processes for distributed training, and gradient caching for large batches.
 
 Each wraps one or more losses of :mod:`dmlkit.losses` (and miners of :mod:`dmlkit.miners`) and is called like a
 loss. pytorch-metric-learning exposes them under ``losses``; here they live one layer above the losses.
@@ -7,7 +8,14 @@ loss. pytorch-metric-learning exposes them under ``losses``; here they live one 
 from __future__ import annotations
 
 from .cross_batch_memory import CrossBatchMemory
+from .distributed import DistributedLossWrapper, DistributedMinerWrapper
 from .multiple_losses import MultipleLosses
 from .self_supervised import SelfSupervisedLoss
 
-__all__ = ["CrossBatchMemory", "MultipleLosses", "SelfSupervisedLoss"]
+__all__ = [
+    "CrossBatchMemory",
+    "DistributedLossWrapper",
+    "DistributedMinerWrapper",
+    "MultipleLosses",
+    "SelfSupervisedLoss",
+]
