@@ -1,9 +1,9 @@
 """The package layering: a package imports only from its own or lower layers, and the core stays light.
 
-Layers: 0 types, errors, _validation, registry, indices; 1 distances < reducers < regularizers; 2 losses, miners;
-3 wrappers; 4 evaluation, index; 5 data, samplers, training; 6 apps. The compatibility aliases (``utils`` and
-friends) may import anything, and nothing else may import them. Top-level modules outside the table
-(``__init__.py``, ``__main__.py``) are exempt.
+Layers: 0 types, errors, _validation, _atomic, registry, indices; 1 distances < reducers < regularizers;
+2 losses, miners; 3 wrappers; 4 evaluation, index; 5 data, samplers, training; 6 apps. The compatibility
+aliases (``utils`` and friends) may import anything, and nothing else may import them. Top-level modules
+outside the table (``__init__.py``, ``__main__.py``) are exempt.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ SRC = Path(dmlkit.__file__).resolve().parent
 
 LAYERS: dict[str, float] = {
     "types": 0,
+    "_atomic": 0,
     "errors": 0,
     "_validation": 0,
     "registry": 0,

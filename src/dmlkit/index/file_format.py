@@ -20,13 +20,13 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..errors import CorruptFileError
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "write_container", "read_container", "atomic_write_chunks"]
@@ -58,36 +58,7 @@ def atomic_write_chunks(path: str | os.PathLike[str], chunks: Iterable[Buffer]) 
         >>> open(os.path.join(folder, "x.bin"), "rb").read()
         b'abcd'
     """
-    target = Path(path)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        # mkstemp makes the file private to its owner; a saved index is as readable as any other file.
-        os.chmod(tmp_name, 0o644)
-        with os.fdopen(handle, "wb") as file:
-            _write_chunks(file, chunks)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    _sync_folder(target.parent)
-    return target
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the rename itself durable where the platform allows opening a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, lambda file: _write_chunks(file, chunks))
 
 
 def _byte_view(data: Any) -> memoryview:

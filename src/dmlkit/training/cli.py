@@ -349,7 +349,7 @@ def _embed(args: argparse.Namespace) -> int:
         return _error(str(exc.args[0]) if exc.args else "unknown key", "embed")
     except (OSError, ValueError, TypeError, RuntimeError, CorruptFileError, MissingDependencyError) as exc:
         return _error(str(exc), "embed")
-    from .atomic import atomic_write
+    from .._atomic import atomic_write
 
     prefix = str(args.out).removesuffix(".npy")
     for path, array in ((f"{prefix}.npy", embeddings), (f"{prefix}.labels.npy", labels)):

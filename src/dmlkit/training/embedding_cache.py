@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._atomic import atomic_write
 from .._validation import Described, check_choice, check_range, message
 from ..errors import CorruptFileError
-from .atomic import atomic_write
 
 __all__ = [
     "CACHE_FORMAT",

@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._atomic import atomic_write
 from .._validation import Described, message
 from ..errors import MissingDependencyError
-from .atomic import atomic_write
 
 __all__ = ["GALLERY_NEIGHBORS", "GALLERY_QUERIES", "MAP_MAX_POINTS", "write_html_report"]
 

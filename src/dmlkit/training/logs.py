@@ -25,9 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from .._atomic import atomic_write
 from .._validation import message
 from ..errors import CorruptFileError, MissingDependencyError
-from .atomic import atomic_write
 
 __all__ = ["LogValue", "RunLogger", "TENSORBOARD_FOLDER"]
 

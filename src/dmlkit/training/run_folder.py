@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._atomic import atomic_write
 from ..errors import CorruptFileError
-from .atomic import atomic_write
 from .config import FORMAT_VERSION, TrainConfig
 from .loop import TrainResult
 from .models import MLP, build_model

@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
 
+from .._atomic import atomic_write
 from .._validation import at_least, close_matches_hint, message
 from ..errors import CorruptFileError
 from ..wrappers.distributed import all_gather, broadcast_from_rank_0, rank_and_world_size
-from .atomic import atomic_write
 from .steps import MetricLossStep, TrainingStep
 
 __all__ = ["Trainer", "Validation", "CheckpointMismatchError", "TRAINER_CHECKPOINT_VERSION"]

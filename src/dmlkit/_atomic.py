@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash never leaves a half-written file under the final name."""
+"""Atomic file writes (layer 0): a crash never leaves a half-written file under the final name."""
 
 from __future__ import annotations
 
@@ -37,4 +37,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+    _sync_folder(target.parent)
     return target
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable where the platform allows opening a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
