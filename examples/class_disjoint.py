@@ -65,16 +65,19 @@ def run(config_path: Path) -> dict[str, object]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
+    """A Markdown table: per data set, the trained model and the two baselines; the best value in bold."""
     lines = ["| data (unseen classes) | model | " + " | ".join(LABELS[m] for m in METRICS) + " |"]
     lines.append("|---|---|" + "---|" * len(METRICS))
+    models = {"trained": "trained", "untrained": "untrained network", "pca": "PCA of raw pixels"}
     for row in rows:
         name = f"{row['data']} ({', '.join(map(str, row['test_classes']))}; {row['test_samples']} images)"  # type: ignore[arg-type]
-        for model in ("trained", "untrained", "pca"):
-            values = row[model]
-            assert isinstance(values, dict)
-            label = {"trained": f"trained ({row['seconds']} s)", "untrained": "untrained network",
-                     "pca": "PCA of raw pixels"}[model]
-            cells = [f"**{values[m]:.3f}**" if model == "trained" else f"{values[m]:.3f}" for m in METRICS]
+        results: dict[str, dict[str, float]] = {model: row[model] for model in models}  # type: ignore[misc]
+        best = {m: max(values[m] for values in results.values()) for m in METRICS}
+        for model, label in models.items():
+            values = results[model]
+            cells = [f"**{values[m]:.3f}**" if values[m] == best[m] else f"{values[m]:.3f}" for m in METRICS]
+            if model == "trained":
+                label = f"trained ({row['seconds']} s)"
             lines.append(f"| {name if model == 'trained' else ''} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
