@@ -71,6 +71,7 @@ EFFICIENT_MISMATCH: dict[str, str] = {
     "proxy_anchor": "aggregates each proxy's terms over the whole batch",
     "dynamic_soft_margin": "pairs row i of ref_emb with row i of embeddings without labels: rejected",
     "vicreg": "pairs row i of ref_emb with row i of embeddings without labels (and uses batch covariances): rejected",
+    "uniformity": "takes no labels, and a reference set without labels cannot be split across processes: rejected",
 }
 #: miners whose efficient mode cannot give the single-process tuples, and why.
 MINER_EFFICIENT_MISMATCH: dict[str, str] = {

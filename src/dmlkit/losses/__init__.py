@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..registry import Registry
 from .ada_face import AdaFaceLoss
+from .alignment import AlignmentLoss
 from .angular import AngularLoss
 from .arc_face import ArcFaceLoss
 from .base import BaseMetricLossFunction
@@ -31,6 +32,7 @@ from .pnp import PNPLoss, PNPVariant
 from .proxy_anchor import ProxyAnchorLoss
 from .proxy_nca import ProxyNCALoss
 from .ranked_list import RankedListLoss
+from .sigmoid import SigmoidLoss
 from .smooth_ap import SmoothAPLoss
 from .snr_contrastive import SignalToNoiseRatioContrastiveLoss
 from .soft_triple import SoftTripleLoss
@@ -40,6 +42,7 @@ from .supcon import SupConLoss
 from .threshold_consistent_margin import ThresholdConsistentMarginLoss
 from .triplet_margin import TripletMarginLoss
 from .tuplet_margin import TupletMarginLoss
+from .uniformity import UniformityLoss
 from .vicreg import VICRegLoss
 
 __all__ = [
@@ -81,6 +84,9 @@ __all__ = [
     "TripletMarginLoss",
     "TupletMarginLoss",
     "VICRegLoss",
+    "SigmoidLoss",
+    "AlignmentLoss",
+    "UniformityLoss",
     "PNPVariant",
     "LOSSES",
     # loss wrappers, re-exported lazily from dmlkit.wrappers under pytorch-metric-learning's import path
@@ -128,6 +134,9 @@ LOSSES: Registry[BaseMetricLossFunction] = Registry(
         "triplet_margin": TripletMarginLoss,
         "tuplet_margin": TupletMarginLoss,
         "vicreg": VICRegLoss,
+        "sigmoid": SigmoidLoss,
+        "alignment": AlignmentLoss,
+        "uniformity": UniformityLoss,
     },
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .cross_batch_memory import CrossBatchMemory
 from .distributed import DistributedLossWrapper, DistributedMinerWrapper
+from .grad_cache import GradCache
 from .multiple_losses import MultipleLosses
 from .self_supervised import SelfSupervisedLoss
 
@@ -16,6 +17,7 @@ __all__ = [
     "CrossBatchMemory",
     "DistributedLossWrapper",
     "DistributedMinerWrapper",
+    "GradCache",
     "MultipleLosses",
     "SelfSupervisedLoss",
 ]
