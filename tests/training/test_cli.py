@@ -124,7 +124,8 @@ def test_python_dash_m_help() -> None:
 
 
 def test_resume_continues_an_interrupted_run_exactly(tmp_path: Path) -> None:
-    common = ["--set", "iterations_per_epoch=3", "--set", "model.hidden=[16]", "--set", "output.report=false", "--quiet"]
+    common = ["--set", "iterations_per_epoch=3", "--set", "model.hidden=[16]", "--set", "output.report=false"]
+    common.append("--quiet")
     assert main(["train", *common, "--set", "epochs=3", "--out", str(tmp_path), "--name", "full"]) == 0
     assert main(["train", *common, "--set", "epochs=1", "--out", str(tmp_path), "--name", "part"]) == 0
     assert main(["train", "--resume", str(tmp_path / "part"), "--set", "epochs=3", "--quiet"]) == 0
