@@ -81,7 +81,13 @@ LISTED_PER_ELEMENT = 32
 
 
 class ExceptSelf:
-    """Every cell of a tile but its self-pairs ``(i, i + offset)`` (a tile of a batch against itself)."""
+    """Every cell of a tile but its self-pairs ``(i, i + offset)`` (a tile of a batch against itself).
+
+    Example:
+        >>> masked(torch.ones(2, 3), ExceptSelf(1))
+        tensor([[1., 0., 1.],
+                [1., 1., 0.]])
+    """
 
     def __init__(self, offset: int) -> None:
         self.offset = offset
@@ -120,7 +126,12 @@ def tile_size(chunk_size: int | None, num_query: int, num_ref: int) -> int | Non
 
 class PairSet(str, enum.Enum):
     """The pairs an aggregate runs over: positive pairs, negative pairs, or candidates (either kind; from labels
-    or with no labels, every pair but the self-pairs)."""
+    or with no labels, every pair but the self-pairs).
+
+    Example:
+        >>> PairSet("negative") is PairSet.NEGATIVE
+        True
+    """
 
     POSITIVE = "positive"
     NEGATIVE = "negative"
@@ -128,7 +139,12 @@ class PairSet(str, enum.Enum):
 
 
 class Aggregate(str, enum.Enum):
-    """How a row's cells are combined: ``log(sum(w * exp(v)))`` (``-inf`` for no cell) or ``sum(w * v)``."""
+    """How a row's cells are combined: ``log(sum(w * exp(v)))`` (``-inf`` for no cell) or ``sum(w * v)``.
+
+    Example:
+        >>> [a.value for a in Aggregate]
+        ['logsumexp', 'sum']
+    """
 
     LOGSUMEXP = "logsumexp"
     SUM = "sum"
@@ -136,7 +152,12 @@ class Aggregate(str, enum.Enum):
 
 class Count(str, enum.Enum):
     """What is counted alongside an aggregate (not differentiable): nothing, the cells (with their multiplicity),
-    or the cells whose value is positive (the non-zero mean's divisor)."""
+    or the cells whose value is positive (the non-zero mean's divisor).
+
+    Example:
+        >>> Count("positive") is Count.POSITIVE
+        True
+    """
 
     NONE = "none"
     CELLS = "cells"
@@ -151,7 +172,13 @@ def _self_offset(rows: tuple[int, int], cols: tuple[int, int]) -> int | None:
 
 
 class PairBlocks:
-    """Which cells of each tile belong to each :class:`PairSet`."""
+    """Which cells of each tile belong to each :class:`PairSet`.
+
+    Example:
+        >>> blocks = EveryPairBlocks(same_set=False, device=torch.device("cpu"))
+        >>> blocks.block((0, 2), (0, 2), [PairSet.CANDIDATE])
+        [None]
+    """
 
     def block(self, rows: tuple[int, int], cols: tuple[int, int], sets: Sequence[PairSet]) -> list[Mask] | None:
         """The masks of ``sets`` on the tile ``rows x cols``; ``None`` when none of them has a cell there."""
@@ -160,9 +187,16 @@ class PairBlocks:
 
 class LabelBlocks(PairBlocks):
     """Pairs from labels: positives share a label (self-pairs excluded when the reference set is the batch,
-    i.e. ``ref_labels`` is ``None`` or ``labels`` itself), negatives do not, candidates are both."""
+    i.e. ``ref_labels`` is ``None`` or ``labels`` itself), negatives do not, candidates are both.
 
-    def __init__(self, labels: Tensor, ref_labels: Tensor | None) -> None:
+    Example:
+        >>> positive, negative = LabelBlocks(torch.tensor([0, 0, 1])).block((0, 2), (0, 3), [PairSet.POSITIVE,
+        ...     PairSet.NEGATIVE])
+        >>> positive.int().tolist(), negative.int().tolist()
+        ([[0, 1, 0], [1, 0, 0]], [[0, 0, 1], [0, 0, 1]])
+    """
+
+    def __init__(self, labels: Tensor, ref_labels: Tensor | None = None) -> None:
         self.same_set = ref_is_query(labels, ref_labels)
         ref = labels if ref_labels is None else ref_labels
         # compact label ids in the narrowest integer type: the per-tile comparisons are then cheaper
@@ -195,7 +229,13 @@ class LabelBlocks(PairBlocks):
 
 
 class EveryPairBlocks(PairBlocks):
-    """Every pair, without labels (only :attr:`PairSet.CANDIDATE`); self-pairs excluded when ``same_set``."""
+    """Every pair, without labels (only :attr:`PairSet.CANDIDATE`); self-pairs excluded when ``same_set``.
+
+    Example:
+        >>> mask = EveryPairBlocks(True, torch.device("cpu")).block((0, 2), (1, 3), [PairSet.CANDIDATE])[0]
+        >>> mask.offset  # cell (1, 0) of this tile is the self-pair (1, 1)
+        -1
+    """
 
     def __init__(self, same_set: bool, device: torch.device) -> None:
         self.same_set = same_set
@@ -219,6 +259,15 @@ class ListedBlocks(PairBlocks):
         multiplicity: a pair listed ``k`` times weighs ``k`` (float masks of ``dtype``); otherwise the pairs are
             a set (bool masks). Candidates are always a set.
         dtype: the float type of multiplicity masks.
+
+    Example:
+        >>> negative = (torch.tensor([0, 0, 3]), torch.tensor([2, 2, 1]))
+        >>> blocks = ListedBlocks((4, 4), 2, None, negative, multiplicity=True)
+        >>> blocks.block((0, 2), (2, 4), [PairSet.NEGATIVE])[0]
+        tensor([[2., 0.],
+                [0., 0.]])
+        >>> blocks.block((0, 2), (0, 2), [PairSet.NEGATIVE]) is None
+        True
     """
 
     def __init__(
@@ -335,7 +384,8 @@ def spread(grad: Tensor, mask: Mask, shape: torch.Size) -> Tensor:
 
 
 class TileKernel:
-    """What a tiled pass computes: ``len(aggregates)`` values per query row, accumulated tile by tile.
+    """What a tiled pass computes: ``len(aggregates)`` values per query row, accumulated tile by tile (see
+    :class:`RowStatKernel` for an example).
 
     ``forward_block`` returns a tile's partial values (merged across the row's tiles by each output's
     :class:`Aggregate`) and counts; ``backward_block`` returns ``d loss / d tile`` given the finished outputs of
@@ -370,7 +420,8 @@ class TileKernel:
 
 
 class CellStat:
-    """One per-row aggregate of an element-wise function ``value(s)`` of the matrix ``s`` over a pair set.
+    """One per-row aggregate of an element-wise function ``value(s)`` of the matrix ``s`` over a pair set (see
+    :class:`AffineStat` for an example).
 
     Subclasses implement :meth:`value` (returning a new tensor, which the kernel may modify) and :meth:`backward`.
     """
@@ -401,7 +452,12 @@ class CellStat:
 
 
 class AffineStat(CellStat):
-    """``value(s) = scale * s + shift``."""
+    """``value(s) = scale * s + shift``.
+
+    Example:
+        >>> AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, 2.0, 1.0).value(torch.tensor([[0.5]]), ())
+        tensor([[2.]])
+    """
 
     def __init__(
         self, pairs: PairSet, aggregate: Aggregate, scale: float, shift: float = 0.0, count: Count = Count.NONE
