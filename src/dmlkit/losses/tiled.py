@@ -190,8 +190,8 @@ class LabelBlocks(PairBlocks):
     i.e. ``ref_labels`` is ``None`` or ``labels`` itself), negatives do not, candidates are both.
 
     Example:
-        >>> positive, negative = LabelBlocks(torch.tensor([0, 0, 1])).block((0, 2), (0, 3), [PairSet.POSITIVE,
-        ...     PairSet.NEGATIVE])
+        >>> blocks = LabelBlocks(torch.tensor([0, 0, 1]))
+        >>> positive, negative = blocks.block((0, 2), (0, 3), [PairSet.POSITIVE, PairSet.NEGATIVE])
         >>> positive.int().tolist(), negative.int().tolist()
         ([[0, 1, 0], [1, 0, 0]], [[0, 0, 1], [0, 0, 1]])
     """
