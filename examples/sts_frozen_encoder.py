@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from dmlkit.data.text_pairs import TextPairDataset, load_sts_benchmark
 from dmlkit.errors import MissingDependencyError
 from dmlkit.evaluation.thresholds import calibrate_threshold
-from dmlkit.training.atomic import atomic_write
+from dmlkit._atomic import atomic_write
 from dmlkit.training.embedding_cache import CacheStatus, EmbeddingCache
 from dmlkit.training.heads import LinearHead, MLPHead, SkipConnectionHead
 
