@@ -9,7 +9,6 @@ from torch import Tensor
 
 from .._validation import Described, check_range, check_type, message
 from ..distances import CosineSimilarity
-from ..indices import convert_to_pairs
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
@@ -18,20 +17,13 @@ from .generalized_lifted_structure import checked_pair_masks
 from .tiled import (
     Aggregate,
     CellStat,
-    LabelBlocks,
-    ListedBlocks,
-    PairBlocks,
     PairSet,
     RowStatKernel,
     check_chunk_size,
-    distinct_pairs,
-    few_pairs,
-    label_pair_counts,
-    label_pairs,
     listed_in_both,
-    listed_pair_counts,
     normalized_inputs,
     pair_distances,
+    plan_pair_blocks,
     tile_size,
     tiled_rows,
 )
@@ -131,24 +123,15 @@ class CircleLoss(BaseMetricLossFunction):
         tiles, the positives' too or, when they are few, over their list."""
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         num_query, num_ref = query.shape[0], ref.shape[0]
-        blocks: PairBlocks
-        listed: tuple[Tensor, Tensor] | None = None
-        if indices_tuple is None:
-            blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
-            num_pos = label_pair_counts(labels, ref_labels)  # type: ignore[arg-type]
-            if few_pairs(int(num_pos.sum()), num_query, num_ref):
-                listed = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
-        else:
-            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
-            both = listed_in_both((a1, p), (a2, n), num_ref)
+        plan = plan_pair_blocks(labels, ref_labels, indices_tuple, num_query, num_ref, block)  # type: ignore[arg-type]
+        blocks, listed, num_pos, mined = plan
+        if mined is not None:
+            both = listed_in_both(mined[:2], mined[2:], num_ref)
             if both:
                 rule = "pairs that are either positive or negative, not both"
                 raise ValueError(
                     message(type(self).__name__, "indices_tuple", rule, Described(f"{both} pair(s) listed as both"))
                 )
-            blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
-            listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
-            num_pos = listed_pair_counts(a1, p, num_query, num_ref)
         positive = _CircleLogit(PairSet.POSITIVE, -self.gamma, 1 + self.m, 1 - self.m)
         stats = [_CircleLogit(PairSet.NEGATIVE, self.gamma, self.m, self.m)]
         if listed is None:

@@ -12,25 +12,19 @@ from torch import Tensor, nn
 
 from .._validation import check_range, check_type
 from ..distances import CosineSimilarity
-from ..indices import convert_to_pairs, pair_masks
+from ..indices import pair_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import require_similarity
 from .tiled import (
     Aggregate,
     CellStat,
-    LabelBlocks,
-    ListedBlocks,
-    PairBlocks,
     PairSet,
     RowStatKernel,
     check_chunk_size,
-    distinct_pairs,
-    few_pairs,
-    label_pair_counts,
-    label_pairs,
     normalized_inputs,
     pair_distances,
+    plan_pair_blocks,
     tile_size,
     tiled_rows,
 )
@@ -135,16 +129,7 @@ class SigmoidLoss(BaseMetricLossFunction):
     ) -> Tensor:
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         num_query, num_ref = query.shape[0], ref.shape[0]
-        blocks: PairBlocks
-        listed: tuple[Tensor, Tensor] | None = None
-        if indices_tuple is None:
-            blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
-            if few_pairs(int(label_pair_counts(labels, ref_labels).sum()), num_query, num_ref):  # type: ignore[arg-type]
-                listed = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
-        else:
-            a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
-            blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
-            listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
+        blocks, listed, _, _ = plan_pair_blocks(labels, ref_labels, indices_tuple, num_query, num_ref, block)  # type: ignore[arg-type]
         # the (few) positive pairs from their list, the negatives over the tiles
         stats = [_PairSigmoid(PairSet.NEGATIVE, 1.0)]
         if listed is None:

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance, DotProductSimilarity
-from ..indices import ref_is_query
+from ..indices import convert_to_pairs, ref_is_query
 
 __all__ = [
     "AUTO_TILE_BATCH",
@@ -58,6 +58,8 @@ __all__ = [
     "listed_in_both",
     "normalized_inputs",
     "few_pairs",
+    "BlockPlan",
+    "plan_pair_blocks",
     "distinct_pairs",
     "label_pair_counts",
     "listed_pair_counts",
@@ -752,6 +754,41 @@ def pair_distances(
 def few_pairs(num_pairs: int, num_query: int, num_ref: int) -> bool:
     """Whether ``num_pairs`` positive pairs are few enough to be listed (see ``LISTED_PER_ELEMENT``)."""
     return num_pairs <= LISTED_PER_ELEMENT * (num_query + num_ref)
+
+
+class BlockPlan(NamedTuple):
+    """How a pair loss's tiles are laid out: the blocks, the positive pairs evaluated from their list (when they
+    are few, or mined: distinct, sorted by row) or None, and each query's number of positive pairs."""
+
+    blocks: PairBlocks
+    listed: tuple[Tensor, Tensor] | None
+    num_pos: Tensor
+    mined: tuple[Tensor, Tensor, Tensor, Tensor] | None
+
+
+def plan_pair_blocks(
+    labels: Tensor,
+    ref_labels: Tensor | None,
+    indices_tuple: Sequence[Tensor] | None,
+    num_query: int,
+    num_ref: int,
+    block: int,
+) -> BlockPlan:
+    """Blocks from the labels (positives listed when few) or from a miner's pairs (positives listed, distinct).
+
+    Example:
+        >>> plan = plan_pair_blocks(torch.tensor([0, 1, 0, 0]), None, None, 4, 4, 2)
+        >>> plan.listed, plan.num_pos.tolist()
+        ((tensor([0, 0, 2, 2, 3, 3]), tensor([2, 3, 0, 3, 0, 2])), [2, 0, 2, 2])
+    """
+    if indices_tuple is None:
+        num_pos = label_pair_counts(labels, ref_labels)
+        listed = label_pairs(labels, ref_labels) if few_pairs(int(num_pos.sum()), num_query, num_ref) else None
+        return BlockPlan(LabelBlocks(labels, ref_labels), listed, num_pos, None)
+    a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
+    blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+    listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
+    return BlockPlan(blocks, listed, listed_pair_counts(a1, p, num_query, num_ref), (a1, p, a2, n))
 
 
 def distinct_pairs(rows: Tensor, cols: Tensor, num_ref: int) -> tuple[Tensor, Tensor]:
