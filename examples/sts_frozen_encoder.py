@@ -60,10 +60,10 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from dmlkit._atomic import atomic_write
 from dmlkit.data.text_pairs import TextPairDataset, load_sts_benchmark
 from dmlkit.errors import MissingDependencyError
 from dmlkit.evaluation.thresholds import calibrate_threshold
-from dmlkit._atomic import atomic_write
 from dmlkit.training.embedding_cache import CacheStatus, EmbeddingCache
 from dmlkit.training.heads import LinearHead, MLPHead, SkipConnectionHead
 
