@@ -259,6 +259,7 @@ class Trainer:
         self.evaluations_since_best = 0
         self.stopped_early = False
         self.losses: dict[str, float] = {}
+        self._frozen: set[str] = set(self.freeze_these)
 
     # Set-up ----------------------------------------------------------------------------------------
 
@@ -413,7 +414,7 @@ class Trainer:
         data, labels = self.data_and_label_getter(batch)
         labels = self._process_labels(labels)
         data, labels = self._subset_batch(data, labels)
-        frozen = self._frozen_now()
+        frozen = self._frozen
         with self._autocast():
             losses = self.step(self, data, labels)
         total: Tensor | None = None
@@ -462,18 +463,6 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.data_device.type, dtype=self.autocast_dtype)
 
-    def _frozen_now(self) -> set[str]:
-        frozen = set(self.freeze_these)
-        frozen |= set(self.step.frozen_models(self.epoch))
-        for name, module in {**self.models, **self.loss_funcs}.items():
-            module.requires_grad_(name not in frozen)
-            if name in frozen:
-                module.eval()
-            else:
-                module.train()
-        self._freeze_batchnorm()
-        return frozen
-
     def _clip_gradients(self, frozen: set[str]) -> None:
         for clipper in self.gradient_clippers.values():
             clipper()
@@ -493,8 +482,12 @@ class Trainer:
                 scheduler.step()
 
     def _set_to_train(self) -> None:
+        """Train mode and gradients for every module but the frozen ones (``freeze_these`` and the step's
+        choice for this epoch), which get eval mode and no gradient; done at the start of each epoch."""
+        self._frozen = set(self.freeze_these) | set(self.step.frozen_models(self.epoch))
         for name, module in {**self.models, **self.loss_funcs}.items():
-            module.train(name not in self.freeze_these)
+            module.requires_grad_(name not in self._frozen)
+            module.train(name not in self._frozen)
         self._freeze_batchnorm()
 
     def _set_to_eval(self) -> None:
