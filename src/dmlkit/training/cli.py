@@ -292,9 +292,10 @@ def _run_training(args: argparse.Namespace, config: TrainConfig, resume: Path | 
 def _write_report(folder: Path, config: TrainConfig, result: Any) -> None:
     """Write report.html into the run folder; a missing plotting library only skips it, with a note."""
     from .html_report import write_html_report
-    from .loop import IMAGE_SHAPES, load_run_data
+    from .loop import IMAGE_SHAPES
 
-    parts = load_run_data(config)
+    parts = result.data
+    assert parts is not None  # train() keeps the run's data
     shape = IMAGE_SHAPES.get(config.data.name)
     images = parts.x_test.reshape(-1, *shape) if shape is not None else None
     if images is None and parts.x_test.ndim >= 3:

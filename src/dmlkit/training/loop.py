@@ -57,6 +57,7 @@ class TrainResult:
         trainer: the trainer (per-iteration ``history``, ``eval_history``, ``best_epoch``...).
         test_embeddings: embeddings of the test set by the final model (for reports).
         num_input_shape: the shape of one input sample (rebuilds the model from a checkpoint).
+        data: the run's training, validation and test parts (reports read the test images from it).
 
     Under ``torch.distributed`` only rank 0 measures retrieval: on the other processes ``before``, ``after``
     and ``raw_input`` are empty and ``test_embeddings`` is None.
@@ -75,6 +76,7 @@ class TrainResult:
     trainer: Trainer | None = None
     test_embeddings: Tensor | None = None
     num_input_shape: tuple[int, ...] = ()
+    data: RunData | None = None
 
 
 @dataclass
@@ -293,11 +295,11 @@ def train(
                 checkpoint = Path(run_folder) / "last.pt"
                 if not checkpoint.exists():
                     raise FileNotFoundError(f"{checkpoint}: no checkpoint to resume from.")
-                epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+                trainer.load_checkpoint(checkpoint)  # read once: the logs are cut back to its epoch
                 if logger is not None:
                     for stream in ("train", "eval"):
-                        logger.truncate(stream, _up_to_epoch(epoch))
-                trainer.train(num_epochs=config.epochs, resume=checkpoint)
+                        logger.truncate(stream, _up_to_epoch(trainer.epoch))
+                trainer.train(start_epoch=trainer.epoch + 1, num_epochs=config.epochs)
             else:
                 trainer.train(num_epochs=config.epochs)
         finally:
@@ -327,6 +329,7 @@ def train(
         trainer=trainer,
         test_embeddings=test_embeddings,
         num_input_shape=tuple(parts.x_train.shape[1:]),
+        data=parts,
     )
 
 
