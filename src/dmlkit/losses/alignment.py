@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._validation import check_range, message
+from .._validation import check_range
 from ..indices import convert_to_pairs, label_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import pair_values
+from .functional import pair_values, require_distance
 from .tiled import check_chunk_size, label_pairs, normalized_inputs, pair_distances, tile_size
 
 __all__ = ["AlignmentLoss"]
@@ -52,9 +52,7 @@ class AlignmentLoss(BaseMetricLossFunction):
         name = type(self).__name__
         check_range(name, "alpha", alpha, low=0, low_inclusive=False)
         check_chunk_size(name, chunk_size)
-        if self.distance.higher_is_closer:
-            rule = "a distance (lower is closer), e.g. LpDistance()"
-            raise ValueError(message(name, "distance", rule, type(self.distance).__name__))
+        require_distance(name, self.distance)
         self.alpha = alpha
         self.chunk_size = chunk_size
 

@@ -20,6 +20,7 @@ from ..types import TermKind, Terms
 __all__ = [
     "full_precision",
     "require_similarity",
+    "require_distance",
     "pair_values",
     "masked_logsumexp",
     "row_logsumexp",
@@ -59,6 +60,13 @@ def require_similarity(owner: str, distance: BaseDistance) -> None:
     """A ``ValueError`` unless ``distance`` is a similarity (higher is closer), for losses defined on those."""
     if not distance.higher_is_closer:
         rule = "a similarity (higher is closer), e.g. CosineSimilarity()"
+        raise ValueError(message(owner, "distance", rule, type(distance).__name__))
+
+
+def require_distance(owner: str, distance: BaseDistance, example: str = "LpDistance()") -> None:
+    """A ``ValueError`` unless ``distance`` is a distance (lower is closer), for losses defined on those."""
+    if distance.higher_is_closer:
+        rule = f"a distance (lower is closer), e.g. {example}"
         raise ValueError(message(owner, "distance", rule, type(distance).__name__))
 
 

@@ -14,6 +14,7 @@ from ..distances import BaseDistance, LpDistance
 from ..reducers.base import zero_loss
 from ..types import Terms
 from .base import BaseMetricLossFunction
+from .functional import require_distance
 from .tiled import (
     AffineStat,
     Aggregate,
@@ -66,9 +67,7 @@ class UniformityLoss(BaseMetricLossFunction):
         name = type(self).__name__
         check_range(name, "t", t, low=0, low_inclusive=False)
         check_chunk_size(name, chunk_size)
-        if self.distance.higher_is_closer:
-            rule = "a distance (lower is closer), e.g. LpDistance(power=2)"
-            raise ValueError(message(name, "distance", rule, type(self.distance).__name__))
+        require_distance(name, self.distance, "LpDistance(power=2)")
         self.t = t
         self.chunk_size = chunk_size
 
