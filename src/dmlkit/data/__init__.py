@@ -28,6 +28,7 @@ from .digits import load_digits
 from .embeddings import EmbeddingDataset, load_embeddings
 from .idx import FASHION_MNIST_CLASSES, Split, load_fashion_mnist, load_mnist, read_idx
 from .images import IMAGE_EXTENSIONS, ImageCSVDataset, ImageFolderDataset, load_image
+from .newsgroups import NEWSGROUPS, NewsgroupsCorpus, load_20newsgroups, parse_post
 from .root import DATA_ENV_VAR, resolve_data_root
 from .splits import class_disjoint_kfold, class_disjoint_split, class_halves_split, split_by_classes
 from .text_pairs import TextPair, TextPairDataset, load_sts_benchmark, read_text_pairs
@@ -60,6 +61,10 @@ __all__ = [
     "TextPairDataset",
     "read_text_pairs",
     "load_sts_benchmark",
+    "NEWSGROUPS",
+    "NewsgroupsCorpus",
+    "load_20newsgroups",
+    "parse_post",
 ]
 
 _Root = str | os.PathLike[str] | None
