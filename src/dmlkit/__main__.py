@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dmlkit.training.cli import main
+from dmlkit.cli import main
 
 __all__: list[str] = []
 

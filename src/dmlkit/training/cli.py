@@ -23,20 +23,28 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError, MissingDependencyError
 from .config import TrainConfig
 
-__all__ = ["build_parser", "load_config_file", "load_array", "main"]
+__all__ = ["CommandAdder", "build_parser", "load_config_file", "load_array", "main"]
 
 _PROG = "dmlkit"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``dmlkit`` command."""
+#: adds one sub-command to the parser's sub-parsers; the sub-parser sets ``handler`` (``args -> exit status``).
+CommandAdder = Callable[[Any], None]
+
+
+def build_parser(extra_commands: Sequence[CommandAdder] = ()) -> argparse.ArgumentParser:
+    """The argument parser of the ``dmlkit`` command, with ``extra_commands`` added after the built-in ones.
+
+    Each extra command's sub-parser must ``set_defaults(handler=...)``: :func:`main` calls it with the parsed
+    arguments and returns what it returns.
+    """
     parser = argparse.ArgumentParser(prog=_PROG, description="Deep metric learning for PyTorch.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     train = commands.add_parser(
@@ -68,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(commands)
     _add_embed_parser(commands)
     _add_index_parser(commands)
+    for add_command in extra_commands:
+        add_command(commands)
     return parser
 
 
@@ -166,9 +176,12 @@ def load_config_file(path: str | Path) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, extra_commands: Sequence[CommandAdder] = ()) -> int:
     """Run the ``dmlkit`` command; return the exit status (2 for invalid arguments or configuration)."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(extra_commands).parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
     if args.command == "train":
         return _train(args)
     if args.command == "eval":
