@@ -7,6 +7,7 @@ from .ada_face import AdaFaceLoss
 from .alignment import AlignmentLoss
 from .angular import AngularLoss
 from .arc_face import ArcFaceLoss
+from .barlow_twins import BarlowTwinsLoss
 from .base import BaseMetricLossFunction
 from .circle import CircleLoss
 from .class_weights import BaseClassWeightLoss
@@ -87,6 +88,7 @@ __all__ = [
     "SigmoidLoss",
     "AlignmentLoss",
     "UniformityLoss",
+    "BarlowTwinsLoss",
     "PNPVariant",
     "LOSSES",
     # loss wrappers, re-exported lazily from dmlkit.wrappers under pytorch-metric-learning's import path
@@ -137,6 +139,7 @@ LOSSES: Registry[BaseMetricLossFunction] = Registry(
         "sigmoid": SigmoidLoss,
         "alignment": AlignmentLoss,
         "uniformity": UniformityLoss,
+        "barlow_twins": BarlowTwinsLoss,
     },
 )
 
