@@ -33,6 +33,7 @@ from .root import DATA_ENV_VAR, resolve_data_root
 from .splits import class_disjoint_kfold, class_disjoint_split, class_halves_split, split_by_classes
 from .text_pairs import TextPair, TextPairDataset, load_sts_benchmark, read_text_pairs
 from .views import noisy_view
+from .vocabulary import PAD_ID, UNK_ID, PaddedItems, Vocabulary, pad_items, pad_labeled_items
 
 __all__ = [
     "load_digits",
@@ -65,6 +66,12 @@ __all__ = [
     "NewsgroupsCorpus",
     "load_20newsgroups",
     "parse_post",
+    "Vocabulary",
+    "PaddedItems",
+    "pad_items",
+    "pad_labeled_items",
+    "PAD_ID",
+    "UNK_ID",
 ]
 
 _Root = str | os.PathLike[str] | None
