@@ -20,6 +20,7 @@ from .modes import (
     TrainWithClassifier,
     TwoStreamMetricLoss,
 )
+from .set_encoder import SetEncoder, attention_pool
 from .steps import (
     AdversarialStep,
     CascadedStep,
@@ -77,4 +78,6 @@ __all__ = [
     "LinearHead",
     "MLPHead",
     "SkipConnectionHead",
+    "SetEncoder",
+    "attention_pool",
 ]
