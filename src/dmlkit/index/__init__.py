@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .embedding_index import EmbeddingIndex, IndexBackend, IndexMetric, SearchResult
 from .inference import CustomKNN, IndexKNN, InferenceModel, MatchFinder, knn_func_for_distance
+from .near_duplicates import DuplicateBackend, find_near_duplicates
 
 # pytorch-metric-learning's FaissKNN stays in dmlkit.index.inference (and dmlkit.utils.inference): its
 # constructor differs from dmlkit.evaluation.FaissKNN's, and one package should not export both.
@@ -24,4 +25,6 @@ __all__ = [
     "MatchFinder",
     "CustomKNN",
     "knn_func_for_distance",
+    "find_near_duplicates",
+    "DuplicateBackend",
 ]
