@@ -6,6 +6,7 @@ from ..registry import Registry
 from .ada_face import AdaFaceLoss
 from .alignment import AlignmentLoss
 from .angular import AngularLoss
+from .ap_loss import APLoss
 from .arc_face import ArcFaceLoss
 from .barlow_twins import BarlowTwinsLoss
 from .base import BaseMetricLossFunction
@@ -89,6 +90,7 @@ __all__ = [
     "AlignmentLoss",
     "UniformityLoss",
     "BarlowTwinsLoss",
+    "APLoss",
     "PNPVariant",
     "LOSSES",
     # loss wrappers, re-exported lazily from dmlkit.wrappers under pytorch-metric-learning's import path
@@ -140,6 +142,7 @@ LOSSES: Registry[BaseMetricLossFunction] = Registry(
         "alignment": AlignmentLoss,
         "uniformity": UniformityLoss,
         "barlow_twins": BarlowTwinsLoss,
+        "ap": APLoss,
     },
 )
 
