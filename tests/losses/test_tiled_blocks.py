@@ -273,8 +273,9 @@ def test_pair_distances_of_a_batch_with_itself_accumulate_both_ends() -> None:
 
 
 def test_tile_size_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert tile_size(None, 4096, 4096) is None
-    assert tile_size(None, 4097, 4096) == tiled.DEFAULT_BLOCK
+    assert tile_size(None, 3072, 3072) is None
+    assert tile_size(None, 3073, 3072) == tiled.DEFAULT_BLOCK
+    assert tile_size(None, 4096, 4096) == tiled.DEFAULT_BLOCK
     assert tile_size(0, 10**6, 10**6) is None
     assert tile_size(7, 3, 3) == 7
     monkeypatch.setattr(tiled, "AUTO_TILE_BATCH", 2)

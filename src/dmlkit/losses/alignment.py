@@ -35,7 +35,7 @@ class AlignmentLoss(BaseMetricLossFunction):
 
     Args:
         alpha: the exponent, ``> 0``.
-        chunk_size: ``None`` (automatic: the matrix up to 4096 x 4096 cells, the pairs alone above), ``0``
+        chunk_size: ``None`` (automatic: the matrix up to 3072 x 3072 cells, the pairs alone above), ``0``
             (always the matrix) or a positive value (always the pairs alone).
         **kwargs: ``distance`` (a distance, lower is closer; default ``LpDistance()``, normalised Euclidean),
             ``reducer`` (default ``MeanReducer()``, over the positive pairs), ``embedding_regularizer``,

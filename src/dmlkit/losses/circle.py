@@ -54,7 +54,7 @@ class CircleLoss(BaseMetricLossFunction):
         m: the relaxation margin (the paper uses 0.25 for faces and re-identification, 0.4 for fine-grained
             retrieval).
         gamma: the scale, ``> 0`` (the paper uses 256, 128 and 80 in those settings).
-        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
             above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (must be a :class:`~dmlkit.distances.CosineSimilarity`, the default),
             ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.

@@ -61,7 +61,7 @@ class ContrastiveLoss(BaseMetricLossFunction):
     Args:
         pos_margin: positive pairs closer than this (farther, for a similarity) cost nothing.
         neg_margin: negative pairs farther than this (closer, for a similarity) cost nothing.
-        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
             above), ``0`` (always dense) or the block side of the tiled path (always tiled when the reducer
             allows it).
         **kwargs: ``distance``, ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.

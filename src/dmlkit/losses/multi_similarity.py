@@ -53,7 +53,7 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
         alpha: weight (inverse temperature) of the positive term, ``> 0``.
         beta: weight of the negative term, ``> 0``.
         base: the similarity threshold ``lambda`` both terms are measured from.
-        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
             above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default ``MeanReducer()``),
             ``embedding_regularizer``, ``embedding_reg_weight``.

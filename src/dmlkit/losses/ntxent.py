@@ -95,7 +95,7 @@ class NTXentLoss(BaseMetricLossFunction):
 
     Args:
         temperature: ``T``, ``> 0``.
-        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
             above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (default ``CosineSimilarity()``), ``reducer`` (default ``MeanReducer()``, over
             the positive pairs), ``embedding_regularizer``, ``embedding_reg_weight``.

@@ -57,7 +57,7 @@ class SigmoidLoss(BaseMetricLossFunction):
         temperature: the initial ``t = exp(t')``, ``> 0``; stored as the parameter ``log_temperature``.
         bias: the initial ``b``; stored as the parameter ``bias``.
         learnable: whether ``t'`` and ``b`` are trained (``requires_grad``); otherwise they stay fixed.
-        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
             above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (a similarity; default ``CosineSimilarity()``, the paper's normalised dot
             product), ``reducer`` (default ``MeanReducer()``), ``embedding_regularizer``,

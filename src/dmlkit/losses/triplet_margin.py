@@ -72,7 +72,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
         smooth_loss: ``log(1 + exp(margin - gap))`` instead of the hinge.
         triplets_per_anchor: ``"all"`` triplets, or this many random triplets per anchor.
         generator: random source for ``triplets_per_anchor`` sampling.
-        chunk_size: ``None`` (automatic: dense up to a 4096 x 4096 matrix, tiled with 1024 x 1024 blocks
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
             above), ``0`` (always dense) or the block side of the tiled path (always tiled where it applies).
         **kwargs: ``distance``, ``reducer``, ``embedding_regularizer``, ``embedding_reg_weight``.
 
