@@ -333,6 +333,7 @@ def test_save_load_round_trip(model: TopicDiscovery, tmp_path: Path) -> None:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(model, name), err_msg=name)
     assert loaded.vocabulary_ == model.vocabulary_ and loaded.documents_ == model.documents_
     assert loaded.topic_hierarchy_ == model.topic_hierarchy_
+    assert loaded.timings_ == model.timings_ and set(model.timings_) == {"embedding", "umap", "hdbscan", "topics"}
     assert loaded.min_count == 2 and loaded.epochs == 20 and loaded.random_state == 0
     a, b = model.search_topics(["the", "and"], 3, reduced=True), loaded.search_topics(["the", "and"], 3, reduced=True)
     np.testing.assert_array_equal(a.topic_ids, b.topic_ids)

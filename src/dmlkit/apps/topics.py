@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import time
 import warnings
 import zipfile
 import zlib
@@ -317,6 +318,8 @@ class TopicDiscovery:
             ids (-1: noise).
         topic_vectors_: (k, d) unit topic vectors; ``topic_words_``, ``topic_word_scores_``: (k, W);
             ``topic_sizes_``: (k,) documents per topic; ``labels_``: (n,) topic of each document.
+        timings_: seconds of the fit's steps: ``embedding`` (Doc2Vec or the encoder), ``umap`` (neighbours and
+            UMAP), ``hdbscan``, ``topics`` (centroids, assignment, words).
         reduced_*_, topic_hierarchy_: the same after :meth:`hierarchical_topic_reduction` (None before).
 
     Example:
@@ -381,6 +384,7 @@ class TopicDiscovery:
         self.topic_word_scores_: np.ndarray | None = None
         self.topic_sizes_: np.ndarray | None = None
         self.labels_: np.ndarray | None = None
+        self.timings_: dict[str, float] = {}
         self._clear_reduction()
 
     def _clear_reduction(self) -> None:
@@ -504,6 +508,8 @@ class TopicDiscovery:
         docs = self._check_documents(documents)
         tokens = [tokenize(doc) for doc in docs]
         vocabulary = self._vocabulary(tokens)
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
         seed = (
             int(self.random_state)
             if self.random_state is not None
@@ -519,6 +525,7 @@ class TopicDiscovery:
                     message(_OWNER, "embedding", rule, Described(f"{doc_vectors.shape[1]} and {word_vectors.shape[1]}"))
                 )
         doc_vectors, word_vectors = _unit_rows(doc_vectors), _unit_rows(word_vectors)
+        timings["embedding"], clock = time.perf_counter() - clock, time.perf_counter()
 
         umap = _import_optional("umap", "umap-learn", "TopicDiscovery")
         from sklearn.cluster import HDBSCAN
@@ -536,6 +543,7 @@ class TopicDiscovery:
             # UMAP warns that without its own search index it cannot transform new documents; fit never does.
             warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
             low = np.asarray(reducer.fit_transform(doc_vectors), dtype=np.float32)
+        timings["umap"], clock = time.perf_counter() - clock, time.perf_counter()
         clusters = HDBSCAN(
             min_cluster_size=self.min_cluster_size,
             min_samples=self.min_samples,
@@ -543,6 +551,7 @@ class TopicDiscovery:
             cluster_selection_method=self.cluster_selection_method,
             copy=True,
         ).fit_predict(low)
+        timings["hdbscan"], clock = time.perf_counter() - clock, time.perf_counter()
         if clusters.max() < 0:
             raise ValueError(
                 f"{_OWNER}: no dense cluster found among {len(docs)} documents (all are noise); lower "
@@ -568,6 +577,8 @@ class TopicDiscovery:
         self.labels_ = rank[labels]
         self.topic_sizes_ = np.bincount(self.labels_, minlength=count).astype(np.int64)
         self.topic_words_, self.topic_word_scores_ = self._words_of(self.topic_vectors_)
+        timings["topics"] = time.perf_counter() - clock
+        self.timings_ = timings
         self._clear_reduction()
         return self
 
@@ -765,6 +776,7 @@ class TopicDiscovery:
             "reduced": reduced,
             "documents": self.documents_ is not None,
             "topic_hierarchy": self.topic_hierarchy_,
+            "timings": self.timings_,
         }
         arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         buffer = io.BytesIO()
@@ -811,6 +823,7 @@ class TopicDiscovery:
             setattr(self, name, arrays[name])
         if header["reduced"]:
             self.topic_hierarchy_ = [[int(i) for i in group] for group in header["topic_hierarchy"]]
+        self.timings_ = {str(step): float(seconds) for step, seconds in header.get("timings", {}).items()}
         if header["documents"]:
             offsets, blob = arrays["documents_offsets"], arrays["documents_bytes"].tobytes()
             self.documents_ = [
