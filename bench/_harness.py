@@ -120,6 +120,7 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
     parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--json", default=None, help="also write the raw results (a JSON list of rows) here")
     parser.add_argument("--memory-limit-gib", type=float, default=10.0, help="address-space cap per case")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
 
@@ -132,6 +133,13 @@ def run_both(module: str, case: dict[str, Any], args: argparse.Namespace, pml: b
             module, {**case, "lib": lib}, timeout_s=args.timeout, memory_limit_gib=args.memory_limit_gib
         )
     return results
+
+
+def write_json(path: str | None, rows: list[dict[str, Any]]) -> None:
+    """Write the raw result rows as JSON to ``path`` (nothing when None)."""
+    if path:
+        with open(path, "w") as fh:
+            json.dump(rows, fh, indent=1)
 
 
 def finish_table(lines: list[str], speedups: dict[int, list[float]], out: str | None) -> None:

@@ -84,12 +84,14 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
     speedups: dict[int, list[float]] = {size: [] for size in args.sizes}
+    rows: list[dict[str, Any]] = []
     for name in names:
         for num_classes in args.classes:
             for size in args.sizes:
                 case = {"name": name, "batch": size, "classes": num_classes, "threads": args.threads}
                 results = harness.run_both("bench.class_losses", case, args, pml=name not in only_ours)
                 ours, pml = results["dmlkit"], results["pml"]
+                rows.append({**case, "dmlkit": ours, "pml": pml, "in_pml": name not in only_ours})
                 if "error" not in ours and "error" not in pml:
                     speedups[size].append(pml["seconds"] / ours["seconds"])
                 pml_cell = "not in PML" if name in only_ours else harness.fmt_cell(pml)
@@ -101,6 +103,7 @@ def main() -> None:
                 print(row, flush=True)
                 lines.append(row)
     harness.finish_table(lines, speedups, args.out)
+    harness.write_json(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Evaluation at scale: dmlkit's AccuracyCalculator vs pytorch-metric-learning's (with faiss), side by side.
 
-Usage: ``python bench/evaluation.py [--sizes 10000 50000 100000] [--threads 2] [--out docs/benchmarks.md]``.
+Usage: ``python bench/evaluation.py [--sizes 10000 50000 100000] [--threads 2] [--out section.md] [--json raw.json]``.
 Each (library, N, metric set) runs in its own subprocess (bench/_harness.py): wall time of one
 ``get_accuracy`` call and the growth of the resident-set high-water mark during it (inputs already built).
 Data: 100 Gaussian classes in d = 128 (centres ~ N(0, 1), noise sigma 2), query = reference, float32,
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--projection", action="store_true", help="time 2048 queries of N = 1,000,000")
     parser.add_argument("--out", default=None, help="append the markdown section to this file")
+    parser.add_argument("--json", default=None, help="also write the raw results (JSON) here")
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
     parser.add_argument("--timeout", type=float, default=3600.0)
     args = parser.parse_args()
@@ -129,10 +130,12 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     values_lines = []
+    raw: dict[str, Any] = {"threads": args.threads, "gflops": gflops, "rows": [], "projection": None}
     for metrics in args.metrics:
         for n in args.sizes:
             ours = run({"lib": "dmlkit", "n": n, "metrics": metrics})
             pml = run({"lib": "pml", "n": n, "metrics": metrics})
+            raw["rows"].append({"metrics": metrics, "n": n, "dmlkit": ours, "pml": pml})
             floor = 2 * n * n * DIM / (gflops * 1e9)
             both = "error" not in ours and "error" not in pml
             speed = f"{pml['seconds'] / ours['seconds']:.2f}x" if both else "-"
@@ -151,6 +154,7 @@ def main() -> None:
     if args.projection:
         n, queries = 1_000_000, 2048
         part = run({"lib": "dmlkit", "n": n, "metrics": "retrieval", "queries": queries})
+        raw["projection"] = {"n": n, "queries": queries, **part}
         if "error" in part:
             lines += ["", f"N = 1,000,000 projection failed: {part['error']}"]
         else:
@@ -165,6 +169,9 @@ def main() -> None:
             ]
     text = "\n".join(lines)
     print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(raw, fh, indent=1)
     if args.out:
         with open(args.out, "a") as fh:
             fh.write("\n" + text + "\n")

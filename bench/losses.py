@@ -1,6 +1,6 @@
 """Forward+backward time and peak extra memory of losses (and loss+miner pairs), dmlkit vs PML.
 
-Usage: ``python bench/losses.py [--sizes 256 1024 4096] [--threads 2] [--out docs/benchmarks.md]``.
+Usage: ``python bench/losses.py [--sizes 256 1024 4096] [--threads 2] [--out table.md] [--json rows.json]``.
 Each (case, library, batch size) runs in its own subprocess so peak memory is measured cleanly.
 Inputs: embedding dim 128, 4 samples per class, float32, fixed seed.
 """
@@ -61,10 +61,12 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     speedups: dict[int, list[float]] = {size: [] for size in args.sizes}
+    rows: list[dict[str, Any]] = []
     for name in names:
         for size in args.sizes:
             results = harness.run_both("bench.losses", {"name": name, "batch": size, "threads": args.threads}, args)
             ours, pml = results["dmlkit"], results["pml"]
+            rows.append({"name": name, "batch": size, "threads": args.threads, "dmlkit": ours, "pml": pml})
             if "error" not in ours and "error" not in pml:
                 speedups[size].append(pml["seconds"] / ours["seconds"])
             speed, memory = harness.ratio(pml, ours, "seconds"), harness.ratio(pml, ours, "peak_extra_mib")
@@ -72,6 +74,7 @@ def main() -> None:
             print(row, flush=True)
             lines.append(row)
     harness.finish_table(lines, speedups, args.out)
+    harness.write_json(args.json, rows)
 
 
 if __name__ == "__main__":

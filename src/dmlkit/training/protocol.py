@@ -158,6 +158,10 @@ class BenchmarkData:
     Data sets with an official test split (MNIST, Fashion-MNIST) take the first half of the classes from the
     training split and the second half from the test split; others split one set of samples by class.
     ``max_per_class`` keeps the first that many samples of each class (None: all).
+
+    Example:
+        >>> BenchmarkConfig.from_dict({"data": {"name": "mnist", "max_per_class": 600}, "losses": ["ntxent"]}).data
+        BenchmarkData(name='mnist', root=None, max_per_class=600)
     """
 
     name: str = "digits"
@@ -175,7 +179,8 @@ class BenchmarkConfig:
     of every fold; validation after each epoch), ``folds`` (``k``), ``fold_seed`` (None: contiguous class
     groups), ``seeds`` (one run of the ``k`` folds per seed), ``dtype`` (``float32`` or ``float64``),
     ``eval_batch_size`` and ``losses`` (a list of :class:`LossEntry` mappings). Unknown keys raise
-    ``KeyError`` with suggestions.
+    ``KeyError`` with suggestions. The defaults of ``folds`` (4) and of the sampler (batches of 32, 4 per
+    class) are the paper's; they need a data set with at least 8 training classes.
 
     Example:
         >>> config = BenchmarkConfig.from_dict({"folds": 2, "losses": [{"loss": "contrastive", "library": "both"}]})
@@ -521,6 +526,11 @@ class ProtocolData:
         x_test, y_test: the second half (the final test).
         folds: per fold, ``(train_indices, val_indices)`` into ``x_trainval``; their classes are disjoint.
         trainval_classes, test_classes: the sorted classes of each half.
+
+    Example:
+        >>> data = make_protocol_data(torch.rand(60, 2), torch.arange(12).repeat(5), folds=3)
+        >>> len(data.y_trainval), len(data.y_test), data.fold_classes(2)
+        (30, 30, ([0, 1, 2, 3], [4, 5]))
     """
 
     x_trainval: Tensor
@@ -792,6 +802,14 @@ class FoldRun:
             iteration), ``seconds``, ``train_classes``, ``val_classes``, ``error`` (None, or why training
             failed, e.g. a non-finite loss).
         test_embeddings: the test half embedded by the best epoch's model (None when not asked or failed).
+
+    Example:
+        >>> config = BenchmarkConfig.from_dict({"data": {"max_per_class": 10}, "folds": 2, "iterations_per_epoch": 2,
+        ...                                     "sampler": {"m": 4, "batch_size": 8}, "losses": ["sup_con"],
+        ...                                     "model": {"hidden": [8], "embedding_size": 4}})
+        >>> run = train_fold(config, config.losses[0], load_protocol_data(config), fold=0, seed=0)
+        >>> run.record["best_epoch"], len(run.record["losses"]), tuple(run.test_embeddings.shape)
+        (1, 2, (50, 4))
     """
 
     record: dict[str, Any]
@@ -1407,7 +1425,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         lines += [f"- Command: `{results['command']}`"]
     if env:
         lines += [
-            f"- Machine: {env.get('cpu')}, {env.get('cores')} cores, {env.get('torch_threads')} torch threads; "
+            f"- Machine: {env.get('cpu')}, {env.get('cores')} cores, torch threads: {env.get('torch_threads')}; "
             f"Python {env.get('python')}, torch {env.get('torch')}, dmlkit {env.get('dmlkit')}, "
             f"pytorch-metric-learning {env.get('pytorch_metric_learning')}, Optuna {env.get('optuna')}."
         ]
