@@ -64,7 +64,7 @@ class AlignmentLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
         if block is None:
             mat = self.distance(embeddings, ref_emb)
             if indices_tuple is None:

@@ -98,7 +98,7 @@ class ContrastiveLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         reduction = fused_reduction(self.reducer)
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
         if block is not None and reduction is not None:
             return self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block, reduction)
         mat = self.distance(embeddings, ref_emb)

@@ -88,7 +88,7 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
         if block is not None:
             return {"loss": self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)}
         mat = self.distance(embeddings, ref_emb)

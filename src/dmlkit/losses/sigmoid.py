@@ -104,7 +104,7 @@ class SigmoidLoss(BaseMetricLossFunction):
         scale = self.log_temperature.exp().to(embeddings.dtype)
         bias = self.bias.to(embeddings.dtype)
         anchors = torch.arange(embeddings.shape[0], device=embeddings.device)
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0])
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
         if block is not None:
             values = self._tiled_values(embeddings, labels, indices_tuple, ref_emb, ref_labels, block, scale, bias)
             return {"loss": Terms(values, anchors, TermKind.ELEMENT)}

@@ -37,6 +37,7 @@ from ..indices import convert_to_pairs, ref_is_query
 
 __all__ = [
     "AUTO_TILE_BATCH",
+    "DENSE_LISTED_CELLS",
     "DEFAULT_BLOCK",
     "check_chunk_size",
     "tile_size",
@@ -71,8 +72,10 @@ __all__ = [
 ]
 
 #: with ``chunk_size=None`` the tiled path is taken when the matrix has more cells than ``AUTO_TILE_BATCH ** 2``
-#: (below that the dense path is about as fast; at 4096 x 4096 the tiled one is faster and holds a fraction of the memory).
+#: (below that the dense path is about as fast; at 4096 x 4096 the tiled one is faster and far leaner).
 AUTO_TILE_BATCH = 3072
+#: with ``chunk_size=None``, mined pairs denser than one per this many cells keep the dense path.
+DENSE_LISTED_CELLS = 16
 #: the tile side used with ``chunk_size=None``: a float32 tile is 4 MiB.
 DEFAULT_BLOCK = 1024
 #: listed pairs evaluated at once by :func:`pair_distances`.
@@ -111,18 +114,31 @@ def check_chunk_size(owner: str, chunk_size: int | None) -> None:
         check_range(owner, "chunk_size", chunk_size, low=0, integer=True)
 
 
-def tile_size(chunk_size: int | None, num_query: int, num_ref: int) -> int | None:
+def tile_size(
+    chunk_size: int | None, num_query: int, num_ref: int, indices_tuple: Sequence[Tensor] | None = None
+) -> int | None:
     """The tile side for a ``(num_query, num_ref)`` matrix, or ``None`` for the dense path.
 
-    ``chunk_size=None`` tiles matrices of more than ``AUTO_TILE_BATCH ** 2`` cells with ``DEFAULT_BLOCK``;
-    ``0`` never tiles; a positive value always tiles with that side.
+    ``chunk_size=None`` tiles matrices of more than ``AUTO_TILE_BATCH ** 2`` cells with ``DEFAULT_BLOCK``, unless
+    a miner's ``indices_tuple`` lists more than one pair per ``DENSE_LISTED_CELLS`` cells: the lists then cost
+    more than the matrix, and bucketing them by tile is slower than the dense path. ``0`` never tiles; a positive
+    value always tiles with that side.
 
     Example:
         >>> tile_size(None, 100, 100) is None, tile_size(None, 8192, 8192), tile_size(64, 100, 100)
         (True, 1024, 64)
+        >>> many = (torch.zeros(8192 * 8192 // 8, dtype=torch.long),) * 4
+        >>> tile_size(None, 8192, 8192, many) is None
+        True
     """
     if chunk_size is None:
-        return DEFAULT_BLOCK if num_query * num_ref > AUTO_TILE_BATCH**2 else None
+        cells = num_query * num_ref
+        if cells <= AUTO_TILE_BATCH**2:
+            return None
+        listed = 0
+        if indices_tuple is not None:  # triplets (a, p, n) or pairs (a1, p, a2, n)
+            listed = indices_tuple[0].numel() + (indices_tuple[2].numel() if len(indices_tuple) == 4 else 0)
+        return None if listed * DENSE_LISTED_CELLS > cells else DEFAULT_BLOCK
     return chunk_size if chunk_size > 0 else None
 
 
