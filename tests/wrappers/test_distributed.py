@@ -72,6 +72,8 @@ EFFICIENT_MISMATCH: dict[str, str] = {
     "dynamic_soft_margin": "pairs row i of ref_emb with row i of embeddings without labels: rejected",
     "vicreg": "pairs row i of ref_emb with row i of embeddings without labels (and uses batch covariances): rejected",
     "uniformity": "takes no labels, and a reference set without labels cannot be split across processes: rejected",
+    "barlow_twins": "pairs row i of ref_emb with row i of embeddings without labels (and standardises over the batch): "
+    "rejected",
 }
 #: miners whose efficient mode cannot give the single-process tuples, and why.
 MINER_EFFICIENT_MISMATCH: dict[str, str] = {
