@@ -19,6 +19,7 @@ from dmlkit.losses import (
     CircleLoss,
     ContrastiveLoss,
     MultiSimilarityLoss,
+    NCALoss,
     NTXentLoss,
     SupConLoss,
     TripletMarginLoss,
@@ -45,10 +46,11 @@ LOSSES: dict[str, Factory] = {
     "sigmoid": lambda cs, **kw: SigmoidLoss(temperature=5.0, bias=-2.0, chunk_size=cs, **kw),
     "alignment": lambda cs, **kw: AlignmentLoss(chunk_size=cs, **kw),
     "uniformity": lambda cs, **kw: UniformityLoss(chunk_size=cs, **kw),
+    "nca": lambda cs, **kw: NCALoss(softmax_scale=2.0, chunk_size=cs, **kw),
 }
 TAKES_INDICES = [name for name in LOSSES if name != "uniformity"]
 #: losses that accept any distance (a similarity or a distance), and the distances they are checked under
-ANY_DISTANCE = ["ntxent", "supcon", "multi_similarity", "contrastive", "triplet"]
+ANY_DISTANCE = ["ntxent", "supcon", "multi_similarity", "contrastive", "triplet", "nca"]
 DISTANCES: dict[str, Callable[[], Any]] = {
     "lp": LpDistance,
     "lp_raw_squared": lambda: LpDistance(normalize_embeddings=False, power=2),
@@ -189,7 +191,7 @@ def test_miners(name: str, kind: str, with_ref: bool) -> None:
     ref, ref_labels = _batch(6, 12) if with_ref else (None, None)
     indices = _mined(kind, emb, labels, ref, ref_labels)
     assert_tiled_equals_dense(LOSSES[name], emb, labels, indices, ref, ref_labels)
-    if name != "triplet":  # the indices alone define the pairs
+    if name not in ("triplet", "nca"):  # the indices alone define the pairs (NCA's only weigh the rows)
         assert_tiled_equals_dense(LOSSES[name], emb, None, indices, ref, ref_labels)
 
 

@@ -11,6 +11,19 @@ from ..distances import BaseDistance, LpDistance
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import miner_weights, pair_values, segment_logsumexp
+from .tiled import (
+    AffineStat,
+    Aggregate,
+    LabelBlocks,
+    PairSet,
+    RowStatKernel,
+    check_chunk_size,
+    label_pairs,
+    normalized_inputs,
+    pair_distances,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["NCALoss"]
 
@@ -31,8 +44,14 @@ class NCALoss(BaseMetricLossFunction):
     by how often it appears in them (only as an anchor when a distinct reference set is given), divided by
     the largest such count, as pytorch-metric-learning does.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`): each row's log-sum-exp over every reference is
+    accumulated over blocks of the matrix and recomputed block by block in the backward pass, and the same-label
+    one comes from the list of those pairs, so no ``(batch, reference)`` matrix is held.
+
     Args:
         softmax_scale: the inverse temperature ``scale``, ``> 0``.
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (default ``LpDistance(power=2)``), ``reducer`` (default ``MeanReducer()``),
             ``embedding_regularizer``, ``embedding_reg_weight``.
 
@@ -42,10 +61,12 @@ class NCALoss(BaseMetricLossFunction):
         0.4302
     """
 
-    def __init__(self, softmax_scale: float = 1, **kwargs: Any) -> None:
+    def __init__(self, softmax_scale: float = 1, chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_range(type(self).__name__, "softmax_scale", softmax_scale, low=0, low_inclusive=False)
+        check_chunk_size(type(self).__name__, chunk_size)
         self.softmax_scale = softmax_scale
+        self.chunk_size = chunk_size
 
     def get_default_distance(self) -> BaseDistance:
         return LpDistance(power=2)
@@ -66,8 +87,25 @@ class NCALoss(BaseMetricLossFunction):
         size = embeddings.shape[0]
         if same_set and size < 2:
             return {"loss": Terms(embeddings.new_zeros(0), torch.arange(0, device=embeddings.device), TermKind.ELEMENT)}
+        scale = self.softmax_scale if self.distance.higher_is_closer else -self.softmax_scale
+        weights = miner_weights(indices_tuple, size, embeddings.dtype, embeddings.device, anchors_only=not same_set)
+        block = tile_size(self.chunk_size, size, ref_emb.shape[0])
+        if block is not None:
+            # the miner only weighs the rows, so the softmax always runs over every reference: tile regardless
+            query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
+            kernel = RowStatKernel([AffineStat(PairSet.CANDIDATE, Aggregate.LOGSUMEXP, scale)])
+            every_lse = tiled_rows(kernel, LabelBlocks(labels, ref_labels), self.distance, query, ref, block)[0][:, 0]
+            # the few same-label entries of each row come from their list, not from masks over every tile
+            rows, cols = label_pairs(labels, ref_labels)
+            keep = torch.bincount(rows, minlength=size) > 0
+            positive_lse = segment_logsumexp(pair_distances(self.distance, query, ref, rows, cols) * scale, rows, size)
+            values = (every_lse - positive_lse)[keep]
+            anchors = torch.nonzero(keep).flatten()
+            if weights is not None:
+                values = values * weights[keep]
+            return {"loss": Terms(values, anchors, TermKind.ELEMENT)}
         mat = self.distance(embeddings, ref_emb)
-        logits = mat * (self.softmax_scale if self.distance.higher_is_closer else -self.softmax_scale)
+        logits = mat * scale
         same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)  # type: ignore[union-attr]
         if same_set:
             # nobody picks itself as its neighbour; every row keeps at least one other entry (size >= 2)
@@ -79,7 +117,6 @@ class NCALoss(BaseMetricLossFunction):
         keep = torch.bincount(rows, minlength=size) > 0
         values = -segment_logsumexp(pair_values(log_p, rows, cols), rows, size)[keep]
         anchors = torch.nonzero(keep).flatten()
-        weights = miner_weights(indices_tuple, size, mat.dtype, mat.device, anchors_only=not same_set)
         if weights is not None:
             values = values * weights[keep]
         return {"loss": Terms(values, anchors, TermKind.ELEMENT)}
