@@ -206,3 +206,33 @@ def test_fused_cross_entropy_equals_the_per_term_path(
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-13)
     emb.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda x: InstanceLoss(gamma=3, reducer=reducer_cls())(x), (emb,))
+
+
+@pytest.mark.parametrize("label_kind", ["none", "repeated"])
+@pytest.mark.parametrize("block", [1, 4, 7, 64])
+def test_tiled_path_equals_the_oracle_and_the_dense_gradient(label_kind: str, block: int) -> None:
+    emb, labels = _batch(8, n=13, d=5, classes=4)
+    chosen = None if label_kind == "none" else labels
+    dense_x, tiled_x = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    dense = InstanceLoss(gamma=6, chunk_size=0)(dense_x, chosen)
+    tiled = InstanceLoss(gamma=6, chunk_size=block)(tiled_x, chosen)
+    assert tiled.item() == pytest.approx(_oracle(emb, chosen, 6), rel=1e-10)
+    dense.backward()
+    tiled.backward()
+    torch.testing.assert_close(tiled_x.grad, dense_x.grad, rtol=0, atol=1e-10)
+
+
+def test_tiled_path_gradcheck_and_any_reducer() -> None:
+    from dmlkit.reducers import ThresholdReducer
+
+    emb, labels = _batch(9, n=7, d=3)
+    emb.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: InstanceLoss(gamma=3, chunk_size=3)(x, labels), (emb,))
+    reducer = ThresholdReducer(low=0.5)
+    expected = InstanceLoss(gamma=3, chunk_size=0, reducer=reducer)(emb, labels)
+    torch.testing.assert_close(InstanceLoss(gamma=3, chunk_size=2, reducer=reducer)(emb, labels), expected)
+
+
+def test_chunk_size_is_validated() -> None:
+    with pytest.raises(ValueError, match=re.escape("InstanceLoss: `chunk_size` must be an integer >= 0, got -1.")):
+        InstanceLoss(chunk_size=-1)

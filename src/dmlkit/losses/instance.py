@@ -11,6 +11,18 @@ from ..distances import CosineSimilarity
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import FusedReduction, fused_reduction
+from .tiled import (
+    AffineStat,
+    Aggregate,
+    EveryPairBlocks,
+    PairSet,
+    RowStatKernel,
+    check_chunk_size,
+    normalized_inputs,
+    pair_distances,
+    tile_size,
+    tiled_rows,
+)
 
 __all__ = ["InstanceLoss"]
 
@@ -33,8 +45,14 @@ class InstanceLoss(BaseMetricLossFunction):
     Neither ``indices_tuple`` nor ``ref_emb`` is supported: the logits are always the whole batch against
     itself.
 
+    Large batches take a tiled path (:mod:`dmlkit.losses.tiled`): each row's log-sum-exp is accumulated over
+    blocks of the matrix and recomputed block by block in the backward pass, and the target logits come from
+    the list of ``(i, t_i)`` pairs, so no batch-by-batch matrix is held.
+
     Args:
         gamma: the logit scale, ``> 0``.
+        chunk_size: ``None`` (automatic: dense up to a 3072 x 3072 matrix, tiled with 1024 x 1024 blocks
+            above), ``0`` (always dense) or the block side of the tiled path (always tiled).
         **kwargs: ``distance`` (must be a ``CosineSimilarity``, the default), ``reducer`` (default
             ``MeanReducer()``), ``embedding_regularizer``, ``embedding_reg_weight``.
 
@@ -49,11 +67,13 @@ class InstanceLoss(BaseMetricLossFunction):
     supports_ref_emb: ClassVar[bool] = False
     requires_labels: ClassVar[bool] = False
 
-    def __init__(self, gamma: float = 64, **kwargs: Any) -> None:
+    def __init__(self, gamma: float = 64, chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         name = type(self).__name__
         check_range(name, "gamma", gamma, low=0, low_inclusive=False)
+        check_chunk_size(name, chunk_size)
         self.gamma = gamma
+        self.chunk_size = chunk_size
 
     def compute_terms(
         self,
@@ -75,6 +95,15 @@ class InstanceLoss(BaseMetricLossFunction):
         d = self.distance
         rows = torch.arange(embeddings.shape[0], device=embeddings.device)
         targets = rows if labels is None else torch.unique(labels, return_inverse=True)[1]
+        block = tile_size(self.chunk_size, len(rows), len(rows))
+        if block is not None:
+            unit, _ = normalized_inputs(d, embeddings, embeddings)
+            kernel = RowStatKernel([AffineStat(PairSet.CANDIDATE, Aggregate.LOGSUMEXP, float(self.gamma))])
+            # the softmax runs over the whole batch, the sample itself included: no self-pair is excluded
+            every = EveryPairBlocks(same_set=False, device=unit.device)
+            lse = tiled_rows(kernel, every, d, unit, unit, block)[0][:, 0]
+            target_logits = pair_distances(d, unit, unit, rows, targets) * self.gamma
+            return {"loss": Terms(lse - target_logits, rows, TermKind.ELEMENT)}
         plain_cosine = type(d) is CosineSimilarity and d.power == 1 and d.normalize_embeddings
         reduction = fused_reduction(self.reducer)
         fused = reduction in (FusedReduction.MEAN, FusedReduction.SUM) and len(rows) >= FUSED_FROM_BATCH
