@@ -14,9 +14,12 @@ from ..reducers.base import zero_loss
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .contrastive import pair_entries
-from .functional import FusedReduction, fused_reduction, pair_values, reduce_pair_terms
+from .functional import FusedReduction, chunk_count, fused_reduction, pair_values
 
 __all__ = ["IntraPairVarianceLoss"]
+
+#: entries of the matrix per row block of the masked negative reduction.
+BLOCK_CELLS = 1 << 22
 
 
 class IntraPairVarianceLoss(BaseMetricLossFunction):
@@ -93,14 +96,55 @@ def _spread(values: Tensor, eps: float, below: bool) -> Tensor:
 
 def _masked_spread(mat: Tensor, keep: Tensor, eps: float, below: bool, reduction: FusedReduction) -> Tensor:
     """``_spread`` of the entries of ``mat`` where ``keep`` is true, reduced in row blocks without listing them."""
-    count = int(torch.count_nonzero(keep))
-    if count == 0:
+    if not bool(keep.any()):
         return zero_loss(mat)
-    mean = torch.where(keep, mat, mat.new_zeros(())).sum() / count
-    bound = (1 - eps) * mean if below else (1 + eps) * mean
+    return _MaskedSpread.apply(mat, keep, eps, below, reduction, max(1, BLOCK_CELLS // max(1, mat.shape[1])))
 
-    def spread(values: Tensor) -> Tensor:
-        excess = bound - values if below else values - bound
-        return F.relu(excess, inplace=True).square()
 
-    return reduce_pair_terms(spread, mat, keep, reduction)
+class _MaskedSpread(torch.autograd.Function):
+    """The reduced squared hinges ``relu(+-(bound - m))**2`` over the kept entries ``m``, with ``bound = c * mean(m)``
+    (``c = 1 - eps`` below the mean, ``1 + eps`` above), in row blocks and with a hand-written backward.
+
+    With ``h`` the hinges, ``D`` the reduction's divisor and ``K`` the kept count, ``d/dm_ij`` of ``sum(h**2) / D``
+    is ``2 (s_m h_ij + s_b c H / K) / D`` on kept entries, ``H = sum(h)``, ``s_m = -s_b`` the hinge's slope in
+    ``m``: the first part is the entry's own hinge, the second its share of the mean every hinge depends on.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, mat: Tensor, keep: Tensor, eps: float, below: bool, reduction: FusedReduction, rows: int
+    ) -> Tensor:
+        kept = int(torch.count_nonzero(keep))
+        blocks = zip(mat.split(rows), keep.split(rows), strict=True)
+        total = sum(torch.where(mask, block, 0).sum() for block, mask in blocks)
+        scale = (1 - eps) if below else (1 + eps)
+        bound = scale * total / kept
+        squares, hinges, count = mat.new_zeros(()), mat.new_zeros(()), 0
+        for block, mask in zip(mat.split(rows), keep.split(rows), strict=True):
+            excess = _hinge(block, bound, below, mask)
+            hinges += excess.sum()
+            count += chunk_count(excess, mask, reduction)
+            squares += excess.square_().sum()
+        ctx.save_for_backward(mat, keep)
+        divisor = count if count and reduction is not FusedReduction.SUM else 1
+        ctx.settings = (bound, below, rows, divisor, float(hinges) * scale / kept)
+        return squares / divisor
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        mat, keep = ctx.saved_tensors
+        bound, below, rows, divisor, mean_share = ctx.settings
+        own_slope = -1.0 if below else 1.0
+        factor = grad * (2.0 / divisor)
+        out = torch.empty_like(mat)
+        for block, mask, out_block in zip(mat.split(rows), keep.split(rows), out.split(rows), strict=True):
+            excess = _hinge(block, bound, below, mask)
+            # own hinge (slope -+1) plus the entry's share of the mean (slope +-c/K, summed over every hinge)
+            excess.mul_(own_slope).sub_(own_slope * mean_share).mul_(mask).mul_(factor)
+            out_block.copy_(excess)
+        return out, None, None, None, None, None
+
+
+def _hinge(block: Tensor, bound: Tensor, below: bool, mask: Tensor) -> Tensor:
+    excess = (bound - block) if below else (block - bound)
+    return excess.clamp_min_(0).mul_(mask)
