@@ -155,7 +155,9 @@ def _loss_summary(rows: list[dict[str, Any]], sizes: list[int], details: bool) -
         ours_fail = sum("error" in r["dmlkit"] for r in at)
         if both:
             speed = _geomean([r["pml"]["seconds"] / r["dmlkit"]["seconds"] for r in both])
-            text = f"- batch {size}: geometric-mean speed-up {speed:.2f}x over the {len(both)} cases both libraries run"
+            cases = "case" if len(both) == 1 else "cases"
+            text = f"- batch {size}: geometric-mean speed-up {speed:.2f}x over the {len(both)} {cases} both libraries "
+            text += "run"
         else:
             text = f"- batch {size}: no case ran in both libraries"
         text += f"; PML fails {fails} of {total}"
@@ -219,7 +221,8 @@ def render_class_losses(bench: Benchmark, raw: Any, meta: dict[str, Any], out: P
     lines.append("")
     for size in sorted({r["batch"] for r in both}):
         values = [r["pml"]["seconds"] / r["dmlkit"]["seconds"] for r in both if r["batch"] == size]
-        lines.append(f"- batch {size}: geometric-mean speed-up {_geomean(values):.2f}x over {len(values)} cases")
+        cases = "case" if len(values) == 1 else "cases"
+        lines.append(f"- batch {size}: geometric-mean speed-up {_geomean(values):.2f}x over {len(values)} {cases}")
     lines.append(f"- Slower than PML: {'; '.join(slower) if slower else 'none'}.")
     png = f"{stem}_{bench.name}.png"
     _speedup_plot(rows, lambda r: f"{r['name']} ({r['classes']} classes)", out / png,
@@ -381,7 +384,8 @@ BENCHMARKS = [
     Benchmark(
         "memory_efficient", "bench/memory_efficient.py", "Memory-efficient (tiled) losses",
         [],
-        ["--sizes", "256", "512", "--losses", "NTXentLoss", "SupConLoss", "--timeout", "120"],
+        ["--sizes", "256", "512", "--losses", "SupConLoss", "MultiSimilarityLoss", "--timeout", "120",
+         "--memory-limit-gib", "2"],
         render=render_memory_efficient,
     ),
     Benchmark(
@@ -496,11 +500,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-raw", default=None, metavar="DIR", help="measure nothing: rebuild from DIR")
     parser.add_argument("--out", default=None, help="where benchmarks.md goes when not docs/benchmarks.md")
     args = parser.parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="dmlkit-bench-"))
+    scratch_dir: list[Path] = []
+
+    def scratch() -> Path:
+        if not scratch_dir:
+            scratch_dir.append(Path(tempfile.mkdtemp(prefix="dmlkit-bench-")))
+        return scratch_dir[0]
+
     if args.from_raw:
         raw_dir = Path(args.from_raw)
     else:
-        raw_dir = Path(args.raw) if args.raw else (scratch / "raw" if args.quick else ROOT / "runs" / "bench-raw")
+        raw_dir = Path(args.raw) if args.raw else (scratch() / "raw" if args.quick else ROOT / "runs" / "bench-raw")
         raw_dir.mkdir(parents=True, exist_ok=True)
         for bench in _selected(args.only):
             _run(bench, args.quick, raw_dir)
@@ -510,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if complete_full and not args.quick and args.out is None:
         target = DOCS / "benchmarks.md"
     else:
-        target = Path(args.out) if args.out else scratch / "benchmarks.md"
+        target = Path(args.out) if args.out else scratch() / "benchmarks.md"
         if not complete_full and not args.quick:
             print("Some benchmarks have no full-size results in the raw folder: docs/benchmarks.md is left as it is.")
     target.parent.mkdir(parents=True, exist_ok=True)

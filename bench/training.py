@@ -39,6 +39,7 @@ CLASSES = 100
 PER_CLASS_IN_DATA = 40
 M = 4
 MODES = ("dmlkit", "pml", "pml-trainer")
+LEGEND = {"dmlkit": "dmlkit Trainer", "pml": "PML MetricLossOnly", "pml-trainer": "PML MetricLossOnly + dmlkit loss"}
 
 #: case name -> factory(lib) -> (loss, miner or None); ``lib`` has ``.losses`` and ``.miners``.
 CASES: dict[str, Callable[[Any], tuple[Any, Any]]] = {
@@ -196,11 +197,11 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         for name, size in groups:
             found = [r for r in rows if r["name"] == name and r["batch"] == size and r["mode"] == mode]
             values.append(found[0]["iterations_per_second"] if found and "error" not in found[0] else 0.0)
-        ax.bar([g + i * width for g in range(len(groups))], values, width, label=mode)
+        ax.bar([g + i * width for g in range(len(groups))], values, width, label=LEGEND[mode])
     ax.set_xticks([g + width * (len(MODES) - 1) / 2 for g in range(len(groups))])
     ax.set_xticklabels([f"{name}\nbatch {size}" for name, size in groups], fontsize=7, rotation=20, ha="right")
-    ax.set_ylabel("iterations / s (higher is better)")
-    ax.set_title("Training throughput: dmlkit Trainer vs pytorch-metric-learning MetricLossOnly")
+    ax.set_ylabel("iterations / s")
+    ax.set_title("Training throughput (higher is better)")
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
