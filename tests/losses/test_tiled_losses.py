@@ -18,6 +18,7 @@ from dmlkit.losses import (
     BaseMetricLossFunction,
     CircleLoss,
     ContrastiveLoss,
+    GeneralizedLiftedStructureLoss,
     MultiSimilarityLoss,
     NCALoss,
     NTXentLoss,
@@ -47,10 +48,13 @@ LOSSES: dict[str, Factory] = {
     "alignment": lambda cs, **kw: AlignmentLoss(chunk_size=cs, **kw),
     "uniformity": lambda cs, **kw: UniformityLoss(chunk_size=cs, **kw),
     "nca": lambda cs, **kw: NCALoss(softmax_scale=2.0, chunk_size=cs, **kw),
+    "generalized_lifted": lambda cs, **kw: GeneralizedLiftedStructureLoss(
+        neg_margin=1.2, pos_margin=0.1, chunk_size=cs, **kw
+    ),
 }
 TAKES_INDICES = [name for name in LOSSES if name != "uniformity"]
 #: losses that accept any distance (a similarity or a distance), and the distances they are checked under
-ANY_DISTANCE = ["ntxent", "supcon", "multi_similarity", "contrastive", "triplet", "nca"]
+ANY_DISTANCE = ["ntxent", "supcon", "multi_similarity", "contrastive", "triplet", "nca", "generalized_lifted"]
 DISTANCES: dict[str, Callable[[], Any]] = {
     "lp": LpDistance,
     "lp_raw_squared": lambda: LpDistance(normalize_embeddings=False, power=2),
@@ -219,16 +223,17 @@ def test_uniformity_refuses_mined_pairs_on_both_paths() -> None:
             UniformityLoss(chunk_size=chunk)(emb, labels, indices)
 
 
-def test_circle_refuses_pairs_listed_as_both_on_both_paths() -> None:
+@pytest.mark.parametrize("loss_cls", [CircleLoss, GeneralizedLiftedStructureLoss])
+def test_refuses_pairs_listed_as_both_on_both_paths(loss_cls: type) -> None:
     emb, labels = _batch(8, 9)
     indices = (torch.tensor([0, 1]), torch.tensor([2, 3]), torch.tensor([0, 1]), torch.tensor([2, 4]))
     expected = (
-        "CircleLoss: `indices_tuple` must be pairs that are either positive or negative, not both, "
+        f"{loss_cls.__name__}: `indices_tuple` must be pairs that are either positive or negative, not both, "
         "got 1 pair(s) listed as both."
     )
     for chunk in (0, 4):
         with pytest.raises(ValueError, match=re.escape(expected)):
-            CircleLoss(chunk_size=chunk)(emb, labels, indices)
+            loss_cls(chunk_size=chunk)(emb, labels, indices)
 
 
 # --------------------------------------------------------------------------------------------- options

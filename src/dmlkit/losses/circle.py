@@ -7,20 +7,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import Described, check_range, check_type, message
+from .._validation import check_range, check_type
 from ..distances import CosineSimilarity
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import masked_logsumexp, segment_logsumexp
-from .generalized_lifted_structure import checked_pair_masks
+from .generalized_lifted_structure import checked_pair_masks, refuse_pairs_listed_as_both
 from .tiled import (
     Aggregate,
     CellStat,
     PairSet,
     RowStatKernel,
     check_chunk_size,
-    listed_in_both,
     normalized_inputs,
     pair_distances,
     plan_pair_blocks,
@@ -126,12 +125,7 @@ class CircleLoss(BaseMetricLossFunction):
         plan = plan_pair_blocks(labels, ref_labels, indices_tuple, num_query, num_ref, block)  # type: ignore[arg-type]
         blocks, listed, num_pos, mined = plan
         if mined is not None:
-            both = listed_in_both(mined[:2], mined[2:], num_ref)
-            if both:
-                rule = "pairs that are either positive or negative, not both"
-                raise ValueError(
-                    message(type(self).__name__, "indices_tuple", rule, Described(f"{both} pair(s) listed as both"))
-                )
+            refuse_pairs_listed_as_both(type(self).__name__, mined, num_ref)
         positive = _CircleLogit(PairSet.POSITIVE, -self.gamma, 1 + self.m, 1 - self.m)
         stats = [_CircleLogit(PairSet.NEGATIVE, self.gamma, self.m, self.m)]
         if listed is None:
