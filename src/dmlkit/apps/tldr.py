@@ -141,7 +141,8 @@ class TLDR:
         >>> import numpy as np
         >>> rng = np.random.default_rng(0)
         >>> x = rng.normal(size=(200, 3)) @ rng.normal(size=(3, 20))  # a 3-D subspace of R^20
-        >>> tldr = TLDR(n_components=3, epochs=5, batch_size=64, random_state=0)
+        >>> tldr = TLDR(n_components=3, epochs=5, batch_size=64, random_state=0,
+        ...             projector_hidden=(64,), projector_out=64)  # small sizes for a quick example
         >>> tldr.fit_transform(x).shape
         (200, 3)
         >>> tldr.transform(torch.from_numpy(x[:5])).shape  # tensors in, tensors out
@@ -399,7 +400,7 @@ class TLDR:
         Example:
             >>> import tempfile, os, numpy as np
             >>> x = np.random.default_rng(0).normal(size=(100, 6))
-            >>> tldr = TLDR(n_components=2, epochs=2, batch_size=50, random_state=0).fit(x)
+            >>> tldr = TLDR(n_components=2, epochs=2, batch_size=50, projector_out=16, random_state=0).fit(x)
             >>> file = os.path.join(tempfile.mkdtemp(), "tldr.model")
             >>> _ = tldr.save(file)
             >>> bool(np.array_equal(TLDR.load(file).transform(x), tldr.transform(x)))
