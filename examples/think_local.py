@@ -273,13 +273,13 @@ def train_softmax(
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def macro_f1(truth: Sequence[int], predicted: Sequence[int] | np.ndarray) -> float:
+def macro_f1(truth: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray) -> float:
     from sklearn.metrics import f1_score
 
     return float(f1_score(truth, predicted, average="macro", zero_division=0))
 
 
-def accuracy(truth: Sequence[int], predicted: Sequence[int] | np.ndarray) -> float:
+def accuracy(truth: Sequence[int] | np.ndarray, predicted: Sequence[int] | np.ndarray) -> float:
     return float(np.mean(np.asarray(truth) == np.asarray(predicted)))
 
 
@@ -327,35 +327,63 @@ def tfidf_logistic_regression(
     return np.asarray(best[2].predict(x_test)), best[1], best[0]
 
 
+def repeated_items(train: Corpus, test: Corpus) -> np.ndarray:
+    """Whether each test item has the same multiset of tokens as some training item (a repeated subject)."""
+    seen = {tuple(sorted(tokenize(item))) for item in train.items}
+    return np.array([tuple(sorted(tokenize(item))) in seen for item in test.items], dtype=bool)
+
+
 def run_one(
     train: Corpus, test: Corpus, num_classes: int, condition: str, seed: int, settings: Settings, progress: bool = False
 ) -> dict[str, Any]:
-    """Train and test every method on one condition and seed: ``{method: (accuracy, macro_f1), ...}`` and the
-    chosen hyper-parameters."""
+    """Train and test every method on one condition and seed.
+
+    Returns ``{method: (accuracy, macro_f1), ...}`` with the chosen ``k`` and ``C``, the validation accuracies,
+    and under ``"split"`` each method's test accuracy on the repeated and on the novel test items
+    (:func:`repeated_items`).
+    """
     seen = make_condition(train, condition, num_classes, settings, seed)
     fit_rows, val_rows = validation_split(seen.labels, settings.validation_fraction, np.random.default_rng([seed, 99]))
     fit_part, val_part = seen.subset(fit_rows.tolist()), seen.subset(val_rows.tolist())
     vocabulary = Vocabulary.build(fit_part.items, min_count=settings.min_count)
     fit_ids, val_ids, test_ids = (vocabulary.encode_many(c.items) for c in (fit_part, val_part, test))
-    result: dict[str, Any] = {"condition": condition, "seed": seed, "train_size": len(fit_part)}
-    validation: dict[str, float] = {}
+    repeated = repeated_items(fit_part, test)
+    truth = np.asarray(test.labels)
+    result: dict[str, Any] = {
+        "condition": condition,
+        "seed": seed,
+        "train_size": len(fit_part),
+        "repeated_fraction": float(repeated.mean()),
+        "validation accuracy": {},
+        "split": {},
+    }
+
+    def record(method: str, predicted: np.ndarray) -> None:
+        result[method] = (accuracy(truth, predicted), macro_f1(truth, predicted))
+        correct = truth == np.asarray(predicted)
+        result["split"][method] = (
+            float(correct[repeated].mean()) if repeated.any() else float("nan"),
+            float(correct[~repeated].mean()) if (~repeated).any() else float("nan"),
+        )
 
     triplet = train_triplet(fit_ids, fit_part.labels, vocabulary, settings, seed, progress)
     softmax, head = train_softmax(fit_ids, fit_part.labels, vocabulary, num_classes, settings, seed, progress)
     for name, model in (("triplet + kNN", triplet), ("softmax emb. + kNN", softmax)):
         fit_emb, val_emb, test_emb = (model.embed_items(ids) for ids in (fit_ids, val_ids, test_ids))
-        k, validation[name] = choose_k(fit_emb, fit_part.labels, val_emb, val_part.labels, settings.ks)
-        predicted = knn_predict(fit_emb, fit_part.labels, test_emb, k)
-        result[name] = (accuracy(test.labels, predicted), macro_f1(test.labels, predicted))
+        k, result["validation accuracy"][name] = choose_k(
+            fit_emb, fit_part.labels, val_emb, val_part.labels, settings.ks
+        )
+        record(name, knn_predict(fit_emb, fit_part.labels, test_emb, k))
         result[f"{name} k"] = k
     with torch.no_grad():
-        validation["softmax"] = accuracy(val_part.labels, head(softmax.embed_items(val_ids)).argmax(1).numpy())
-        predicted = head(softmax.embed_items(test_ids)).argmax(1).numpy()
-    result["softmax"] = (accuracy(test.labels, predicted), macro_f1(test.labels, predicted))
-    predicted, c, validation["TF-IDF + LR"] = tfidf_logistic_regression(fit_part, val_part, test, settings)
-    result["TF-IDF + LR"] = (accuracy(test.labels, predicted), macro_f1(test.labels, predicted))
+        val_predicted = head(softmax.embed_items(val_ids)).argmax(1).numpy()
+        result["validation accuracy"]["softmax"] = accuracy(val_part.labels, val_predicted)
+        record("softmax", head(softmax.embed_items(test_ids)).argmax(1).numpy())
+    predicted, c, result["validation accuracy"]["TF-IDF + LR"] = tfidf_logistic_regression(
+        fit_part, val_part, test, settings
+    )
+    record("TF-IDF + LR", predicted)
     result["TF-IDF + LR C"] = c
-    result["validation accuracy"] = validation
     return result
 
 
@@ -421,6 +449,21 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def split_table(results: Sequence[dict[str, Any]]) -> str:
+    """Test accuracy (mean over seeds, in %) on the repeated and on the novel test items (:func:`repeated_items`)."""
+    conditions = [c for c in CONDITIONS if any(r["condition"] == c for r in results)]
+    share = {c: np.mean([r["repeated_fraction"] for r in results if r["condition"] == c]) for c in conditions}
+    header = "| method | " + " | ".join(f"{c} repeated ({100 * share[c]:.0f}%) | {c} novel" for c in conditions) + " |"
+    lines = [header, "|---|" + "---:|" * (2 * len(conditions))]
+    for method in METHODS:
+        cells = []
+        for c in conditions:
+            pairs = np.array([r["split"][method] for r in results if r["condition"] == c])
+            cells += [f"{100 * np.nanmean(pairs[:, 0]):.1f}", f"{100 * np.nanmean(pairs[:, 1]):.1f}"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Grouped bars of test accuracy and macro-F1 per condition and method (mean, std as error bars)."""
     import matplotlib
@@ -471,6 +514,11 @@ def results_block(results: Sequence[dict[str, Any]], command: str, seconds: floa
             "Training items per condition (after the validation hold-out): " + ", ".join(f"{c} {n}" for c, n in sizes),
             "",
             markdown_table(results),
+            "",
+            "Test accuracy on the test subjects whose words (as a multiset) are those of some training subject "
+            "(repeated; their share in brackets) and on the others (novel), mean over seeds:",
+            "",
+            split_table(results),
             "",
             f"k chosen on validation: triplet {ks['triplet + kNN']}, softmax embeddings {ks['softmax emb. + kNN']}; "
             f"C of the logistic regression: {cs}.",

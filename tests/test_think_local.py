@@ -70,6 +70,7 @@ def test_end_to_end_on_a_synthetic_corpus(tl: ModuleType, tmp_path: Path) -> Non
         acc, f1 = clean[method]
         assert acc > chance + 0.4 and f1 > chance + 0.4, (method, clean[method])
     assert clean["triplet + kNN k"] in SMALL["ks"] and clean["TF-IDF + LR C"] == 10.0
+    assert set(clean["split"]) == set(tl.METHODS) and 0 <= clean["repeated_fraction"] <= 1
     longtail = results[-1]
     assert longtail["train_size"] < clean["train_size"] / 2
 
@@ -83,9 +84,15 @@ def test_end_to_end_on_a_synthetic_corpus(tl: ModuleType, tmp_path: Path) -> Non
     tl.write_markdown(page, tl.results_block(results, "python x.py", 12.0, settings))
     text = page.read_text()
     assert text.startswith("# Title\n\nintro\n\n<!-- results:start -->") and text.endswith("analysis\n")
-    assert "OLD RESULTS" not in text and table in text
+    assert "OLD RESULTS" not in text and table in text and tl.split_table(results) in text
     picture = tl.plot(results, tmp_path / "plot.png")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_repeated_items_compare_word_multisets(tl: ModuleType) -> None:
+    train = tl.Corpus(["a b", "c", "d d e"], [0, 1, 2])
+    test = tl.Corpus(["B, a!", "c d", "c", "d e", "e d d"], [0, 0, 0, 0, 0])
+    assert tl.repeated_items(train, test).tolist() == [True, False, True, False, True]
 
 
 def test_flip_labels_changes_the_asked_fraction_to_other_classes(tl: ModuleType) -> None:
