@@ -199,6 +199,33 @@ def test_miners(name: str, kind: str, with_ref: bool) -> None:
         assert_tiled_equals_dense(LOSSES[name], emb, None, indices, ref, ref_labels)
 
 
+@pytest.mark.parametrize("name", TAKES_INDICES)
+@pytest.mark.parametrize("kind", ["triplets", "pairs", "ms_pairs", "repeated"])
+def test_miners_pairs_as_whole_matrix_masks(name: str, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every listing counts as dense: whole-matrix masks (bool for sets, counts where a repeated pair weighs k)
+    monkeypatch.setattr(tiled, "DENSE_LISTED_CELLS", 10**9)
+    emb, labels = _batch(15, 17)
+    indices = _mined(kind, emb, labels, None, None)
+    assert_tiled_equals_dense(LOSSES[name], emb, labels, indices)
+    ref, ref_labels = _batch(16, 12)
+    indices = _mined(kind, emb, labels, ref, ref_labels)
+    assert_tiled_equals_dense(LOSSES[name], emb, labels, indices, ref, ref_labels)
+
+
+def test_listed_blocks_choice() -> None:
+    pairs = (torch.tensor([0, 1, 2, 2]), torch.tensor([1, 0, 2, 0]))
+    assert isinstance(tiled.listed_blocks((4, 4), 2, None, pairs), tiled.MaskBlocks)
+    assert isinstance(tiled.listed_blocks((64, 64), 2, None, pairs), tiled.ListedBlocks)
+    repeated = (torch.tensor([0, 0]), torch.tensor([1, 1]))
+    counted = tiled.listed_blocks((2, 2), 2, repeated, repeated, multiplicity=True, dtype=torch.float64)
+    assert isinstance(counted, tiled.MaskBlocks)
+    sets = [tiled.PairSet.NEGATIVE, tiled.PairSet.CANDIDATE, tiled.PairSet.POSITIVE]
+    negative, candidate, positive = counted.block((0, 2), (0, 2), sets)
+    assert negative.tolist() == positive.tolist() == [[0.0, 2.0], [0.0, 0.0]]
+    assert candidate.tolist() == [[False, True], [False, False]]
+    assert counted.block((1, 2), (0, 2), sets) is None
+
+
 def test_supcon_anchor_whose_only_candidate_is_its_positive_is_left_out() -> None:
     # its value is exactly 0 (the log-softmax of one logit), so the default non-zero mean skips it on both paths
     emb, labels = _batch(24, 10)

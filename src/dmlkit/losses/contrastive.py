@@ -18,12 +18,12 @@ from .tiled import (
     CellStat,
     Count,
     LabelBlocks,
-    ListedBlocks,
     PairBlocks,
     PairSet,
     RowStatKernel,
     check_chunk_size,
     label_pairs,
+    listed_blocks,
     normalized_inputs,
     pair_distances,
     tile_size,
@@ -133,7 +133,7 @@ class ContrastiveLoss(BaseMetricLossFunction):
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
             # a negative pair listed k times is k terms
             shape = (query.shape[0], ref.shape[0])
-            blocks = ListedBlocks(shape, block, None, (a2, n), multiplicity=True, dtype=query.dtype)
+            blocks = listed_blocks(shape, block, None, (a2, n), multiplicity=True, dtype=query.dtype)
         closer = self.distance.higher_is_closer
         pos = pair_distances(self.distance, query, ref, a1, p)
         pos_excess = self.pos_margin - pos if closer else pos - self.pos_margin

@@ -16,11 +16,11 @@ from .tiled import (
     AffineStat,
     Aggregate,
     LabelBlocks,
-    ListedBlocks,
     PairSet,
     RowStatKernel,
     check_chunk_size,
     label_pairs,
+    listed_blocks,
     normalized_inputs,
     pair_distances,
     tile_size,
@@ -155,7 +155,7 @@ class NTXentLoss(BaseMetricLossFunction):
             a, p, a_neg, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
             shape = (query.shape[0], ref.shape[0])
             # a negative listed k times weighs k in the sum, as k listed pairs would
-            blocks = ListedBlocks(shape, block, None, (a_neg, n), multiplicity=True, dtype=query.dtype)  # type: ignore[assignment]
+            blocks = listed_blocks(shape, block, None, (a_neg, n), multiplicity=True, dtype=query.dtype)  # type: ignore[assignment]
         if a.numel() == 0:
             return Terms(query.new_zeros(0), a, TermKind.POS_PAIR)
         kernel = RowStatKernel([AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, scale)])

@@ -17,7 +17,6 @@ from .tiled import (
     AffineStat,
     Aggregate,
     LabelBlocks,
-    ListedBlocks,
     PairBlocks,
     PairSet,
     RowStatKernel,
@@ -27,6 +26,7 @@ from .tiled import (
     label_pair_counts,
     label_pairs,
     labels_have_negative,
+    listed_blocks,
     listed_pair_counts,
     normalized_inputs,
     pair_distances,
@@ -145,7 +145,7 @@ class SupConLoss(BaseMetricLossFunction):
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
             num_pos = listed_pair_counts(a1, p, num_query, num_ref)
             any_negative = a2.numel() > 0
-            blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+            blocks = listed_blocks((num_query, num_ref), block, (a1, p), (a2, n))
             listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
             single = listed_pair_counts(torch.cat([a1, a2]), torch.cat([p, n]), num_query, num_ref) == 1
         if not (bool(num_pos.any()) and any_negative):

@@ -47,6 +47,8 @@ __all__ = [
     "PairBlocks",
     "LabelBlocks",
     "ListedBlocks",
+    "MaskBlocks",
+    "listed_blocks",
     "EveryPairBlocks",
     "TileKernel",
     "CellStat",
@@ -74,7 +76,8 @@ __all__ = [
 #: with ``chunk_size=None`` the tiled path is taken when the matrix has more cells than ``AUTO_TILE_BATCH ** 2``
 #: (below that the dense path is about as fast; at 4096 x 4096 the tiled one is faster and far leaner).
 AUTO_TILE_BATCH = 3072
-#: with ``chunk_size=None``, mined pairs denser than one per this many cells keep the dense path.
+#: mined pairs denser than one per this many cells are held as whole-matrix masks instead of lists bucketed by
+#: tile (16 bytes a pair): see :func:`listed_blocks`.
 DENSE_LISTED_CELLS = 16
 #: the tile side used with ``chunk_size=None``: a float32 tile is 4 MiB.
 DEFAULT_BLOCK = 1024
@@ -120,25 +123,24 @@ def tile_size(
     """The tile side for a ``(num_query, num_ref)`` matrix, or ``None`` for the dense path.
 
     ``chunk_size=None`` tiles matrices of more than ``AUTO_TILE_BATCH ** 2`` cells with ``DEFAULT_BLOCK``, unless
-    a miner's ``indices_tuple`` lists more than one pair per ``DENSE_LISTED_CELLS`` cells: the lists then cost
-    more than the matrix, and bucketing them by tile is slower than the dense path. ``0`` never tiles; a positive
-    value always tiles with that side.
+    a miner's ``indices_tuple`` lists more than one positive pair (one per triplet) per ``DENSE_LISTED_CELLS``
+    cells: the tiled path evaluates listed positive pairs one by one from the embeddings, which then costs more
+    than the matrix (negatives are masked per tile however many they are). ``0`` never tiles; a positive value
+    always tiles with that side.
 
     Example:
         >>> tile_size(None, 100, 100) is None, tile_size(None, 8192, 8192), tile_size(64, 100, 100)
         (True, 1024, 64)
-        >>> many = (torch.zeros(8192 * 8192 // 8, dtype=torch.long),) * 4
-        >>> tile_size(None, 8192, 8192, many) is None
+        >>> triplets = (torch.zeros(8192 * 8192 // 8, dtype=torch.long),) * 3
+        >>> tile_size(None, 8192, 8192, triplets) is None
         True
     """
     if chunk_size is None:
         cells = num_query * num_ref
         if cells <= AUTO_TILE_BATCH**2:
             return None
-        listed = 0
-        if indices_tuple is not None:  # triplets (a, p, n) or pairs (a1, p, a2, n)
-            listed = indices_tuple[0].numel() + (indices_tuple[2].numel() if len(indices_tuple) == 4 else 0)
-        return None if listed * DENSE_LISTED_CELLS > cells else DEFAULT_BLOCK
+        positives = indices_tuple[0].numel() if indices_tuple is not None else 0
+        return None if positives * DENSE_LISTED_CELLS > cells else DEFAULT_BLOCK
     return chunk_size if chunk_size > 0 else None
 
 
@@ -353,6 +355,89 @@ class ListedBlocks(PairBlocks):
                 mask = torch.zeros(shape, dtype=self.dtype if weighted else torch.bool, device=device)
             masks.append(mask)
         return masks
+
+
+class MaskBlocks(PairBlocks):
+    """Listed pairs held as whole-matrix masks, sliced per tile: for miners' outputs that cover a large share of
+    the matrix (see :func:`listed_blocks`). Bool masks for sets; with ``multiplicity``, float masks of ``dtype``
+    counting how often each pair is listed (candidates stay a set).
+
+    Example:
+        >>> blocks = MaskBlocks((3, 3), None, (torch.tensor([0, 2, 0]), torch.tensor([1, 1, 1])), multiplicity=True)
+        >>> blocks.block((0, 2), (0, 3), [PairSet.NEGATIVE])[0].tolist()
+        [[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]]
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        positive: tuple[Tensor, Tensor] | None,
+        negative: tuple[Tensor, Tensor] | None,
+        multiplicity: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.weighted = multiplicity
+        mask_type = dtype if multiplicity else torch.bool
+        self.masks = {
+            PairSet.POSITIVE: _pair_mask(shape, positive, mask_type),
+            PairSet.NEGATIVE: _pair_mask(shape, negative, mask_type),
+        }
+        self.mask_type = mask_type
+
+    def block(self, rows: tuple[int, int], cols: tuple[int, int], sets: Sequence[PairSet]) -> list[Mask] | None:
+        tiles = {}
+        for kind, mask in self.masks.items():
+            if mask is not None:
+                tile = mask[rows[0] : rows[1], cols[0] : cols[1]]
+                if bool(tile.any()):
+                    tiles[kind] = tile
+        if not tiles:
+            return None
+        masks: list[Mask] = []
+        for kind in sets:
+            if kind is PairSet.CANDIDATE:
+                found = [tile != 0 if self.weighted else tile for tile in tiles.values()]
+                masks.append(found[0] if len(found) == 1 else found[0] | found[1])
+            elif kind in tiles:
+                masks.append(tiles[kind])
+            else:  # a set without a cell in this tile (the tile is evaluated for the others)
+                shape = (rows[1] - rows[0], cols[1] - cols[0])
+                device = next(iter(tiles.values())).device
+                masks.append(torch.zeros(shape, dtype=self.mask_type, device=device))
+        return masks
+
+
+def _pair_mask(shape: tuple[int, int], pairs: tuple[Tensor, Tensor] | None, dtype: torch.dtype) -> Tensor | None:
+    if pairs is None or pairs[0].numel() == 0:
+        return None
+    mask = torch.zeros(shape, dtype=dtype, device=pairs[0].device)
+    if dtype == torch.bool:
+        mask[pairs[0], pairs[1]] = True
+        return mask
+    return mask.index_put_(pairs, mask.new_ones(()).expand(pairs[0].shape), accumulate=True)
+
+
+def listed_blocks(
+    shape: tuple[int, int],
+    block: int,
+    positive: tuple[Tensor, Tensor] | None,
+    negative: tuple[Tensor, Tensor] | None,
+    multiplicity: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> PairBlocks:
+    """The blocks of a miner's pairs: :class:`MaskBlocks` when they are more than one per ``DENSE_LISTED_CELLS``
+    cells (whole-matrix masks then cost less than the lists, and nothing is sorted into tiles),
+    :class:`ListedBlocks` otherwise. The arguments are those of :class:`ListedBlocks`.
+
+    Example:
+        >>> pairs = (torch.tensor([0, 1, 1]), torch.tensor([1, 0, 2]))
+        >>> type(listed_blocks((3, 3), 2, None, pairs)).__name__, type(listed_blocks((64, 64), 8, None, pairs)).__name__
+        ('MaskBlocks', 'ListedBlocks')
+    """
+    listed = sum(pairs[0].numel() for pairs in (positive, negative) if pairs is not None)
+    if listed * DENSE_LISTED_CELLS > shape[0] * shape[1]:
+        return MaskBlocks(shape, positive, negative, multiplicity, dtype)
+    return ListedBlocks(shape, block, positive, negative, multiplicity, dtype)
 
 
 def masked_log(values: Tensor, mask: Mask) -> Tensor:
@@ -802,7 +887,7 @@ def plan_pair_blocks(
         listed = label_pairs(labels, ref_labels) if few_pairs(int(num_pos.sum()), num_query, num_ref) else None
         return BlockPlan(LabelBlocks(labels, ref_labels), listed, num_pos, None)
     a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)
-    blocks = ListedBlocks((num_query, num_ref), block, (a1, p), (a2, n))
+    blocks = listed_blocks((num_query, num_ref), block, (a1, p), (a2, n))
     listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
     return BlockPlan(blocks, listed, listed_pair_counts(a1, p, num_query, num_ref), (a1, p, a2, n))
 

@@ -23,13 +23,13 @@ from .functional import (
 from .tiled import (
     Aggregate,
     LabelBlocks,
-    ListedBlocks,
     Mask,
     PairBlocks,
     PairSet,
     TileKernel,
     check_chunk_size,
     label_pairs,
+    listed_blocks,
     masked,
     normalized_inputs,
     pair_distances,
@@ -178,7 +178,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
                 a, p = sorted_by_row(a1, p1)
                 # a negative pair listed k times makes k triplets with each positive pair of its anchor
                 shape = (query.shape[0], ref.shape[0])
-                blocks = ListedBlocks(shape, block, None, (a2, n), multiplicity=True, dtype=query.dtype)
+                blocks = listed_blocks(shape, block, None, (a2, n), multiplicity=True, dtype=query.dtype)
             if a.numel() == 0:
                 return Terms(query.new_zeros(0), a, TermKind.TRIPLET)
             sign = -1.0 if self.distance.is_inverted else 1.0
