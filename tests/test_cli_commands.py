@@ -44,10 +44,13 @@ def test_every_listed_module_adds_its_command() -> None:
         __import__(name, fromlist=["add_command"]).add_command(commands)
         added = set(commands.choices) - before
         assert len(added) == 1, f"{name} must add exactly one sub-command, added {sorted(added)}"
-        assert commands.choices[added.pop()].get_default("handler") is not None
+        command = commands.choices[added.pop()]
+        actions = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
+        leaves = [p for a in actions for p in a.choices.values()] if actions else [command]
+        assert leaves and all(leaf.get_default("handler") is not None for leaf in leaves), name
 
 
 def test_python_dash_m_dmlkit_lists_the_commands() -> None:
     done = subprocess.run([sys.executable, "-m", "dmlkit", "--help"], capture_output=True, text=True, check=True)
-    for command in ("train", "embed", "eval", "index"):
+    for command in ("train", "embed", "eval", "index", "benchmark", "topics", "tldr"):
         assert command in done.stdout

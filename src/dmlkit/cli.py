@@ -16,7 +16,11 @@ from .training.cli import main as _training_main
 __all__ = ["COMMAND_MODULES", "main"]
 
 #: modules adding one sub-command each (beyond ``train``, ``embed``, ``eval`` and ``index``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "dmlkit.training.benchmark_cli",
+    "dmlkit.apps.topics_cli",
+    "dmlkit.apps.tldr_cli",
+)
 
 
 def _extra_commands() -> list[CommandAdder]:
