@@ -50,6 +50,14 @@ def test_weights_match_the_oracle(dim: int, cutoffs: tuple[float, float], with_r
             assert bool((weights.sum(1) > 0).any())
 
 
+@pytest.fixture(params=["one block", "blocks of 2 rows"])
+def row_blocks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The weights are built and drawn from in row blocks: one, or many."""
+    if request.param != "one block":
+        monkeypatch.setattr("dmlkit.miners.distance_weighted.BLOCK_CELLS", 2 * 16)
+
+
+@pytest.mark.usefixtures("row_blocks")
 def test_output_is_every_positive_pair_with_a_drawn_negative() -> None:
     for seed in range(4):
         emb, labels = _batch(seed, n=16, d=5, classes=4)
@@ -64,6 +72,7 @@ def test_output_is_every_positive_pair_with_a_drawn_negative() -> None:
         assert bool((weights[out.anchors, out.negatives] > 0).all())
 
 
+@pytest.mark.usefixtures("row_blocks")
 @pytest.mark.parametrize("with_ref", [False, True])
 def test_invariants(with_ref: bool) -> None:
     for seed in range(4):
@@ -79,6 +88,7 @@ def test_invariants(with_ref: bool) -> None:
         assert len(set(ap)) == len(ap) and ap == sorted(ap)
 
 
+@pytest.mark.usefixtures("row_blocks")
 def test_draws_follow_the_weights() -> None:
     stats = pytest.importorskip("scipy.stats")
     g = _gen(11)

@@ -16,6 +16,9 @@ from .base import BaseMiner
 
 __all__ = ["DistanceWeightedMiner"]
 
+#: matrix entries per row block of sampling weights.
+BLOCK_CELLS = 1 << 22
+
 
 class DistanceWeightedMiner(BaseMiner):
     """Samples negatives with probability inversely proportional to the density of their distance (Wu,
@@ -87,36 +90,52 @@ class DistanceWeightedMiner(BaseMiner):
 
     def _weights(self, mat: Tensor, labels: Tensor, ref_labels: Tensor | None, dim: int) -> Tensor:
         # half precision cannot hold the log-weights' range (about dim * 0.7); weights come in float32 then
-        d = (mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat).clamp(min=self.cutoff)
-        # log(1 / q(d)) up to a constant
-        log_w = (2.0 - dim) * torch.log(d) - ((dim - 3.0) / 2.0) * torch.log(1.0 - 0.25 * d * d)
+        d = mat.float() if mat.dtype in (torch.float16, torch.bfloat16) else mat.clone()
+        d.clamp_(min=self.cutoff)
         _, negative = label_masks(labels, ref_labels)
-        allowed = negative & torch.isfinite(log_w) & (d < self.nonzero_loss_cutoff)
-        log_w = log_w.masked_fill(~allowed, -math.inf)
+        allowed = negative.logical_and_(d < self.nonzero_loss_cutoff)
+        # log(1 / q(d)) up to a constant, computed in place: (2 - dim) log d - (dim - 3) / 2 log(1 - d^2 / 4)
+        log_w = d.square().mul_(-0.25).add_(1.0).log_().mul_(-(dim - 3.0) / 2.0)
+        log_w.add_(d.log_().mul_(2.0 - dim))
+        allowed.logical_and_(torch.isfinite(log_w))
+        log_w.masked_fill_(~allowed, -math.inf)
         # normalise per row (a softmax): a shared maximum would underflow whole rows to zero
-        return torch.softmax(log_w, dim=1).nan_to_num(0.0)
+        return torch.softmax(log_w, dim=1).nan_to_num_(0.0)
 
     def mine(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor) -> Triplets:
         mat = self.distance(embeddings, ref_emb)
-        weights = self._weights(mat, labels, ref_labels, embeddings.shape[1])
         positive, _ = label_masks(labels, ref_labels)
         anchors, positives = torch.nonzero(positive, as_tuple=True)
+        del positive
         device = embeddings.device
-        usable = weights.sum(dim=1) > 0
+        # one draw per positive pair: each anchor draws as many negatives as it has positive pairs. The weights
+        # are built and drawn from in row blocks, so only one block of them is held at a time.
+        counts = torch.bincount(anchors, minlength=mat.shape[0])
+        negatives = torch.empty_like(anchors)
+        usable = torch.zeros(mat.shape[0], dtype=torch.bool, device=device)
+        starts = torch.cumsum(counts, 0) - counts
+        gen_device = self.generator.device if self.generator is not None else device
+        step = max(1, BLOCK_CELLS // max(1, mat.shape[1]))
+        for first in range(0, mat.shape[0], step):
+            last = min(first + step, mat.shape[0])
+            block_counts = counts[first:last]
+            if not bool(block_counts.any()):
+                continue
+            weights = self._weights(mat[first:last], labels[first:last], ref_labels, embeddings.shape[1])
+            rows = torch.nonzero((block_counts > 0) & (weights.sum(dim=1) > 0)).flatten()
+            if rows.numel() == 0:
+                continue
+            usable[rows + first] = True
+            draws = torch.multinomial(
+                weights[rows].to(gen_device), int(block_counts.max()), replacement=True, generator=self.generator
+            ).to(device)
+            # row r's k-th positive pair takes its k-th draw
+            row_anchors = rows + first
+            pair_index = starts[row_anchors].unsqueeze(1) + torch.arange(draws.shape[1], device=device)
+            valid = torch.arange(draws.shape[1], device=device) < counts[row_anchors].unsqueeze(1)
+            negatives[pair_index[valid]] = draws[valid]
         keep = usable[anchors]
-        anchors, positives = anchors[keep], positives[keep]
-        if anchors.numel() == 0:
+        if not bool(keep.any()):
             empty = torch.empty(0, dtype=torch.long, device=device)
             return Triplets(empty, empty.clone(), empty.clone())
-        # one draw per positive pair: draw as many per anchor as its largest positive count, use the first ones
-        counts = torch.bincount(anchors, minlength=mat.shape[0])
-        rows = torch.nonzero(counts).flatten()
-        row_of = torch.zeros(mat.shape[0], dtype=torch.long, device=device)
-        row_of[rows] = torch.arange(rows.numel(), device=device)
-        gen_device = self.generator.device if self.generator is not None else device
-        draws = torch.multinomial(
-            weights[rows].to(gen_device), int(counts.max()), replacement=True, generator=self.generator
-        ).to(device)
-        rank = torch.arange(anchors.numel(), device=device) - (torch.cumsum(counts, 0) - counts)[anchors]
-        negatives = draws[row_of[anchors], rank]
-        return Triplets(anchors, positives, negatives)
+        return Triplets(anchors[keep], positives[keep], negatives[keep])
