@@ -79,17 +79,15 @@ def scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
 
 
 def stop_word_report(words: np.ndarray, top: int) -> dict[str, Any]:
-    """Where the common words first appear among all topics' word lists, and the stop words in the top ``top``."""
+    """Where "the", "and", "of" appear as ``[topic, rank]`` in the topics' word lists (all of them, 50 words for
+    Top2Vec), and the English stop words among each topic's ``top`` first words."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    first_rank = {}
-    for word in COMMON:
-        ranks = np.argwhere(words == word)
-        first_rank[word] = int(ranks[:, 1].min()) + 1 if len(ranks) else None
+    where = {word: [[int(t), int(r) + 1] for t, r in np.argwhere(words == word)] for word in COMMON}
     in_top = Counter(w for row in words[:, :top] for w in row if w in ENGLISH_STOP_WORDS)
     topics_with = int(sum(any(w in ENGLISH_STOP_WORDS for w in row[:top]) for row in words))
     return {
-        "first_rank_of_common_words": first_rank,
+        "common_words_at_topic_rank": where,
         "stop_words_in_top": dict(in_top.most_common()),
         "topics_with_a_stop_word_in_top": topics_with,
     }
@@ -160,6 +158,17 @@ def word_table(words: np.ndarray, sizes: Sequence[int], groups: Sequence[str]) -
     return "\n".join(lines)
 
 
+def save(result: dict[str, Any], rows: list[dict[str, Any]], started: float) -> None:
+    """Write what is measured so far (the file is complete once the script ends)."""
+    result["rows"] = rows
+    result["total_seconds"] = time.perf_counter() - started
+    result["cpu_seconds"] = time.process_time()
+    result["versions"] = versions()
+    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()}
+    OUT.parent.mkdir(exist_ok=True)
+    atomic_write(OUT, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode("utf-8")))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--split", default="all", choices=["train", "test", "all"], help="20 Newsgroups posts")
@@ -169,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lda-iter", type=int, default=10, help="LDA passes (scikit-learn's default: 10)")
     parser.add_argument("--no-lda", action="store_true", help="skip LDA")
     parser.add_argument("--reduce", type=int, default=20, help="also reduce the topics to this many")
+    parser.add_argument("--save", metavar="PATH", help="also save the fitted model (for 'dmlkit topics show')")
     args = parser.parse_args(argv)
 
     import torch
@@ -243,6 +253,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
     )
 
+    if args.save:
+        model.save(args.save)
+    save(result, rows, started)
+    steps = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in model.timings_.items())
+    print(f"\n## {k} topics found in {fit_seconds:.0f} s ({steps})")
+    print(f"noise documents (assigned to the nearest topic): {100 * result['noise_fraction']:.1f}%")
+    print(
+        f"NMI/AMI: {result['top2vec']['nmi']:.3f}/{result['top2vec']['ami']:.3f}; dense-cluster documents only: "
+        f"{result['top2vec_dense_only']['nmi']:.3f}/{result['top2vec_dense_only']['ami']:.3f}\n"
+    )
+    print(word_table(words[:10], sizes[:10].tolist(), [t["newsgroup"] for t in result["largest_topics"]]))
+    print('\n"the", "and", "of" as [topic, rank] among the 50 words of every topic:', end=" ")
+    print(json.dumps(result["stop_words"]["top50"]["common_words_at_topic_rank"]))
+    top10 = result["stop_words"]["top10"]
+    print(f"English stop words among the top 10 words: {top10['topics_with_a_stop_word_in_top']} of {k} topics:")
+    print(json.dumps(top10["stop_words_in_top"]))
+    print(f"\n## Reduced to {args.reduce}\n")
+    print(word_table(reduced_words, reduced_sizes.tolist(), result["reduced"]["newsgroups"]), flush=True)
+
     if not args.no_lda:
         from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
@@ -254,11 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("English stop words removed", no_stop, k),
             (f"{args.reduce} topics, no stop words", vocabulary, args.reduce),
         ):
-            print(f"LDA, {name} ({topics} topics, {len(vocab)} words) ...", flush=True)
+            print(f"\n## LDA, {name} ({topics} topics, {len(vocab)} words, {args.lda_iter} passes)\n", flush=True)
             lda_topics, lda_words, seconds = run_lda(documents, vocab, topics, args.seed, args.lda_iter)
             entry = {
                 "topics": topics,
                 "vocabulary": len(vocab),
+                "passes": args.lda_iter,
                 "seconds": seconds,
                 **scores(truth, lda_topics),
                 "largest_topics": [
@@ -269,37 +299,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             result["lda"][name] = entry
             rows.append({"method": f"LDA, {name}", "topics": topics, **scores(truth, lda_topics), "seconds": seconds})
-
-    result["rows"] = rows
-    result["total_seconds"] = time.perf_counter() - started
-    result["versions"] = versions()
-    result["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "processor": platform.processor()}
-    OUT.parent.mkdir(exist_ok=True)
-    atomic_write(OUT, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode("utf-8")))
-
-    steps = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in model.timings_.items())
-    print(f"\n## {k} topics found in {fit_seconds:.0f} s ({steps})")
-    print(f"noise documents (assigned to the nearest topic): {100 * result['noise_fraction']:.1f}%\n")
-    print(table(rows))
-    print(
-        f"\nDense-cluster documents only: NMI {result['top2vec_dense_only']['nmi']:.3f}, AMI "
-        f"{result['top2vec_dense_only']['ami']:.3f}\n"
-    )
-    print(word_table(words[:10], sizes[:10].tolist(), [t["newsgroup"] for t in result["largest_topics"]]))
-    print("\nCommon words:", json.dumps(result["stop_words"]))
-    print(f"\n## Reduced to {args.reduce}\n")
-    print(word_table(reduced_words, reduced_sizes.tolist(), result["reduced"]["newsgroups"]))
-    for name, entry in result.get("lda", {}).items():
-        print(f"\n## LDA, {name}\n")
-        print(
-            word_table(
-                np.asarray([t["words"] for t in entry["largest_topics"]]),
-                [t["size"] for t in entry["largest_topics"]],
-                entry["newsgroups"],
+            save(result, rows, started)
+            largest = entry["largest_topics"]
+            print(f"NMI/AMI {entry['nmi']:.3f}/{entry['ami']:.3f}, fit {seconds:.0f} s\n")
+            print(
+                word_table(np.asarray([t["words"] for t in largest]), [t["size"] for t in largest], entry["newsgroups"])
             )
-        )
-        print("\nStop words among the top 10:", json.dumps(entry["stop_words_top10"]))
-    print(f"\ntotal {result['total_seconds']:.0f} s; wrote {OUT}")
+            report = entry["stop_words_top10"]
+            frequent = dict(list(report["stop_words_in_top"].items())[:10])
+            print(
+                f"\nEnglish stop words among the top 10 words: {report['topics_with_a_stop_word_in_top']} of {topics}"
+            )
+            print(f"topics; the most frequent: {json.dumps(frequent)}", flush=True)
+
+    print("\n## Summary\n")
+    print(table(rows))
+    print(f"\ntotal {result['total_seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU; wrote {OUT}")
     return 0
 
 

@@ -290,6 +290,13 @@ class TopicDiscovery:
     words occurring at least ``min_count`` times in the corpus, and every document must contain one of them.
     With ``random_state`` set and ``workers=1`` a fit is reproducible (gensim with several workers is not).
 
+    Choices the paper leaves open, and differences from the Top2Vec library: document and word vectors are
+    scaled to unit length before anything else (topic vectors are centroids of unit document vectors, scaled to
+    unit length); UMAP gets the exact 15 nearest neighbours by cosine distance (:func:`cosine_knn`) instead of
+    computing them itself (approximately, with NN-descent, from 4096 documents); clustered documents keep their
+    cluster's topic unless ``assignment="nearest"``; topics are not de-duplicated after clustering; the
+    hierarchical reduction follows the merges for the documents instead of re-assigning them at every step.
+
     Args:
         embedding: ``"doc2vec"`` or an encoder (see above).
         vector_size: Doc2Vec dimensions, ``>= 1``.
