@@ -176,7 +176,7 @@ def _as_same(owner: str, same: Any, size: int) -> np.ndarray:
 
 
 def _curve(owner: str, values: np.ndarray, same: np.ndarray, higher_is_closer: bool) -> MatchCurve:
-    num_matching = int(same.sum())
+    num_matching = int(np.count_nonzero(same))
     num_non_matching = int(same.shape[0] - num_matching)
     if num_matching == 0 or num_non_matching == 0:
         raise ValueError(

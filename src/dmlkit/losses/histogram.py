@@ -98,7 +98,7 @@ class HistogramLoss(BaseMetricLossFunction):
             positive, negative = self._pairs_of_all_triplets(labels, ref_labels, batch_is_ref)  # type: ignore[arg-type]
         else:
             positive, negative = self._pairs_of_mined_triplets(labels, indices_tuple, ref_labels, shape, batch_is_ref)
-        num_pos, num_neg = int(positive.sum()), int(negative.sum())
+        num_pos, num_neg = int(torch.count_nonzero(positive)), int(torch.count_nonzero(negative))
         if num_pos == 0 or num_neg == 0:
             empty = torch.zeros(0, dtype=torch.long, device=embeddings.device)
             return {"loss": Terms(embeddings.new_zeros(0), empty, TermKind.ELEMENT)}

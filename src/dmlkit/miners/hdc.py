@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,16 +28,32 @@ def hardest_count(fraction: float, total: int) -> int:
     return math.ceil(Fraction(str(float(fraction))) * total)
 
 
+def kth_smallest(values: Tensor, k: int) -> Tensor:
+    """The ``k``-th smallest entry of ``values`` (1-based), as a 0-d tensor.
+
+    On the CPU by numpy's introselect, which copies the values once; ``torch.kthvalue`` also allocates an int64
+    index per entry (twice the memory of float32 values again).
+
+    Example:
+        >>> kth_smallest(torch.tensor([[3.0, 1.0], [2.0, 5.0]]), 2)
+        tensor(2.)
+    """
+    flat = values.reshape(-1)
+    if flat.device.type != "cpu":
+        return torch.kthvalue(flat, k).values
+    return torch.as_tensor(np.partition(flat.numpy(), k - 1)[k - 1])
+
+
 def smallest(key: Tensor, k: int) -> Tensor:
     """Boolean mask (shaped like ``key``) of its ``k`` smallest entries; ``k`` must not exceed the number of
     finite entries. Among entries equal to the ``k``-th smallest, the earliest in row-major order are kept."""
     if k == 0:
         return torch.zeros_like(key, dtype=torch.bool)
-    boundary = torch.kthvalue(key.reshape(-1), k).values
+    boundary = kth_smallest(key, k)
     keep = key < boundary
     ties = key == boundary
-    need = k - int(keep.sum())
-    if int(ties.sum()) > need:
+    need = k - int(torch.count_nonzero(keep))
+    if int(torch.count_nonzero(ties)) > need:
         ties &= (torch.cumsum(ties.reshape(-1), 0) <= need).view_as(ties)
     return keep | ties
 
@@ -107,15 +124,19 @@ class HDCMiner(BaseMiner):
             keep_neg = keep_hardest(mat[a2, n], self.filter_percentage, largest=not pos_largest)
             return Pairs(a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
         out: list[Tensor] = []
-        for mask, largest in zip(label_masks(labels, ref_labels), (pos_largest, not pos_largest), strict=True):
-            total = int(mask.sum())
+        masks = label_masks(labels, ref_labels)
+        for mask, largest in zip(masks, (pos_largest, not pos_largest), strict=True):
+            total = int(torch.count_nonzero(mask))
             k = hardest_count(self.filter_percentage, total)
             if total * _SPARSE_RATIO <= mask.numel() or k >= total:
                 rows, cols = torch.nonzero(mask, as_tuple=True)
                 keep = keep_hardest(mat[rows, cols], self.filter_percentage, largest=largest)
                 out.extend((rows[keep], cols[keep]))
             else:
-                # never list every pair: non-candidates get +inf, so they are never among the k smallest
-                key = (-mat if largest else mat).masked_fill(~mask, math.inf)
+                # never list every pair: non-candidates get +inf, so they are never among the k smallest. The
+                # negatives come last, so their key may overwrite the matrix (one batch-by-batch buffer less).
+                last = mask is masks[-1]
+                key = (mat.neg_() if largest else mat) if last else (-mat if largest else mat.clone())
+                key.masked_fill_(~mask, math.inf)
                 out.extend(torch.nonzero(smallest(key, k), as_tuple=True))
         return Pairs(*out)
