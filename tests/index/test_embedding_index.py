@@ -104,6 +104,22 @@ def test_exact_radius_equals_oracle(metric: str, radius: float) -> None:
         assert got.distances.tolist() == pytest.approx([v for v, _ in expected], abs=1e-9)
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine", "inner_product"])
+def test_exact_radius_at_a_value_search_reports_includes_that_row(metric: str) -> None:
+    # the radius equal to the value search() reports, e.g. 0 for a row identical to the query: the row is found
+    # although the blocked matrix products round that value differently
+    rows = torch.randn(40, 16, generator=_gen(9)) * 3
+    index = EmbeddingIndex(metric=metric, block_size=7)
+    index.add(rows)
+    nearest = index.search(rows[:6], 1)
+    for query, value, row_id in zip(rows[:6], nearest.distances[:, 0], nearest.ids[:, 0], strict=True):
+        found = index.search_radius(query.unsqueeze(0), float(value))[0]
+        assert int(row_id) in found.ids.tolist()
+        assert float(found.distances[found.ids.tolist().index(int(row_id))]) == float(value)
+    if metric == "l2":
+        assert [r.ids.tolist() for r in index.search_radius(rows[:5], 0.0)] == [[0], [1], [2], [3], [4]]
+
+
 def test_search_of_an_empty_index_pads_with_missing_ids() -> None:
     index = EmbeddingIndex(metric="l2")
     found = index.search(torch.zeros(2, 3), 2)

@@ -65,6 +65,18 @@ def _pair_values(q: Tensor, r: Tensor, metric: str) -> Tensor:
     return (q[:, None, :] * r).sum(-1)
 
 
+def _rounding_slack(q: Tensor, r: Tensor, metric: str) -> Tensor:
+    """A bound, generous by a wide factor, on how far :func:`_block_values` may stray from the exact value."""
+    tol = 64 * torch.finfo(q.dtype).eps * max(q.shape[1], 1) ** 0.5
+    if metric == "cosine":
+        return q.new_tensor(tol)
+    q_norm, r_norm = torch.linalg.vector_norm(q, dim=1), torch.linalg.vector_norm(r, dim=1)
+    if metric == "inner_product":
+        return tol * q_norm[:, None] * r_norm[None, :]
+    # the expanded squared distance errs by about tol * (|q|^2 + |r|^2); its square root by at most the root of that
+    return (tol * (q_norm[:, None] ** 2 + r_norm[None, :] ** 2)).sqrt_()
+
+
 def _block_values(q: Tensor, r: Tensor, metric: str) -> Tensor:
     if metric == "cosine":
         return F.normalize(q, dim=1) @ F.normalize(r, dim=1).T
@@ -78,18 +90,25 @@ def exact_search_radius(
     data: Tensor, data_ids: Tensor, queries: Tensor, radius: float, metric: str, block_size: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Every (query row, value, id) within ``radius`` (``<=`` for l2, ``>=`` for similarities), sorted by
-    query row, then nearest first, then id."""
+    query row, then nearest first, then id. Values are exact (recomputed pair by pair): a row identical to the
+    query is at distance 0 and within radius 0."""
     dtype = torch.promote_types(data.dtype, queries.dtype)
     q_all = queries.to(device=data.device, dtype=dtype)
     hit_rows, hit_values, hit_ids = [], [], []
     for qs in range(0, q_all.shape[0], _QUERY_ROWS):
         q = q_all[qs : qs + _QUERY_ROWS]
         for rs in range(0, data.shape[0], block_size):
-            vals = _block_values(q, data[rs : rs + block_size].to(dtype), metric)
-            inside = vals <= radius if metric == "l2" else vals >= radius
+            block = data[rs : rs + block_size].to(dtype)
+            vals = _block_values(q, block, metric)
+            # candidates with a slack for the matrix products' rounding, then exact values pair by pair
+            slack = _rounding_slack(q, block, metric)
+            inside = vals <= radius + slack if metric == "l2" else vals >= radius - slack
             r, c = inside.nonzero(as_tuple=True)
+            exact = _pair_values(q[r], block[c].unsqueeze(1), metric).squeeze(1)
+            keep = exact <= radius if metric == "l2" else exact >= radius
+            r, c = r[keep], c[keep]
             hit_rows.append(r + qs)
-            hit_values.append(vals[r, c])
+            hit_values.append(exact[keep])
             hit_ids.append(data_ids[c + rs])
     if not hit_rows:
         empty = torch.empty(0, dtype=torch.long, device=data.device)
