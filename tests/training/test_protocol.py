@@ -187,6 +187,17 @@ def test_a_fold_run_is_reproducible_and_leaves_the_global_random_state_alone() -
     assert first.record["train_classes"] == [0, 1, 2] and first.record["val_classes"] == [3, 4]
 
 
+def test_the_untrained_reference_is_the_initialisation_of_each_fold_model() -> None:
+    # with a learning rate of 0 training leaves the MLP as initialised: its test scores are the reference's
+    config = BenchmarkConfig.from_dict(tiny(optimizer={"name": "sgd", "lr": 0.0}, losses=["contrastive"]))
+    data = load_protocol_data(config)
+    untrained = protocol.reference_results(config, data)["untrained"]
+    for fold in (0, 1):
+        run = train_fold(config, config.losses[0], data, fold=fold, seed=0)
+        for metric, value in run.record["test"].items():
+            assert untrained["separate"][metric]["values"][fold] == pytest.approx(value, abs=1e-12)
+
+
 def test_pml_entries_without_pml_installed_fail_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     config = BenchmarkConfig.from_dict(tiny(losses=[{"loss": "contrastive", "library": "pml"}]))
     monkeypatch.setitem(sys.modules, "pytorch_metric_learning", None)  # makes the import raise ImportError
@@ -283,7 +294,15 @@ def test_the_command_end_to_end_and_its_resume(
     data = load_protocol_data(BenchmarkConfig.from_dict(tiny()))
     concat = retrieval_scores(concatenated_embeddings(embeddings), data.y_test)
     assert first["per_seed"][0]["concatenated"] == pytest.approx(concat, abs=1e-12)
-    assert "## dmlkit and the pytorch-metric-learning control" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "## dmlkit and the pytorch-metric-learning control" in report
+    assert "| untrained network (reference) | - | no training |" in report
+    raw_pixels = ref.retrieval_metrics(
+        torch.nn.functional.normalize(data.x_test, dim=1).tolist(), data.y_test.tolist(),
+        torch.nn.functional.normalize(data.x_test, dim=1).tolist(), data.y_test.tolist(), True,
+    )
+    assert results["references"]["raw_input"] == pytest.approx(raw_pixels, abs=1e-6)
+    assert results["references"]["untrained"]["separate"]["precision_at_1"]["n"] == 2
 
     def no_training(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a finished cell was trained again")

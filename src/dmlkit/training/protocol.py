@@ -80,6 +80,7 @@ __all__ = [
     "build_loss_and_miner",
     "search_hyperparameters",
     "train_fold",
+    "reference_results",
     "run_benchmark",
     "results_markdown",
     "environment_info",
@@ -816,6 +817,13 @@ class FoldRun:
     test_embeddings: Tensor | None = None
 
 
+def _trunk(config: BenchmarkConfig, in_shape: tuple[int, ...]) -> nn.Module:
+    """The configured network, initialised from torch's global generator (the caller seeds it)."""
+    spec = model_spec(TrainConfig(model=config.model), in_shape)
+    model = build_model(spec["name"], spec["in_shape"], spec["embedding_size"], spec["params"])
+    return model.to(_DTYPES[config.dtype])
+
+
 def train_fold(
     config: BenchmarkConfig,
     entry: LossEntry,
@@ -858,8 +866,7 @@ def train_fold(
     _, _, loss_lr = _with_params(entry, params or {})
     with torch.random.fork_rng():
         torch.manual_seed(cell_seed)
-        spec = model_spec(TrainConfig(model=config.model), tuple(x_train.shape[1:]))
-        model = build_model(spec["name"], spec["in_shape"], spec["embedding_size"], spec["params"]).to(dtype)
+        model = _trunk(config, tuple(x_train.shape[1:]))
         loss_fn, miner = build_loss_and_miner(
             entry, params, num_classes=len(train_classes), embedding_size=config.model.embedding_size
         )
@@ -1153,19 +1160,16 @@ def _summary(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "half_width": half if math.isfinite(half) else None, "n": len(values), "values": list(values)}
 
 
-def _aggregate(cells: list[dict[str, Any]], embeddings: dict[tuple[int, int], Tensor], data: ProtocolData,
-               seeds: Sequence[int], folds: int) -> dict[str, Any]:
-    """Separate (mean of the fold models) and concatenated results, with confidence intervals."""
-    if any(cell.get("error") for cell in cells):
-        return {"error": next(cell["error"] for cell in cells if cell.get("error"))}
+def _test_summary(tests: Mapping[tuple[int, int], Mapping[str, float]], embeddings: Mapping[tuple[int, int], Tensor],
+                  labels: Tensor, seeds: Sequence[int], folds: int) -> dict[str, Any]:
+    """Separate (mean of the fold models) and concatenated test results, with confidence intervals."""
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
-        rows = [c for c in cells if c["seed"] == seed]
-        concat = retrieval_scores(concatenated_embeddings([embeddings[(seed, f)] for f in range(folds)]), data.y_test)
+        concat = retrieval_scores(concatenated_embeddings([embeddings[(seed, f)] for f in range(folds)]), labels)
         per_seed.append(
             {
                 "seed": seed,
-                "separate": {m: _summary([r["test"][m] for r in rows]) for m in METRICS},
+                "separate": {m: _summary([tests[(seed, f)][m] for f in range(folds)]) for m in METRICS},
                 "concatenated": concat,
             }
         )
@@ -1177,9 +1181,43 @@ def _aggregate(cells: list[dict[str, Any]], embeddings: dict[tuple[int, int], Te
         separate = {m: _summary([s["separate"][m]["mean"] for s in per_seed]) for m in METRICS}
         concatenated = {m: _summary([s["concatenated"][m] for s in per_seed]) for m in METRICS}
         over = "seeds"
-    val = {m: _summary([c["val"][m] for c in cells]) for m in METRICS}
-    return {"separate": separate, "concatenated": concatenated, "validation": val, "interval_over": over,
-            "per_seed": per_seed}
+    return {"separate": separate, "concatenated": concatenated, "interval_over": over, "per_seed": per_seed}
+
+
+def _aggregate(cells: list[dict[str, Any]], embeddings: dict[tuple[int, int], Tensor], data: ProtocolData,
+               seeds: Sequence[int], folds: int) -> dict[str, Any]:
+    if any(cell.get("error") for cell in cells):
+        return {"error": next(cell["error"] for cell in cells if cell.get("error"))}
+    tests = {(c["seed"], c["fold"]): c["test"] for c in cells}
+    summary = _test_summary(tests, embeddings, data.y_test, seeds, folds)
+    summary["validation"] = {m: _summary([c["val"][m] for c in cells]) for m in METRICS}
+    return summary
+
+
+def reference_results(config: BenchmarkConfig, data: ProtocolData) -> dict[str, Any]:
+    """What the test half scores without metric learning, for context: the raw input features, and the
+    untrained network of every (seed, fold) cell (initialised exactly as :func:`train_fold` initialises it),
+    summarised like a trained entry.
+
+    Example:
+        >>> config = BenchmarkConfig.from_dict({"data": {"max_per_class": 10}, "folds": 2,
+        ...     "sampler": {"m": 4, "batch_size": 8}, "model": {"hidden": [8]}, "losses": ["ntxent"]})
+        >>> sorted(reference_results(config, load_protocol_data(config)))
+        ['raw_input', 'untrained']
+    """
+    dtype = _DTYPES[config.dtype]
+    embeddings: dict[tuple[int, int], Tensor] = {}
+    for seed in config.seeds:
+        for fold in range(config.folds):
+            with torch.random.fork_rng():
+                torch.manual_seed(seed * 1000 + fold)
+                model = _trunk(config, tuple(data.x_test.shape[1:]))
+            embeddings[(seed, fold)] = embed(model, data.x_test.to(dtype), config.eval_batch_size)
+    tests = {key: retrieval_scores(emb, data.y_test) for key, emb in embeddings.items()}
+    return {
+        "raw_input": retrieval_scores(data.x_test.flatten(1).to(dtype), data.y_test),
+        "untrained": _test_summary(tests, embeddings, data.y_test, config.seeds, config.folds),
+    }
 
 
 def run_benchmark(
@@ -1224,6 +1262,7 @@ def run_benchmark(
                 entries.append(result)
     finally:
         bar.close()
+    references = reference_results(config, data)
     results = {
         "format_version": BENCHMARK_FORMAT_VERSION,
         "title": config.title,
@@ -1231,6 +1270,7 @@ def run_benchmark(
         "command": command,
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
+        "cell_seconds": sum(e.get("seconds", 0.0) for e in entries),
         "environment": environment_info(),
         "config": config.to_dict(),
         "data": {
@@ -1241,6 +1281,7 @@ def run_benchmark(
             "folds": [dict(zip(("train_classes", "val_classes"), data.fold_classes(i), strict=True))
                       for i in range(config.folds)],
         },
+        "references": references,
         "entries": entries,
     }
     _write_json(out / "results.json", results)
@@ -1448,7 +1489,9 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         + f", embedding size {model['embedding_size']}, {config['dtype']}; {optimizer_name} "
         f"({', '.join(f'{k}={v}' for k, v in optimizer.items())}); the epoch of best validation MAP@R is kept.",
         f"- Seeds: {', '.join(map(str, seeds))}."
-        + (f" Wall time: {results['wall_seconds'] / 60:.1f} min." if results.get("wall_seconds") else ""),
+        + (f" Training time of all cells: {results['cell_seconds'] / 60:.1f} min"
+           f" (this invocation: {results['wall_seconds'] / 60:.1f} min; cells found in the output folder are reused)."
+           if results.get("wall_seconds") is not None and results.get("cell_seconds") is not None else ""),
         "",
         "## Test set (second half of the classes)",
         "",
@@ -1462,6 +1505,15 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     entries = results.get("entries", [])
+    references = results.get("references")
+    if references:
+        untrained = references["untrained"]
+        cells = ["-"] + [_pct(untrained["separate"][m]) for m in METRICS]
+        cells += [_pct(untrained["concatenated"][m]) for m in METRICS]
+        lines.append("| untrained network (reference) | - | no training | " + " | ".join(cells) + " | - |")
+        raw = references["raw_input"]
+        cells = ["-"] + [_pct({"mean": raw[m]}) for m in METRICS] + ["-"] * 3
+        lines.append("| input pixels (reference) | - | no network | " + " | ".join(cells) + " | - |")
     for entry in entries:
         if entry.get("error"):
             lines.append(f"| {entry['label']} | {entry['library']} | - | failed: {entry['error'][:80]} |"
