@@ -12,6 +12,7 @@ from .._validation import Described, check_range, message
 from ..reducers import BaseReducer, SumReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
+from .functional import check_two_views
 
 __all__ = ["BarlowTwinsLoss"]
 
@@ -80,35 +81,15 @@ class BarlowTwinsLoss(BaseMetricLossFunction):
     ) -> Tensor:
         """The loss of the two views ``embeddings`` and ``ref_emb``; ``labels``, ``indices_tuple`` and
         ``ref_labels`` must be left out."""
-        name = type(self).__name__
-        for arg, value in (("labels", labels), ("ref_labels", ref_labels), ("indices_tuple", indices_tuple)):
-            if value is not None:
-                rule = f"None: {name} is self-supervised (pass the second view as `ref_emb`)"
-                raise ValueError(message(name, arg, rule, Described(type(value).__name__)))
-        if ref_emb is None:
-            raise ValueError(
-                message(name, "ref_emb", "given: the second view, row i pairing with row i of `embeddings`", None)
-            )
-        # the base validates both tensors (type, 2-D, finite); only what it cannot know is checked here
-        both_tensors = isinstance(embeddings, Tensor) and isinstance(ref_emb, Tensor)
-        if both_tensors and embeddings.ndim == 2 and ref_emb.ndim == 2 and ref_emb.shape != embeddings.shape:
-            raise ValueError(
-                message(
-                    name,
-                    "ref_emb",
-                    f"of the shape of `embeddings` {tuple(embeddings.shape)} (one row per sample)",
-                    Described(f"shape {tuple(ref_emb.shape)}"),
-                )
-            )
-        if both_tensors and embeddings.ndim == 2 and embeddings.shape[0] < 2:
-            raise ValueError(
-                message(
-                    name,
-                    "embeddings",
-                    "at least 2 rows (each dimension is standardised over the batch)",
-                    Described(f"{embeddings.shape[0]} row(s)"),
-                )
-            )
+        check_two_views(
+            type(self).__name__,
+            embeddings,
+            labels,
+            indices_tuple,
+            ref_emb,
+            ref_labels,
+            "each dimension is standardised over the batch",
+        )
         return super().forward(embeddings, ref_emb=ref_emb)
 
     def compute_terms(

@@ -11,13 +11,14 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .._validation import message
+from .._validation import Described, message
 from ..distances import BaseDistance
 from ..reducers import AvgNonZeroReducer, BaseReducer, MeanReducer, SumReducer
 from ..reducers.base import zero_loss
 from ..types import TermKind, Terms
 
 __all__ = [
+    "check_two_views",
     "full_precision",
     "require_similarity",
     "require_distance",
@@ -350,3 +351,41 @@ def reduce_repeated(values: Tensor, counts: Tensor, reduction: FusedReduction) -
         return total
     count = weights.sum()
     return total / count if bool(count > 0) else total * 0
+
+
+def check_two_views(
+    owner: str,
+    embeddings: Tensor,
+    labels: object,
+    indices_tuple: object,
+    ref_emb: Tensor | None,
+    ref_labels: object,
+    batch_rule: str,
+) -> None:
+    """Validate a self-supervised loss's two views: ``ref_emb`` given, of the shape of ``embeddings`` (row ``i``
+    pairs with row ``i``), at least 2 rows (``batch_rule`` says why), and no labels, reference labels or pairs.
+
+    The base class validates each tensor itself (type, 2-D, finite); this checks only what it cannot know.
+    """
+    for arg, value in (("labels", labels), ("ref_labels", ref_labels), ("indices_tuple", indices_tuple)):
+        if value is not None:
+            rule = f"None: {owner} is self-supervised (pass the second view as `ref_emb`)"
+            raise ValueError(message(owner, arg, rule, Described(type(value).__name__)))
+    if ref_emb is None:
+        raise ValueError(
+            message(owner, "ref_emb", "given: the second view, row i pairing with row i of `embeddings`", None)
+        )
+    both_tensors = isinstance(embeddings, Tensor) and isinstance(ref_emb, Tensor)
+    if both_tensors and embeddings.ndim == 2 and ref_emb.ndim == 2 and ref_emb.shape != embeddings.shape:
+        raise ValueError(
+            message(
+                owner,
+                "ref_emb",
+                f"of the shape of `embeddings` {tuple(embeddings.shape)} (one row per sample)",
+                Described(f"shape {tuple(ref_emb.shape)}"),
+            )
+        )
+    if both_tensors and embeddings.ndim == 2 and embeddings.shape[0] < 2:
+        raise ValueError(
+            message(owner, "embeddings", f"at least 2 rows ({batch_rule})", Described(f"{embeddings.shape[0]} row(s)"))
+        )

@@ -115,8 +115,9 @@ class _MaskedSpread(torch.autograd.Function):
         ctx: Any, mat: Tensor, keep: Tensor, eps: float, below: bool, reduction: FusedReduction, rows: int
     ) -> Tensor:
         kept = int(torch.count_nonzero(keep))
-        blocks = zip(mat.split(rows), keep.split(rows), strict=True)
-        total = sum(torch.where(mask, block, 0).sum() for block, mask in blocks)
+        total = mat.new_zeros(())
+        for block, mask in zip(mat.split(rows), keep.split(rows), strict=True):
+            total += torch.where(mask, block, 0).sum()
         scale = (1 - eps) if below else (1 + eps)
         bound = scale * total / kept
         squares, hinges, count = mat.new_zeros(()), mat.new_zeros(()), 0
