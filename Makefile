@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	$(PY) bench/losses.py
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
