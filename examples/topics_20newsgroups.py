@@ -307,10 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             report = entry["stop_words_top10"]
             frequent = dict(list(report["stop_words_in_top"].items())[:10])
-            print(
-                f"\nEnglish stop words among the top 10 words: {report['topics_with_a_stop_word_in_top']} of {topics}"
-            )
-            print(f"topics; the most frequent: {json.dumps(frequent)}", flush=True)
+            count = report["topics_with_a_stop_word_in_top"]
+            print(f"\nEnglish stop words among the top 10 words of {count} of {topics} topics; the most frequent:")
+            print(json.dumps(frequent), flush=True)
 
     print("\n## Summary\n")
     print(table(rows))

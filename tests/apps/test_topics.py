@@ -273,7 +273,7 @@ def test_search_documents_by_topic(
     model: TopicDiscovery, corpus: tuple[list[str], np.ndarray, list[list[str]]]
 ) -> None:
     docs = corpus[0]
-    hits = model.search_documents_by_topic(1, 5)
+    hits = model.search_documents_by_topic(np.int64(1), np.int64(5))  # ids as returned by the other queries
     assert (model.doc_topics()[hits.ids] == 1).all()
     assert hits.documents == [docs[i] for i in hits.ids]
     members = np.flatnonzero(model.doc_topics() == 1)

@@ -256,6 +256,11 @@ def _nearest_words(topic_vectors: np.ndarray, word_vectors: np.ndarray, count: i
     return order, np.take_along_axis(scores, order, axis=1)
 
 
+def _index(value: Any) -> Any:
+    """NumPy integers (as in returned ``topic_ids``) as Python ints; anything else unchanged, for the checks."""
+    return int(value) if isinstance(value, np.integer) else value
+
+
 def _shape(array: np.ndarray | None) -> tuple[int, ...]:
     return () if array is None else tuple(np.shape(array))
 
@@ -625,6 +630,7 @@ class TopicDiscovery:
             ValueError: ``num_topics`` is not between 1 and the number of topics found.
         """
         vectors, sizes, labels = self._fitted()
+        num_topics = _index(num_topics)
         check_range(_OWNER, "num_topics", num_topics, 1, len(sizes), integer=True)
         merge = merge_smallest_topics(vectors, sizes, num_topics)
         owner = np.empty(len(sizes), dtype=np.int64)
@@ -674,7 +680,7 @@ class TopicDiscovery:
     def get_topics(self, num_topics: int | None = None, reduced: bool = False) -> Topics:
         """The words of the ``num_topics`` largest topics (all when None), nearest first, with cosine scores."""
         _, sizes, _, words, scores = self._state(reduced)
-        count = len(sizes) if num_topics is None else num_topics
+        count = len(sizes) if num_topics is None else _index(num_topics)
         check_range(_OWNER, "num_topics", count, 1, len(sizes), integer=True)
         return Topics(words[:count].copy(), scores[:count].copy(), np.arange(count))
 
@@ -689,6 +695,7 @@ class TopicDiscovery:
             ValueError: an unknown topic, or ``num_docs`` outside 1 .. the topic's size.
         """
         vectors, sizes, labels, _, _ = self._state(reduced)
+        topic_id, num_docs = _index(topic_id), _index(num_docs)
         check_range(_OWNER, "topic_id", topic_id, 0, len(sizes) - 1, integer=True)
         check_range(_OWNER, "num_docs", num_docs, 1, int(sizes[topic_id]), integer=True)
         assert self.document_vectors_ is not None
@@ -732,6 +739,7 @@ class TopicDiscovery:
         """
         vectors, sizes, _, words, scores = self._state(reduced)
         query = self.keyword_vector(keywords)
+        num_topics = _index(num_topics)
         check_range(_OWNER, "num_topics", num_topics, 1, len(sizes), integer=True)
         similarity = vectors @ query
         ids = np.argsort(-similarity, kind="stable")[:num_topics]
