@@ -8,6 +8,7 @@ its topic vector (the paper's argument for needing no stop-word list).
 
 from __future__ import annotations
 
+import copy
 import math
 import zlib
 from pathlib import Path
@@ -347,7 +348,7 @@ def test_save_load_round_trip(model: TopicDiscovery, tmp_path: Path) -> None:
 def test_unreduced_model_without_documents_round_trips(
     encoder_models: dict[str, TopicDiscovery], tmp_path: Path
 ) -> None:
-    fitted = encoder_models["nearest"]
+    fitted = copy.copy(encoder_models["nearest"])  # the fixture stays as it is for the other tests
     fitted.keep_documents = False
     fitted.documents_ = None
     loaded = TopicDiscovery.load(fitted.save(tmp_path / "m.npz"))
@@ -423,12 +424,13 @@ def test_bad_corpora(corpus: tuple[list[str], np.ndarray, list[list[str]]]) -> N
 def test_no_dense_cluster_says_what_to_change() -> None:
     rng = np.random.default_rng(0)
     docs = [f"word{chr(97 + i % 26)} filler" for i in range(45)]
-    encoder = TopicDiscovery(lambda texts: rng.standard_normal((len(texts), 16)), min_count=1, min_cluster_size=20)
-    encoder.random_state = 0
+    noise_only = TopicDiscovery(
+        lambda texts: rng.standard_normal((len(texts), 16)), min_count=1, min_cluster_size=20, random_state=0
+    )
     with pytest.raises(
         ValueError, match=r"no dense cluster found among 45 documents .* lower `min_cluster_size` \(now 20\)"
     ):
-        encoder.fit(docs)
+        noise_only.fit(docs)
 
 
 @pytest.mark.parametrize(
