@@ -346,7 +346,8 @@ def render_training(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Path,
         f"Iterations per second over {iterations} timed iterations (after a warm-up), same model (MLP 784 -> 512 -> "
         "128), data (Gaussian classes, 4 samples per class per batch), loss and miner settings in every column. "
         "\"PML MetricLossOnly + dmlkit loss\" runs pytorch-metric-learning's trainer on dmlkit's loss, miner and "
-        "sampler: against the first column it isolates the trainers' own overhead.",
+        "sampler: against the first column it isolates the trainers' own overhead. The last column is the "
+        "1-minute load average before each column's run: compare rows only at similar loads.",
         "",
         training_bench.table(raw),
         "",
@@ -383,14 +384,14 @@ BENCHMARKS = [
     ),
     Benchmark(
         "memory_efficient", "bench/memory_efficient.py", "Memory-efficient (tiled) losses",
-        [],
+        ["--max-load", "1.5"],
         ["--sizes", "256", "512", "--losses", "SupConLoss", "MultiSimilarityLoss", "--timeout", "120",
          "--memory-limit-gib", "2"],
         render=render_memory_efficient,
     ),
     Benchmark(
         "training", "bench/training.py", "Training throughput",
-        [],
+        ["--max-load", "1.5"],
         ["--sizes", "64", "--iterations", "10", "--only", "ContrastiveLoss", "ProxyAnchorLoss", "--timeout", "120"],
         render=render_training,
     ),

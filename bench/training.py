@@ -1,11 +1,11 @@
 """Training throughput: iterations per second of dmlkit's Trainer and of pytorch-metric-learning's MetricLossOnly.
 
-Usage: ``python bench/training.py [--sizes 128 512] [--iterations 60] [--threads 2] [--only Triplet]
-[--json results.json] [--out table.md] [--plot training.png]``.
+Usage: ``python bench/training.py [--sizes 128 256] [--iterations 60] [--threads 2] [--only Triplet]
+[--max-load 1.5] [--json results.json] [--out table.md] [--plot training.png]``.
 
 Every (case, mode, batch size) runs in its own subprocess (``bench/_harness.py``). The model, data, loss and
 miner are the same in every mode: an MLP (784 -> 512 -> 128) on Gaussian inputs of 784 features drawn from
-100 classes, 4 samples per class per batch (each library's ``MPerClassSampler``), Adam, no data-loader
+256 classes (20 samples each), 4 samples per class per batch (each library's ``MPerClassSampler``), Adam, no data-loader
 workers, float32. Modes:
 
 - ``dmlkit``: dmlkit's ``Trainer`` with dmlkit's loss, miner and sampler;
@@ -14,7 +14,8 @@ workers, float32. Modes:
   trainers' own overhead, the loss being equal).
 
 An ``end_of_iteration_hook`` time-stamps every iteration; iterations/s is measured over the iterations after
-the first ``--warmup`` ones.
+the first ``--warmup`` ones. The machine may be shared: before each run the script waits (up to ``--wait``
+seconds) for the 1-minute load average to fall below ``--max-load`` and records the load it ran at.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from bench import _harness as harness  # noqa: E402
+from bench.memory_efficient import wait_for_quiet  # noqa: E402
 
 FEATURES = 784
 EMBEDDING = 128
-CLASSES = 100
-PER_CLASS_IN_DATA = 40
+CLASSES = 256
+PER_CLASS_IN_DATA = 20
 M = 4
 MODES = ("dmlkit", "pml", "pml-trainer")
 LEGEND = {"dmlkit": "dmlkit Trainer", "pml": "PML MetricLossOnly", "pml-trainer": "PML MetricLossOnly + dmlkit loss"}
@@ -138,10 +140,11 @@ def measure_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "iterations": args.iterations,
                     "warmup": args.warmup,
                 }
+                load = wait_for_quiet(args.max_load, args.wait)
                 out = harness.run_case_in_subprocess(
                     "bench.training", case, timeout_s=args.timeout, memory_limit_gib=args.memory_limit_gib
                 )
-                row = {**case, **out}
+                row = {**case, **out, "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
@@ -162,16 +165,20 @@ def table(rows: list[dict[str, Any]]) -> str:
         cells.setdefault((row["name"], row["batch"]), {})[row["mode"]] = row
     lines = [
         "| case | batch | dmlkit Trainer | PML MetricLossOnly | PML MetricLossOnly + dmlkit loss | "
-        "speed-up over PML | trainer speed-up (same loss) |",
-        "|---|---|---|---|---|---|---|",
+        "speed-up over PML | trainer speed-up (same loss) | load (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (name, size), modes in cells.items():
         ours, pml, mixed = (modes.get(m) for m in MODES)
         lines.append(
             f"| {name} | {size} | {_cell(ours)} | {_cell(pml)} | {_cell(mixed)} | "
-            f"{_speedup(ours, pml)} | {_speedup(ours, mixed)} |"
+            f"{_speedup(ours, pml)} | {_speedup(ours, mixed)} | {_loads(modes)} |"
         )
     return "\n".join(lines)
+
+
+def _loads(modes: dict[str, dict[str, Any]]) -> str:
+    return ", ".join(f"{modes[m]['load_before']:.1f}" for m in MODES if m in modes and "load_before" in modes[m])
 
 
 def _speedup(ours: dict[str, Any] | None, other: dict[str, Any] | None) -> str:
@@ -212,14 +219,16 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--iterations", type=int, default=60, help="timed iterations per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed iterations first")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="run cases whose name contains one of these")
     parser.add_argument("--memory-limit-gib", type=float, default=8.0, help="address-space cap per case")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per case")
+    parser.add_argument("--max-load", type=float, default=float("inf"), help="wait for a lower 1-minute load")
+    parser.add_argument("--wait", type=float, default=600.0, help="longest wait for the load, in seconds")
     parser.add_argument("--json", default=None, help="write (or with --from-json, read) the raw results here")
     parser.add_argument("--from-json", default=None, help="skip measuring: table and plot from these results")
     parser.add_argument("--out", default=None, help="write the markdown table here")
