@@ -12,14 +12,10 @@ time, but it preserves local neighbourhoods rather than global variance.
 from __future__ import annotations
 
 import enum
-import io
-import json
 import math
 import os
 import secrets
 import sys
-import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._atomic import atomic_write
 from .._validation import Described, check_choice, check_range, message
 from ..errors import CorruptFileError, NotFittedError
+from ._archive import read_archive, write_archive
 
 __all__ = ["TLDR", "TLDREncoder", "TLDRIndexBackend"]
 
@@ -412,16 +408,11 @@ class TLDR:
             arrays[f"encoder.{name}"] = value.detach().cpu().numpy()
         params = {name: getattr(self, name) for name in _PARAMS}
         header = {
-            "format": _FORMAT,
-            "version": _VERSION,
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()},
             "n_features_in_": self.n_features_in_,
             "loss_history_": self.loss_history_,
         }
-        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays)
-        return atomic_write(path, lambda file: file.write(buffer.getbuffer()))
+        return write_archive(path, _FORMAT, _VERSION, header, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> TLDR:
@@ -432,24 +423,10 @@ class TLDR:
             CorruptFileError: a truncated or corrupt file, another kind of file, or another format version.
         """
         file = Path(path)
-        data = file.read_bytes()
+        header, arrays = read_archive(file, _FORMAT, _VERSION, f"{_OWNER} model file")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError) as exc:
-            raise CorruptFileError(f"{file}: not a readable {_OWNER} model file ({exc}).") from None
-        try:
-            header = json.loads(bytes(arrays.pop("header")).decode("utf-8"))
-            if header["format"] != _FORMAT:
-                raise CorruptFileError(f"{file}: not a {_OWNER} model file (format {header['format']!r}).")
-            if header["version"] != _VERSION:
-                raise CorruptFileError(
-                    f"{file}: format version {header['version']!r}, but this dmlkit reads version {_VERSION}."
-                )
             model = cls(**header["params"], device=device)
             model._restore(arrays, int(header["n_features_in_"]), [float(v) for v in header["loss_history_"]])
-        except CorruptFileError:
-            raise
         except (KeyError, ValueError, TypeError, RuntimeError, UnicodeDecodeError) as exc:
             raise CorruptFileError(f"{file}: corrupt {_OWNER} model file ({type(exc).__name__}: {exc}).") from None
         return model

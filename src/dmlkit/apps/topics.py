@@ -16,14 +16,10 @@ from __future__ import annotations
 
 import difflib
 import enum
-import io
-import json
 import os
 import re
 import time
 import warnings
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,9 +27,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._atomic import atomic_write
 from .._validation import Described, check_choice, check_range, message
 from ..errors import CorruptFileError, MissingDependencyError, NotFittedError
+from ._archive import read_archive, write_archive
 
 __all__ = [
     "Assignment",
@@ -785,18 +781,13 @@ class TopicDiscovery:
             arrays["documents_offsets"] = np.cumsum([0] + [len(b) for b in encoded]).astype(np.int64)
             arrays["documents_bytes"] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         header = {
-            "format": _FORMAT,
-            "version": _VERSION,
             "params": self._params(),
             "reduced": reduced,
             "documents": self.documents_ is not None,
             "topic_hierarchy": self.topic_hierarchy_,
             "timings": self.timings_,
         }
-        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        buffer = io.BytesIO()
-        np.savez(buffer, allow_pickle=False, **arrays)
-        return atomic_write(path, lambda file: file.write(buffer.getbuffer()))
+        return write_archive(path, _FORMAT, _VERSION, header, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TopicDiscovery:
@@ -810,24 +801,10 @@ class TopicDiscovery:
             CorruptFileError: a truncated or corrupt file, another kind of file, or another format version.
         """
         file = Path(path)
-        data = file.read_bytes()
+        header, arrays = read_archive(file, _FORMAT, _VERSION, f"{_OWNER} file")
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-                arrays = {name: archive[name] for name in archive.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError) as exc:
-            raise CorruptFileError(f"{file}: not a readable {_OWNER} file ({exc}).") from None
-        try:
-            header = json.loads(bytes(arrays["header"]).decode("utf-8"))
-            if header["format"] != _FORMAT:
-                raise CorruptFileError(f"{file}: not a {_OWNER} file (format {header['format']!r}).")
-            if header["version"] != _VERSION:
-                raise CorruptFileError(
-                    f"{file}: format version {header['version']!r}, but this dmlkit reads version {_VERSION}."
-                )
             model = cls(**header["params"])
             model._restore(arrays, header)
-        except CorruptFileError:
-            raise
         except (KeyError, ValueError, TypeError, IndexError, UnicodeDecodeError) as exc:
             raise CorruptFileError(f"{file}: corrupt {_OWNER} file ({type(exc).__name__}: {exc}).") from None
         return model
