@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CorruptFileError, MissingDependencyError
-from .config import TrainConfig
+from .config import TrainConfig, read_mapping_file
 
 __all__ = ["CommandAdder", "build_parser", "load_config_file", "load_array", "main"]
 
@@ -151,29 +151,7 @@ def load_config_file(path: str | Path) -> TrainConfig:
         MissingDependencyError: a YAML file without PyYAML.
         KeyError, TypeError, ValueError: invalid configuration contents.
     """
-    file = Path(path)
-    suffix = file.suffix.lower()
-    if suffix not in (".json", ".yaml", ".yml"):
-        raise ValueError(f"{file}: a configuration file must end in .json, .yaml or .yml.")
-    text = file.read_text(encoding="utf-8")
-    data: Any
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CorruptFileError(f"{file}: invalid JSON: {exc}") from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise MissingDependencyError("pyyaml", "yaml", "Reading YAML configurations") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CorruptFileError(f"{file}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{file}: a configuration must be a mapping of keys to values.")
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(read_mapping_file(path))
 
 
 def main(argv: Sequence[str] | None = None, extra_commands: Sequence[CommandAdder] = ()) -> int:

@@ -12,14 +12,17 @@ import copy
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .._validation import check_range, close_matches_hint, message
 from ..data import DATASET_NAMES
+from ..errors import CorruptFileError, MissingDependencyError
 from .components import (
     FAMILIES,
     SUBCOMPONENTS,
@@ -499,3 +502,37 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise TypeError(message(_OWNER, key, f"a list of {item.__name__}", value))
         return [_coerce(v, item, key) for v in value]
     raise TypeError(f"{_OWNER}: no rule to check `{key}` of type {hint!r}.")  # pragma: no cover - a programming error
+
+
+def read_mapping_file(path: str | os.PathLike[str], what: str = "configuration") -> dict[str, Any]:
+    """The mapping held by a ``.json`` file, or a ``.yaml``/``.yml`` one when PyYAML is installed.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: another file extension.
+        CorruptFileError: the file cannot be parsed or does not hold a mapping (``what`` names the expected kind).
+        MissingDependencyError: a YAML file without PyYAML.
+    """
+    file = Path(path)
+    suffix = file.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise ValueError(f"{file}: a {what} file must end in .json, .yaml or .yml.")
+    text = file.read_text(encoding="utf-8")
+    data: Any
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CorruptFileError(f"{file}: invalid JSON: {exc}") from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise MissingDependencyError("pyyaml", "yaml", "Reading YAML configurations") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CorruptFileError(f"{file}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(f"{file}: a {what} must be a mapping of keys to values.")
+    return data

@@ -49,13 +49,13 @@ from torch.utils.data import TensorDataset
 from .._atomic import atomic_write
 from .._validation import check_range, close_matches_hint, message
 from ..data import DATASET_NAMES, class_disjoint_kfold, class_halves_split, load_dataset
-from ..errors import CorruptFileError, MissingDependencyError
+from ..errors import MissingDependencyError
 from ..losses import LOSSES
 from ..miners import MINERS
 from ..registry import Registry
 from ..samplers import MPerClassSampler
 from .components import OPTIMIZERS, SUBCOMPONENTS, accepted_params, build_component, check_component, split_spec
-from .config import ComponentConfig, ModelConfig, SamplerConfig, TrainConfig
+from .config import ComponentConfig, ModelConfig, SamplerConfig, TrainConfig, read_mapping_file
 from .loop import _capped, embed, model_spec
 from .models import build_model
 from .trainer import Trainer, Validation
@@ -271,8 +271,9 @@ class BenchmarkConfig:
         """Check every value; raise ``KeyError``, ``TypeError`` or ``ValueError`` on the first problem."""
         if self.data.name not in DATASET_NAMES:
             hint = close_matches_hint(self.data.name, DATASET_NAMES)
-            raise KeyError(f"Config key 'data.name': Unknown dataset {self.data.name!r}.{hint} "
-                           f"Known: {', '.join(DATASET_NAMES)}.")
+            raise KeyError(
+                f"Config key 'data.name': Unknown dataset {self.data.name!r}.{hint} Known: {', '.join(DATASET_NAMES)}."
+            )
         if self.data.max_per_class is not None:
             check_range(_OWNER, "data.max_per_class", self.data.max_per_class, low=2, integer=True)
         model = self.model
@@ -435,8 +436,10 @@ def _check_space_item(name: str, spec: Any, loss: ComponentConfig, miner: Compon
     target, _, arg = name.partition(".")
     if name != "loss_lr":
         if target not in ("loss", "miner") or not arg:
-            raise KeyError(f"Benchmark config: unknown search parameter {where!r}; use 'loss.<argument>', "
-                           "'miner.<argument>' or 'loss_lr'.")
+            raise KeyError(
+                f"Benchmark config: unknown search parameter {where!r}; use 'loss.<argument>', "
+                "'miner.<argument>' or 'loss_lr'."
+            )
         if target == "miner" and miner is None:
             raise ValueError(message(_OWNER, where, "a miner argument of an entry that has a miner", name))
         component = loss if target == "loss" else miner
@@ -445,8 +448,10 @@ def _check_space_item(name: str, spec: Any, loss: ComponentConfig, miner: Compon
         allowed = accepted_params(registry[component.name])
         if arg not in allowed:
             hint = close_matches_hint(arg, allowed)
-            raise KeyError(f"Benchmark config: {where!r}: {registry[component.name].__name__} has no argument "
-                           f"{arg!r}.{hint} Known: {', '.join(allowed)}.")
+            raise KeyError(
+                f"Benchmark config: {where!r}: {registry[component.name].__name__} has no argument "
+                f"{arg!r}.{hint} Known: {', '.join(allowed)}."
+            )
     if not isinstance(spec, Mapping):
         raise TypeError(message(_OWNER, where, "a mapping {low, high[, log, step, int]} or {choices}", spec))
     if "choices" in spec:
@@ -473,28 +478,7 @@ def load_benchmark_config(path: str | os.PathLike[str]) -> BenchmarkConfig:
         MissingDependencyError: a YAML file without PyYAML.
         KeyError, TypeError, ValueError: invalid contents (see :meth:`BenchmarkConfig.from_dict`).
     """
-    file = Path(path)
-    suffix = file.suffix.lower()
-    if suffix not in (".json", ".yaml", ".yml"):
-        raise ValueError(f"{file}: a benchmark configuration must end in .json, .yaml or .yml.")
-    text = file.read_text(encoding="utf-8")
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CorruptFileError(f"{file}: invalid JSON: {exc}") from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise MissingDependencyError("pyyaml", "yaml", "Reading YAML configurations") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CorruptFileError(f"{file}: invalid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{file}: a benchmark configuration must be a mapping of keys to values.")
-    return BenchmarkConfig.from_dict(data)
+    return BenchmarkConfig.from_dict(read_mapping_file(path, "benchmark configuration"))
 
 
 def quick_config(config: BenchmarkConfig) -> BenchmarkConfig:
@@ -652,8 +636,9 @@ def confidence_interval(values: Sequence[float], confidence: float = 0.95) -> tu
         >>> round(mean, 4), round(half, 4)
         (0.6, 0.2484)
     """
-    check_range("confidence_interval", "confidence", confidence, low=0.0, high=1.0, low_inclusive=False,
-                high_inclusive=False)
+    check_range(
+        "confidence_interval", "confidence", confidence, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False
+    )
     data = [float(v) for v in values]
     if not data:
         raise ValueError(message("confidence_interval", "values", "a non-empty sequence", list(values)))
@@ -726,7 +711,12 @@ def _pml_modules() -> dict[str, Any]:
 
 
 def _pml_component(
-    modules: Mapping[str, Any], kind: str, registry: Registry[Any], name: str, params: Mapping[str, Any], key: str,
+    modules: Mapping[str, Any],
+    kind: str,
+    registry: Registry[Any],
+    name: str,
+    params: Mapping[str, Any],
+    key: str,
     **extra: Any,
 ) -> Any:
     class_name = registry[name].__name__
@@ -954,11 +944,13 @@ def _distributions(space: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         if "choices" in spec:
             out[name] = CategoricalDistribution(list(spec["choices"]))
         elif spec.get("int"):
-            out[name] = IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)),
-                                        step=int(spec.get("step") or 1))
+            out[name] = IntDistribution(
+                int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)), step=int(spec.get("step") or 1)
+            )
         else:
-            out[name] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)),
-                                          step=spec.get("step"))
+            out[name] = FloatDistribution(
+                float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)), step=spec.get("step")
+            )
     return out
 
 
@@ -1160,8 +1152,13 @@ def _summary(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "half_width": half if math.isfinite(half) else None, "n": len(values), "values": list(values)}
 
 
-def _test_summary(tests: Mapping[tuple[int, int], Mapping[str, float]], embeddings: Mapping[tuple[int, int], Tensor],
-                  labels: Tensor, seeds: Sequence[int], folds: int) -> dict[str, Any]:
+def _test_summary(
+    tests: Mapping[tuple[int, int], Mapping[str, float]],
+    embeddings: Mapping[tuple[int, int], Tensor],
+    labels: Tensor,
+    seeds: Sequence[int],
+    folds: int,
+) -> dict[str, Any]:
     """Separate (mean of the fold models) and concatenated test results, with confidence intervals."""
     per_seed: list[dict[str, Any]] = []
     for seed in seeds:
@@ -1184,8 +1181,13 @@ def _test_summary(tests: Mapping[tuple[int, int], Mapping[str, float]], embeddin
     return {"separate": separate, "concatenated": concatenated, "interval_over": over, "per_seed": per_seed}
 
 
-def _aggregate(cells: list[dict[str, Any]], embeddings: dict[tuple[int, int], Tensor], data: ProtocolData,
-               seeds: Sequence[int], folds: int) -> dict[str, Any]:
+def _aggregate(
+    cells: list[dict[str, Any]],
+    embeddings: dict[tuple[int, int], Tensor],
+    data: ProtocolData,
+    seeds: Sequence[int],
+    folds: int,
+) -> dict[str, Any]:
     if any(cell.get("error") for cell in cells):
         return {"error": next(cell["error"] for cell in cells if cell.get("error"))}
     tests = {(c["seed"], c["fold"]): c["test"] for c in cells}
@@ -1278,8 +1280,10 @@ def run_benchmark(
             "test_classes": data.test_classes,
             "num_trainval": len(data.y_trainval),
             "num_test": len(data.y_test),
-            "folds": [dict(zip(("train_classes", "val_classes"), data.fold_classes(i), strict=True))
-                      for i in range(config.folds)],
+            "folds": [
+                dict(zip(("train_classes", "val_classes"), data.fold_classes(i), strict=True))
+                for i in range(config.folds)
+            ],
         },
         "references": references,
         "entries": entries,
@@ -1309,8 +1313,12 @@ def _run_entry(
         else:
             search_out = _search_entry(config, entry, data, search_file, key, previous, bar)
         if search_out["best_params"] is None:
-            return {"label": entry.label, "library": entry.library, "error": "every search trial failed",
-                    "search": search_out}
+            return {
+                "label": entry.label,
+                "library": entry.library,
+                "error": "every search trial failed",
+                "search": search_out,
+            }
         params = dict(search_out["best_params"])
     cells: list[dict[str, Any]] = []
     embeddings: dict[tuple[int, int], Tensor] = {}
@@ -1334,8 +1342,12 @@ def _run_entry(
                 return None
             bar.describe(f"{entry.label} seed {seed} fold {fold}")
             run = train_fold(config, entry, data, fold, seed, params, on_iteration=bar.step)
-            record: dict[str, Any] = {"format_version": BENCHMARK_FORMAT_VERSION, "fingerprint": key,
-                                      "label": entry.label, **run.record}
+            record: dict[str, Any] = {
+                "format_version": BENCHMARK_FORMAT_VERSION,
+                "fingerprint": key,
+                "label": entry.label,
+                **run.record,
+            }
             if run.test_embeddings is not None:
                 embeddings[(seed, fold)] = run.test_embeddings
                 stem.parent.mkdir(parents=True, exist_ok=True)
@@ -1388,8 +1400,14 @@ def _search_entry(
     def save(record: dict[str, Any], complete: bool = False, best: dict[str, Any] | None = None) -> None:
         if record:
             done.append(record)
-        payload = {"format_version": BENCHMARK_FORMAT_VERSION, "fingerprint": key, "label": entry.label,
-                   "space": entry.search.space, "trials": done, "complete": complete}
+        payload = {
+            "format_version": BENCHMARK_FORMAT_VERSION,
+            "fingerprint": key,
+            "label": entry.label,
+            "space": entry.search.space,
+            "trials": done,
+            "complete": complete,
+        }
         if best is not None:
             payload.update(best_params=best["best_params"], best_value=best["best_value"])
         _write_json(search_file, payload)
@@ -1399,8 +1417,12 @@ def _search_entry(
     )
     done[:] = found["trials"]
     save({}, complete=True, best=found)
-    return {"trials": found["trials"], "best_params": found["best_params"], "best_value": found["best_value"],
-            "complete": True}
+    return {
+        "trials": found["trials"],
+        "best_params": found["best_params"],
+        "best_value": found["best_value"],
+        "complete": True,
+    }
 
 
 # Reports -------------------------------------------------------------------------------------------------
@@ -1455,7 +1477,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         f"# {results['title']}: the metric-learning reality check",
         "",
-        "The protocol of Musgrave, Belongie and Lim (2020, \"A Metric Learning Reality Check\", arXiv:2003.08505): "
+        'The protocol of Musgrave, Belongie and Lim (2020, "A Metric Learning Reality Check", arXiv:2003.08505): '
         "the same network, embedding size, batch, sampler and iteration budget for every loss; the first half of "
         "the classes for training and class-disjoint validation folds, the second half for the test.",
         "",
@@ -1489,9 +1511,12 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         + f", embedding size {model['embedding_size']}, {config['dtype']}; {optimizer_name} "
         f"({', '.join(f'{k}={v}' for k, v in optimizer.items())}); the epoch of best validation MAP@R is kept.",
         f"- Seeds: {', '.join(map(str, seeds))}."
-        + (f" Training time of all cells: {results['cell_seconds'] / 60:.1f} min"
-           f" (this invocation: {results['wall_seconds'] / 60:.1f} min; cells found in the output folder are reused)."
-           if results.get("wall_seconds") is not None and results.get("cell_seconds") is not None else ""),
+        + (
+            f" Training time of all cells: {results['cell_seconds'] / 60:.1f} min"
+            f" (this invocation: {results['wall_seconds'] / 60:.1f} min; cells found in the output folder are reused)."
+            if results.get("wall_seconds") is not None and results.get("cell_seconds") is not None
+            else ""
+        ),
         "",
         "## Test set (second half of the classes)",
         "",
@@ -1516,14 +1541,14 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         lines.append("| input pixels (reference) | - | no network | " + " | ".join(cells) + " | - |")
     for entry in entries:
         if entry.get("error"):
-            lines.append(f"| {entry['label']} | {entry['library']} | - | failed: {entry['error'][:80]} |"
-                         + " - |" * 7)
+            lines.append(f"| {entry['label']} | {entry['library']} | - | failed: {entry['error'][:80]} |" + " - |" * 7)
             continue
         sep, cat = entry["separate"], entry["concatenated"]
         cells = [_pct(entry["validation"]["mean_average_precision_at_r"])]
         cells += [_pct(sep[m]) for m in METRICS] + [_pct(cat[m]) for m in METRICS]
         lines.append(
-            f"| {entry['label']} | {entry['library']} | {_params_text(entry)} | " + " | ".join(cells)
+            f"| {entry['label']} | {entry['library']} | {_params_text(entry)} | "
+            + " | ".join(cells)
             + f" | {entry['seconds'] / 60:.1f} min |"
         )
     lines += _control_lines(entries)
@@ -1539,8 +1564,10 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     for entry in entries:
         for cell in entry.get("cells", []):
             if cell.get("error"):
-                lines.append(f"| {entry['label']} | {cell['seed']} | {cell['fold']} | failed: {cell['error'][:80]} |"
-                             + " - |" * 7)
+                lines.append(
+                    f"| {entry['label']} | {cell['seed']} | {cell['fold']} | failed: {cell['error'][:80]} |"
+                    + " - |" * 7
+                )
                 continue
             test = cell.get("test") or {}
             lines.append(
@@ -1555,13 +1582,18 @@ def results_markdown(results: Mapping[str, Any]) -> str:
 
 def _control_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     """dmlkit against the pytorch-metric-learning control, for entries built the same way from both."""
+
     def same_recipe(entry: Mapping[str, Any]) -> str:
-        return json.dumps([entry.get("loss"), entry.get("miner"), entry.get("loss_lr"), entry.get("params")],
-                          sort_keys=True)
+        return json.dumps(
+            [entry.get("loss"), entry.get("miner"), entry.get("loss_lr"), entry.get("params")], sort_keys=True
+        )
 
     ours = {same_recipe(e): e for e in entries if e.get("library") == "dmlkit" and not e.get("error")}
-    pairs = [(ours[same_recipe(e)], e) for e in entries
-             if e.get("library") == "pml" and not e.get("error") and same_recipe(e) in ours]
+    pairs = [
+        (ours[same_recipe(e)], e)
+        for e in entries
+        if e.get("library") == "pml" and not e.get("error") and same_recipe(e) in ours
+    ]
     if not pairs:
         return []
     lines = [
@@ -1590,13 +1622,21 @@ def _search_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
     searched = [e for e in entries if e.get("search")]
     if not searched:
         return []
-    lines = ["", "## Hyperparameter searches", "",
-             "Optuna TPE, maximising the mean validation MAP@R over the folds (first seed).", ""]
+    lines = [
+        "",
+        "## Hyperparameter searches",
+        "",
+        "Optuna TPE, maximising the mean validation MAP@R over the folds (first seed).",
+        "",
+    ]
     for entry in searched:
         search = entry["search"]
-        lines += [f"**{entry['label']}**: {len(search['trials'])} trials, best {_best_text(search)}.", "",
-                  "| trial | " + " | ".join(entry["search"]["trials"][0]["params"]) + " | val MAP@R |",
-                  "|---|" + "---|" * (len(search["trials"][0]["params"]) + 1)]
+        lines += [
+            f"**{entry['label']}**: {len(search['trials'])} trials, best {_best_text(search)}.",
+            "",
+            "| trial | " + " | ".join(entry["search"]["trials"][0]["params"]) + " | val MAP@R |",
+            "|---|" + "---|" * (len(search["trials"][0]["params"]) + 1),
+        ]
         for trial in search["trials"]:
             values = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in trial["params"].values()]
             value = "failed" if trial["value"] is None else f"{100 * trial['value']:.2f}"
