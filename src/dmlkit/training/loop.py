@@ -28,7 +28,16 @@ from .models import build_model
 from .steps import TrainingStep
 from .trainer import Trainer, Validation
 
-__all__ = ["TrainResult", "RunData", "embed", "evaluate", "load_run_data", "model_spec", "train"]
+__all__ = [
+    "TrainResult",
+    "RunData",
+    "embed",
+    "evaluate",
+    "indices_of_classes",
+    "load_run_data",
+    "model_spec",
+    "train",
+]
 
 #: the retrieval metrics reported before and after training, in report order.
 METRICS = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
@@ -147,9 +156,9 @@ def load_run_data(config: TrainConfig) -> RunData:
     test_features, test_labels = features, labels
     if data.name in _SPLIT_DATASETS:
         test_features, test_labels = load_dataset(data.name, root=data.root, split="test")
-    train_idx = _capped(labels, data.train_classes, data.max_per_class)
-    val_idx = _capped(labels, data.val_classes, data.max_per_class) if data.val_classes else train_idx[:0]
-    test_idx = _capped(test_labels, data.test_classes, data.max_per_class)
+    train_idx = indices_of_classes(labels, data.train_classes, data.max_per_class)
+    val_idx = indices_of_classes(labels, data.val_classes, data.max_per_class) if data.val_classes else train_idx[:0]
+    test_idx = indices_of_classes(test_labels, data.test_classes, data.max_per_class)
     # Losses with one weight per class (proxies, softmax heads) need labels 0..C-1.
     train_classes = torch.tensor(sorted(set(data.train_classes)), dtype=labels.dtype)
     return RunData(
@@ -162,7 +171,7 @@ def load_run_data(config: TrainConfig) -> RunData:
     )
 
 
-def _capped(labels: Tensor, classes: list[int], cap: int | None) -> Tensor:
+def indices_of_classes(labels: Tensor, classes: list[int], cap: int | None) -> Tensor:
     """Indices of the samples of ``classes`` (in data order), at most ``cap`` per class (the first ones)."""
     (idx,) = split_by_classes(labels, [classes])
     if cap is None:

@@ -56,7 +56,7 @@ from ..registry import Registry
 from ..samplers import MPerClassSampler
 from .components import OPTIMIZERS, SUBCOMPONENTS, accepted_params, build_component, check_component, split_spec
 from .config import ComponentConfig, ModelConfig, SamplerConfig, TrainConfig, read_mapping_file
-from .loop import _capped, embed, model_spec
+from .loop import indices_of_classes, embed, model_spec
 from .models import build_model
 from .trainer import Trainer, Validation
 
@@ -577,10 +577,10 @@ def make_protocol_data(
             f"{len(trainval_classes) // 2}) so that every validation fold holds two classes or more"
         )
         raise ValueError(message(_OWNER, "folds", rule, folds))
-    trainval_idx = _capped(labels, trainval_classes, max_per_class)
+    trainval_idx = indices_of_classes(labels, trainval_classes, max_per_class)
     if test_features is None or test_labels is None:
         test_features, test_labels = features, labels
-    test_idx = _capped(test_labels, test_classes, max_per_class)
+    test_idx = indices_of_classes(test_labels, test_classes, max_per_class)
     y_trainval = labels[trainval_idx]
     return ProtocolData(
         x_trainval=features[trainval_idx],
