@@ -450,9 +450,7 @@ def _build_trainer(
             batch_size=config.evaluation.batch_size,
         )
     low, high = float(parts.x_train.min()), float(parts.x_train.max())
-    step = _MetricWithInstanceStep(
-        instance.noise, low, high, instance.crop_scale, IMAGE_SHAPES.get(config.data.name)
-    )
+    step = _MetricWithInstanceStep(instance.noise, low, high, instance.crop_scale, IMAGE_SHAPES.get(config.data.name))
     trainer = Trainer(
         {"trunk": model},
         {"trunk_optimizer": optimizer},

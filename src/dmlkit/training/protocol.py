@@ -56,7 +56,7 @@ from ..registry import Registry
 from ..samplers import MPerClassSampler
 from .components import OPTIMIZERS, SUBCOMPONENTS, accepted_params, build_component, check_component, split_spec
 from .config import ComponentConfig, ModelConfig, SamplerConfig, TrainConfig, read_mapping_file
-from .loop import indices_of_classes, embed, model_spec
+from .loop import embed, indices_of_classes, model_spec
 from .models import build_model
 from .trainer import Trainer, Validation
 
