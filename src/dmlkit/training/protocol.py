@@ -699,7 +699,7 @@ def _pml_modules() -> dict[str, Any]:
         import pytorch_metric_learning.regularizers as regularizers
     except ImportError:
         raise MissingDependencyError(
-            "pytorch-metric-learning", "dev", "The pytorch-metric-learning control (`library: pml`)"
+            "pytorch-metric-learning", "pml", "The pytorch-metric-learning control (`library: pml`)"
         ) from None
     return {
         "loss": losses,
