@@ -125,6 +125,29 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per case")
 
 
+def add_raw_result_arguments(parser: argparse.ArgumentParser, plot_help: str) -> None:
+    """The options of the scripts that wait for a quiet machine and keep their raw results (JSON) for a rerun of
+    the table and plot without measuring."""
+    parser.add_argument("--max-load", type=float, default=float("inf"), help="wait for a lower 1-minute load")
+    parser.add_argument("--wait", type=float, default=600.0, help="longest wait for the load, in seconds")
+    parser.add_argument("--json", default=None, help="write (or with --from-json, read) the raw results here")
+    parser.add_argument("--from-json", default=None, help="skip measuring: table and plot from these results")
+    parser.add_argument("--out", default=None, help="write the markdown table here")
+    parser.add_argument("--plot", default=None, help=plot_help)
+
+
+def raw_results(args: argparse.Namespace, measure_all: Callable[[argparse.Namespace], Any]) -> Any:
+    """The results read from ``--from-json``, or measured (and written to ``--json`` when given)."""
+    if args.from_json:
+        with open(args.from_json) as fh:
+            return json.load(fh)
+    results = measure_all(args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return results
+
+
 def run_both(module: str, case: dict[str, Any], args: argparse.Namespace, pml: bool = True) -> dict[str, Any]:
     """``{"dmlkit": result, "pml": result}`` for ``case`` run by ``python -m module`` (``pml=False``: PML lacks it)."""
     results: dict[str, Any] = {"pml": {"error": "not in PML"}}

@@ -180,24 +180,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-limit-gib", type=float, default=10.0, help="address-space cap per case")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per case")
-    parser.add_argument("--max-load", type=float, default=float("inf"), help="wait for a lower 1-minute load")
-    parser.add_argument("--wait", type=float, default=600.0, help="longest wait for the load, in seconds")
-    parser.add_argument("--json", default=None, help="write (or with --from-json, read) the raw results here")
-    parser.add_argument("--from-json", default=None, help="skip measuring: table and plot from these results")
-    parser.add_argument("--out", default=None, help="write the markdown table here")
-    parser.add_argument("--plot", default=None, help="write the memory and time plot (PNG) here")
+    harness.add_raw_result_arguments(parser, "write the memory and time plot (PNG) here")
     args = parser.parse_args()
     if args.case:
         print(json.dumps(run_one(json.loads(args.case))))
         return
-    if args.from_json:
-        with open(args.from_json) as fh:
-            results = json.load(fh)
-    else:
-        results = measure_all(args)
-        if args.json:
-            with open(args.json, "w") as fh:
-                json.dump(results, fh, indent=1)
+    results = harness.raw_results(args, measure_all)
     text = table(results, args.threads)
     print(text)
     if args.out:
