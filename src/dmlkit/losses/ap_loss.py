@@ -40,23 +40,35 @@ def _primary_sums(scores: Tensor, positive: Tensor, negative: Tensor, delta: flo
     ``rank_i = 1 + sum_{k in P u N, k != i} H(s_k - s_i)``. Returns ``(rows, cols)``, both shaped like
     ``scores``: ``rows[a, i] = sum_j L_ij`` (zero unless ``i`` is a positive of anchor ``a``) and
     ``cols[a, j] = sum_i L_ij`` (zero unless ``j`` is a negative of anchor ``a``).
+
+    Only positives need a rank, so each anchor's work is (its positives) x (its items), not (items) ** 2: the
+    positives are gathered into ``P`` columns (``P`` the largest count, shorter rows padded and masked).
     """
     num_anchors, num_items = scores.shape
     rows = torch.zeros_like(scores)
     cols = torch.zeros_like(scores)
-    valid = positive | negative
-    step = max(1, _BLOCK_ELEMENTS // max(num_items * num_items, 1))
+    counts = torch.count_nonzero(positive, dim=1)
+    width = int(counts.max()) if num_anchors else 0
+    if width == 0:
+        return rows, cols
+    # the positives of each anchor first (in item order), then padding
+    order = torch.argsort((~positive).to(torch.uint8), dim=1, stable=True)[:, :width]
+    present = torch.arange(width, device=scores.device) < counts.unsqueeze(1)
+    valid = (positive | negative).to(scores.dtype)
+    negative_weight = negative.to(scores.dtype)
+    step = max(1, _BLOCK_ELEMENTS // max(width * num_items, 1))
     for start in range(0, num_anchors, step):
-        s = scores[start : start + step]
-        # h[a, i, j] = H(x_ij) with x_ij = s_j - s_i: item j ranked above item i for anchor a
-        h = smoothed_step(s.unsqueeze(1) - s.unsqueeze(2), delta)
-        h.diagonal(dim1=1, dim2=2).zero_()
-        h.mul_(valid[start : start + step].unsqueeze(1).to(h.dtype))
+        stop = min(start + step, num_anchors)
+        s, idx, here = scores[start:stop], order[start:stop], present[start:stop]
+        # h[a, p, k] = H(s_k - s_p): item k ranked above the anchor's p-th positive
+        h = smoothed_step(s.unsqueeze(1) - s.gather(1, idx).unsqueeze(2), delta)
+        h.scatter_(2, idx.unsqueeze(2), 0.0)  # k = p itself is not counted
+        h.mul_(valid[start:stop].unsqueeze(1))
         rank = 1 + h.sum(dim=2)
-        primary = h.mul_(negative[start : start + step].unsqueeze(1).to(h.dtype))
-        primary.mul_((positive[start : start + step].to(h.dtype) / rank).unsqueeze(2))
-        rows[start : start + step] = primary.sum(dim=2)
-        cols[start : start + step] = primary.sum(dim=1)
+        primary = h.mul_(negative_weight[start:stop].unsqueeze(1))
+        primary.mul_((here.to(s.dtype) / rank).unsqueeze(2))
+        rows[start:stop].scatter_add_(1, idx, primary.sum(dim=2))
+        cols[start:stop] = primary.sum(dim=1)
     return rows, cols
 
 
