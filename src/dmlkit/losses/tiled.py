@@ -436,6 +436,10 @@ def listed_blocks(
     """
     listed = sum(pairs[0].numel() for pairs in (positive, negative) if pairs is not None)
     if listed * DENSE_LISTED_CELLS > shape[0] * shape[1]:
+        blocks = MaskBlocks(shape, positive, negative)
+        distinct = sum(int(torch.count_nonzero(mask)) for mask in blocks.masks.values() if mask is not None)
+        if not multiplicity or distinct == listed:
+            return blocks  # no pair is listed twice: a set, whatever the multiplicity rule
         return MaskBlocks(shape, positive, negative, multiplicity, dtype)
     return ListedBlocks(shape, block, positive, negative, multiplicity, dtype)
 
