@@ -39,6 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import _harness as harness  # noqa: E402
 from bench import memory_efficient as memory_bench  # noqa: E402
 from bench import training as training_bench  # noqa: E402
 from dmlkit._atomic import atomic_write  # noqa: E402
@@ -64,20 +65,8 @@ class Benchmark:
 # Rendering helpers ---------------------------------------------------------------------------------------------
 
 
-def _cell(result: dict[str, Any]) -> str:
-    if "error" in result:
-        return "fails"
-    return f"{result['seconds'] * 1000:.1f} ms / {result['peak_extra_mib']:.0f} MiB"
-
-
-def _ratio(pml: dict[str, Any], ours: dict[str, Any], key: str) -> str:
-    if "error" in ours:
-        return "-"
-    if "error" in pml:
-        return "PML fails"
-    if ours[key] <= 0:
-        return "inf"
-    return f"{pml[key] / ours[key]:.2f}x"
+_cell = harness.fmt_cell
+_ratio = harness.ratio
 
 
 def _geomean(values: list[float]) -> float:
