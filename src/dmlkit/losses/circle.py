@@ -12,19 +12,17 @@ from ..distances import CosineSimilarity
 from ..reducers import AvgNonZeroReducer
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import masked_logsumexp, segment_logsumexp
+from .functional import masked_logsumexp
 from .generalized_lifted_structure import checked_pair_masks, refuse_pairs_listed_as_both
 from .tiled import (
     Aggregate,
     CellStat,
     PairSet,
-    RowStatKernel,
     check_chunk_size,
+    negative_and_positive_logsumexp,
     normalized_inputs,
-    pair_distances,
     plan_pair_blocks,
     tile_size,
-    tiled_rows,
 )
 
 __all__ = ["CircleLoss"]
@@ -123,22 +121,20 @@ class CircleLoss(BaseMetricLossFunction):
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         num_query, num_ref = query.shape[0], ref.shape[0]
         plan = plan_pair_blocks(labels, ref_labels, indices_tuple, num_query, num_ref, block)  # type: ignore[arg-type]
-        blocks, listed, num_pos, mined = plan
-        if mined is not None:
-            refuse_pairs_listed_as_both(type(self).__name__, mined, num_ref)
+        if plan.mined is not None:
+            refuse_pairs_listed_as_both(type(self).__name__, plan.mined, num_ref)
         positive = _CircleLogit(PairSet.POSITIVE, -self.gamma, 1 + self.m, 1 - self.m)
-        stats = [_CircleLogit(PairSet.NEGATIVE, self.gamma, self.m, self.m)]
-        if listed is None:
-            stats.append(positive)
-        rows = tiled_rows(RowStatKernel(stats), blocks, self.distance, query, ref, block)[0]
-        neg = rows[:, 0]
-        if listed is None:
-            pos = rows[:, 1]
-        else:
-            pos_values = pair_distances(self.distance, query, ref, listed[0], listed[1])
-            logits = positive.weight(pos_values.detach()) * (pos_values - positive.delta)
-            pos = segment_logsumexp(logits, listed[0], num_query)
-        valid = (num_pos > 0) & (neg > float("-inf"))
+        neg, pos = negative_and_positive_logsumexp(
+            plan,
+            self.distance,
+            query,
+            ref,
+            block,
+            _CircleLogit(PairSet.NEGATIVE, self.gamma, self.m, self.m),
+            positive,
+            lambda values: positive.weight(values.detach()) * (values - positive.delta),
+        )
+        valid = (plan.num_pos > 0) & (neg > float("-inf"))
         values = torch.where(valid, F.softplus(pos + neg), torch.zeros_like(neg))
         return Terms(values, torch.arange(num_query, device=query.device), TermKind.ELEMENT)
 

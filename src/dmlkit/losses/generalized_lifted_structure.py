@@ -10,19 +10,17 @@ from .._validation import _Described, check_range, message
 from ..indices import pair_masks
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
-from .functional import masked_logsumexp, segment_logsumexp
+from .functional import masked_logsumexp
 from .tiled import (
     AffineStat,
     Aggregate,
     PairSet,
-    RowStatKernel,
     check_chunk_size,
     listed_in_both,
+    negative_and_positive_logsumexp,
     normalized_inputs,
-    pair_distances,
     plan_pair_blocks,
     tile_size,
-    tiled_rows,
 )
 
 __all__ = ["GeneralizedLiftedStructureLoss", "checked_pair_masks", "refuse_pairs_listed_as_both"]
@@ -113,16 +111,16 @@ class GeneralizedLiftedStructureLoss(BaseMetricLossFunction):
         if plan.mined is not None:
             refuse_pairs_listed_as_both(type(self).__name__, plan.mined, num_ref)
         sign = -1.0 if self.distance.higher_is_closer else 1.0
-        stats = [AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, -sign)]
-        if plan.listed is None:
-            stats.append(AffineStat(PairSet.POSITIVE, Aggregate.LOGSUMEXP, sign))
-        rows = tiled_rows(RowStatKernel(stats), plan.blocks, self.distance, query, ref, block)[0]
-        if plan.listed is None:
-            pos = rows[:, 1]
-        else:
-            pos_values = pair_distances(self.distance, query, ref, *plan.listed) * sign
-            pos = segment_logsumexp(pos_values, plan.listed[0], num_query)
-        neg = rows[:, 0]
+        neg, pos = negative_and_positive_logsumexp(
+            plan,
+            self.distance,
+            query,
+            ref,
+            block,
+            AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, -sign),
+            AffineStat(PairSet.POSITIVE, Aggregate.LOGSUMEXP, sign),
+            lambda values: values * sign,
+        )
         # an empty sum (log-sum-exp -inf) contributes 0, without its margin
         pos = torch.where(plan.num_pos > 0, pos - sign * self.pos_margin, torch.zeros_like(pos))
         neg = torch.where(neg > float("-inf"), neg + sign * self.neg_margin, torch.zeros_like(neg))

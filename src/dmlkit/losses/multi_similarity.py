@@ -16,13 +16,11 @@ from .tiled import (
     AffineStat,
     Aggregate,
     PairSet,
-    RowStatKernel,
     check_chunk_size,
+    negative_and_positive_logsumexp,
     normalized_inputs,
-    pair_distances,
     plan_pair_blocks,
     tile_size,
-    tiled_rows,
 )
 
 __all__ = ["MultiSimilarityLoss"]
@@ -117,20 +115,20 @@ class MultiSimilarityLoss(BaseMetricLossFunction):
         tiles, the positives' too or, when they are few, over their list."""
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         num_query, num_ref = query.shape[0], ref.shape[0]
-        blocks, listed, _, _ = plan_pair_blocks(labels, ref_labels, indices_tuple, num_query, num_ref, block)  # type: ignore[arg-type]
+        plan = plan_pair_blocks(labels, ref_labels, indices_tuple, num_query, num_ref, block)  # type: ignore[arg-type]
         # alpha * margin(s, base) on positives and beta * margin(base, s) on negatives, as affine maps of s
         sign = -1.0 if self.distance.higher_is_closer else 1.0
         alpha, beta, base = self.alpha, self.beta, self.base
-        stats = [AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, -sign * beta, sign * beta * base)]
-        if listed is None:
-            stats.append(AffineStat(PairSet.POSITIVE, Aggregate.LOGSUMEXP, sign * alpha, -sign * alpha * base))
-        rows = tiled_rows(RowStatKernel(stats), blocks, self.distance, query, ref, block)[0]
+        neg, pos = negative_and_positive_logsumexp(
+            plan,
+            self.distance,
+            query,
+            ref,
+            block,
+            AffineStat(PairSet.NEGATIVE, Aggregate.LOGSUMEXP, -sign * beta, sign * beta * base),
+            AffineStat(PairSet.POSITIVE, Aggregate.LOGSUMEXP, sign * alpha, -sign * alpha * base),
+            lambda values: self.distance.margin(values, base) * alpha,  # type: ignore[arg-type]
+        )
         zero = query.new_zeros(())
-        if listed is None:
-            pos_loss = torch.logaddexp(rows[:, 1], zero) / alpha
-        else:
-            pos_values = pair_distances(self.distance, query, ref, listed[0], listed[1])
-            pos_exponent = self.distance.margin(pos_values, self.base) * alpha  # type: ignore[arg-type]
-            pos_loss = segment_logsumexp(pos_exponent, listed[0], num_query, add_one=True) / alpha
-        values = pos_loss + torch.logaddexp(rows[:, 0], zero) / beta
+        values = torch.logaddexp(pos, zero) / alpha + torch.logaddexp(neg, zero) / beta
         return Terms(values, torch.arange(num_query, device=query.device), TermKind.ELEMENT)

@@ -25,7 +25,7 @@ what evaluating tiles separately needs; inputs are the already normalised embedd
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor
 from .._validation import check_range
 from ..distances import BaseDistance, DotProductSimilarity
 from ..indices import convert_to_pairs, ref_is_query
+from .functional import segment_logsumexp
 
 __all__ = [
     "AUTO_TILE_BATCH",
@@ -63,6 +64,7 @@ __all__ = [
     "few_pairs",
     "BlockPlan",
     "plan_pair_blocks",
+    "negative_and_positive_logsumexp",
     "distinct_pairs",
     "label_pair_counts",
     "listed_pair_counts",
@@ -894,6 +896,29 @@ def plan_pair_blocks(
     blocks = listed_blocks((num_query, num_ref), block, (a1, p), (a2, n))
     listed = distinct_pairs(a1, p, num_ref)  # a pair listed twice counts once
     return BlockPlan(blocks, listed, listed_pair_counts(a1, p, num_query, num_ref), (a1, p, a2, n))
+
+
+def negative_and_positive_logsumexp(
+    plan: BlockPlan,
+    distance: BaseDistance,
+    query: Tensor,
+    ref: Tensor,
+    block: int,
+    negative: CellStat,
+    positive: CellStat,
+    listed_logit: Callable[[Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
+    """Each query's log-sum-exp of ``negative``'s values over its negative pairs and of ``positive``'s over its
+    positive pairs, both over the tiles of ``plan``, or the positives' over ``plan.listed`` (``listed_logit`` maps
+    their distances to the values ``positive`` gives). Rows without a pair of a kind give ``-inf``.
+    """
+    stats = [negative] if plan.listed is not None else [negative, positive]
+    rows = tiled_rows(RowStatKernel(stats), plan.blocks, distance, query, ref, block)[0]
+    if plan.listed is None:
+        return rows[:, 0], rows[:, 1]
+    logits = listed_logit(pair_distances(distance, query, ref, *plan.listed))
+    positive_lse = segment_logsumexp(logits, plan.listed[0], query.shape[0])
+    return rows[:, 0], positive_lse.masked_fill(plan.num_pos == 0, float("-inf"))
 
 
 def distinct_pairs(rows: Tensor, cols: Tensor, num_ref: int) -> tuple[Tensor, Tensor]:
