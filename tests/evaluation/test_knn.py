@@ -298,14 +298,3 @@ def test_huge_embeddings_fall_back_to_float64() -> None:
     got = knn(x, 3)
     assert (got.indices >= 0).all()
     assert got.indices[:, 0].tolist() == [3, 2, 3, 2]
-
-
-@pytest.mark.parametrize("width", [8, 64, 13, 4096])
-def test_sparse_nonzero_equals_nonzero(width: int) -> None:
-    from dmlkit.evaluation.knn import _sparse_nonzero
-
-    g = torch.Generator().manual_seed(width)
-    for density in (0.0, 0.01, 0.3, 1.0):
-        mask = torch.rand(37, width, generator=g) < density
-        got, want = _sparse_nonzero(mask), mask.nonzero(as_tuple=True)
-        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
