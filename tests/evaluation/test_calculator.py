@@ -137,6 +137,44 @@ def test_matches_loop_oracle(k: int | str | None, setting: str, mode: str) -> No
         assert got[name] == pytest.approx(want, abs=1e-12), name
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_thresholded_search_with_ties_and_duplicates_matches_loop_oracle(
+    threads: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 40 classes over 420 points: R is small next to N, so the search keeps only the references below a
+    # per-query bound from a sample (float32: one packed sort; float64: stable sorts; one thread: numpy
+    # comparison). Integer coordinates give exact ties, and 60 duplicated rows sit at distance 0.
+    import importlib
+
+    knn_module = importlib.import_module("dmlkit.evaluation.knn")
+    calls: list[int] = []
+    original = knn_module._topk_thresholded
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(knn_module, "_topk_thresholded", spy)
+    g = torch.Generator().manual_seed(31)
+    labels = torch.randint(0, 40, (360,), generator=g)
+    x = torch.randint(-3, 4, (360, 3), generator=g).to(dtype) + labels[:, None].to(dtype) % 5
+    x, labels = torch.cat([x, x[:60]]), torch.cat([labels, labels[:60]])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        calc = AccuracyCalculator(include=RANK_METRICS[:3], k="max_bin_count", knn_func=ExactKNN(block_size=64))
+        got = quiet(calc, x, labels)
+    finally:
+        torch.set_num_threads(before)
+    assert calls, "the thresholded path was not taken"
+    ranked = ref.ranked_labels(x.tolist(), x.tolist(), labels.tolist(), True)
+    counts = [labels.tolist().count(y) - 1 for y in labels.tolist()]
+    rows = [ref.per_query(r, y, c, max(counts)) for r, y, c in zip(ranked, labels.tolist(), counts, strict=True) if c]
+    for name in RANK_METRICS[:3]:
+        assert got[name] == pytest.approx(sum(v[name] for v in rows) / len(rows), abs=1e-12), name
+
+
 def test_custom_label_comparison_and_multilabel_match_oracle() -> None:
     # Multi-hot labels; two samples match when they share any tag.
     query, _ = clustered(40, 4, seed=3)

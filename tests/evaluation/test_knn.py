@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import torch
 from dmlkit.evaluation import ExactKNN, KnnDistance, iter_knn, knn
 from dmlkit.types import Neighbors
 from tests.reference import retrieval as ref
+
+# the module, not the function that dmlkit.evaluation exports under the same name
+knn_module = importlib.import_module("dmlkit.evaluation.knn")
 
 
 def brute_force(
@@ -298,3 +302,109 @@ def test_huge_embeddings_fall_back_to_float64() -> None:
     got = knn(x, 3)
     assert (got.indices >= 0).all()
     assert got.indices[:, 0].tolist() == [3, 2, 3, 2]
+
+
+# ---------------------------------------------------------------- thresholded search (sample bound, one pass)
+
+
+@pytest.fixture(params=[1, 2], ids=["one-thread", "two-threads"])
+def threads(request: pytest.FixtureRequest) -> object:
+    # One thread compares with numpy, more threads with torch's clamped difference: both must agree.
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    calls: list[int] = []
+    original = getattr(knn_module, name)
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(knn_module, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("setting", ["self", "separate", "extends"])
+def test_thresholded_path_matches_brute_force_with_ties(
+    threads: int, dtype: torch.dtype, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 900 integer points in 3-D take 125 distinct values: most keys are tied, and many rows are duplicates
+    # (distance 0). float64 orders the hits with two stable sorts, float32 with one packed int64 sort.
+    calls = _count_calls(monkeypatch, "_topk_thresholded")
+    x = integer_points(900, 3, seed=21).to(dtype)
+    if setting == "self":
+        query, reference, includes = x, x, True
+    elif setting == "separate":
+        query, reference, includes = x[:300], x[300:], False
+    else:
+        query, reference, includes = x[:300], x, True
+    got = knn(query, 12, reference, ref_includes_query=includes, block_size=64)
+    assert calls, "the thresholded path was not taken"
+    want_dist, want_idx = brute_force(query, 12, reference, ref_includes_query=includes)
+    assert torch.equal(got.indices, want_idx)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-6)
+
+
+def test_thresholded_path_matches_streamed_path_on_continuous_data(threads: int) -> None:
+    # the same float32 keys either way, so the same neighbours and bitwise the same distances
+    x = torch.randn(1500, 16, generator=torch.Generator().manual_seed(22))
+    got = knn(x, 20, block_size=128)
+    q = knn_module._Operand.queries(x, KnnDistance.EUCLIDEAN, torch.float32)
+    prepared = knn_module._Operand.references(x, KnnDistance.EUCLIDEAN, torch.float32)
+    keys, idx = knn_module._sorted(*knn_module._topk_streamed(q, prepared, 0, 20, True, KnnDistance.EUCLIDEAN, 128))
+    assert torch.equal(got.indices, idx)
+    assert torch.equal(got.distances, knn_module._keys_to_values(keys, x, KnnDistance.EUCLIDEAN))
+
+
+def test_rows_below_k_hits_redo_the_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bound below every key leaves every row short: the block is redone by the streamed search.
+    calls = _count_calls(monkeypatch, "_topk_streamed")
+    monkeypatch.setattr(knn_module, "_sample_threshold", lambda q, *args: q.new_full((q.shape[0],), -1e30))
+    x = integer_points(700, 2, seed=23)
+    got = knn(x, 10, block_size=64)
+    assert calls
+    want_dist, want_idx = brute_force(x, 10, x, ref_includes_query=True)
+    assert torch.equal(got.indices, want_idx)
+
+
+def test_sample_bound_keeps_at_least_k_keys_at_or_below_it() -> None:
+    g = torch.Generator().manual_seed(24)
+    x = torch.randn(4000, 8, generator=g)
+    q = knn_module._Operand.queries(x[:256], KnnDistance.EUCLIDEAN, torch.float32)
+    prepared = knn_module._Operand.references(x, KnnDistance.EUCLIDEAN, torch.float32)
+    sample_idx = torch.randperm(4000, generator=g)[:500]
+    bound = knn_module._sample_threshold(q, prepared[sample_idx], sample_idx, 0, True, 30, 3999)
+    keys = q @ prepared.T
+    keys[torch.arange(256), torch.arange(256)] = float("inf")
+    below = (keys < bound[:, None]).sum(1)
+    assert (below >= 30).all()
+    # and it is not the trivial bound: far fewer than all references survive
+    assert below.float().mean() < 4000 / 4
+
+
+def test_packed_values_order_by_row_then_key_then_index() -> None:
+    keys = torch.tensor([3.5, -0.0, 0.0, -2.0, float("inf"), -float("inf"), 1e-40, -1e-40, 0.0, 3.5])
+    rows = torch.tensor([0, 1, 1, 1, 0, 0, 255, 255, 0, 0])
+    cols = torch.tensor([7, 9, 2, 5, 1, 3, 2**24 - 1, 4, 6, 0])
+    packed = knn_module._packed(rows, keys, cols)
+    order = packed.argsort()
+    # oracle: sort by (row, key, index), with -0.0 and +0.0 equal
+    want = sorted(range(10), key=lambda i: (int(rows[i]), float(keys[i]) + 0.0, int(cols[i])))
+    assert order.tolist() == want
+    back_keys, back_cols = knn_module._unpacked(packed)
+    assert torch.equal(back_cols, cols)
+    assert torch.equal(back_keys, keys + 0.0)  # -0.0 comes back as +0.0, every other key bit for bit
+    assert torch.equal(knn_module._sort_packed(packed), packed.sort().values)
+
+
+def test_bytes_nonzero_equals_nonzero() -> None:
+    g = torch.Generator().manual_seed(25)
+    for density in (0.0, 0.05, 0.5, 1.0):
+        flags = torch.rand(8 * 37, generator=g) < density
+        got = knn_module._bytes_nonzero(flags.view(torch.int64))
+        assert torch.equal(got, flags.nonzero().squeeze(1))
