@@ -61,3 +61,11 @@ def test_errors() -> None:
         noisy_view(torch.ones(2, 2, dtype=torch.int64), 0.1)
     with pytest.raises(ValueError, match=r"^noisy_view: `high` must be >= `low` \(1\.0\), got 0\.0\.$"):
         noisy_view(x, 0.1, low=1.0, high=0.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cpu_generator_serves_cuda_features_with_the_same_views() -> None:
+    x = torch.rand(4, 6)
+    on_gpu = noisy_view(x.cuda(), 0.1, generator=_generator(5))
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), noisy_view(x, 0.1, generator=_generator(5)))

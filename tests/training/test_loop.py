@@ -98,3 +98,13 @@ def test_default_demo_improves_retrieval_on_the_unseen_classes() -> None:
     result = train(TrainConfig(), progress=False)
     gain = result.after["mean_average_precision_at_r"] - result.before["mean_average_precision_at_r"]
     assert gain > 0.03, (result.before, result.after)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("autocast", [None, "float16"])
+def test_trains_on_cuda_with_noisy_cropped_views(autocast: str | None) -> None:
+    overrides = [*TINY, "device=cuda", "instance.noise=0.2", "instance.crop_scale=0.6", f"autocast={autocast}"]
+    result = train(TrainConfig().apply_overrides(overrides), progress=False)
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert all(math.isfinite(entry["loss"]) for entry in result.history)
+    assert set(result.after) == set(METRICS)

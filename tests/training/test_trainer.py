@@ -232,6 +232,46 @@ def test_max_grad_norm_clips_the_global_norm() -> None:
     assert norms and max(norms) <= 1e-3 * (1 + 1e-4)
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float16_autocast_scales_the_loss_and_clips_true_gradients(tmp_path: Path, device: str) -> None:
+    norms: list[float] = []
+
+    def record(trainer: Trainer) -> None:
+        grads = [p.grad for p in trainer.models["trunk"].parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    trunk = _net(0).to(device)
+    optimizer = torch.optim.Adam(trunk.parameters(), lr=0.01)
+    trainer = _trainer(
+        0, tmp_path, models={"trunk": trunk}, optimizers={"trunk_optimizer": optimizer}, lr_schedulers={},
+        autocast_dtype=torch.float16, mining_funcs={}, max_grad_norm=1e-3, end_of_iteration_hook=record,
+    )
+    assert trainer.grad_scaler is not None and trainer.grad_scaler.get_scale() == 2.0**16
+    before = _weights(trainer)
+    trainer.train(num_epochs=2)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in trainer.history)
+    # the hook runs after unscaling and clipping: the gradients it sees are the true, clipped ones, except
+    # on the few first steps where the initial scale (2^16) overflows: those steps are skipped, the scale halved
+    finite = [n for n in norms if n == n and n != float("inf")]
+    assert len(finite) >= len(norms) - 4 and max(finite) <= 1e-3 * (1 + 1e-3)
+    assert any(not torch.equal(before[k], v) for k, v in _weights(trainer).items())
+    scale = trainer.grad_scaler.get_scale()
+    resumed = _trainer(
+        0, tmp_path, models={"trunk": _net(0).to(device)}, lr_schedulers={}, autocast_dtype=torch.float16,
+        mining_funcs={}, optimizers={"trunk_optimizer": torch.optim.Adam(_net(0).parameters(), lr=0.01)},
+    )
+    resumed.load_checkpoint(tmp_path / "last.pt")
+    assert resumed.grad_scaler is not None and resumed.grad_scaler.get_scale() == scale
+
+
+def test_no_grad_scaler_outside_float16() -> None:
+    assert _trainer(0, autocast_dtype=torch.bfloat16, mining_funcs={}).grad_scaler is None
+    assert _trainer(0, mining_funcs={}).grad_scaler is None
+
+
 def test_bfloat16_autocast_stays_finite() -> None:
     trainer = _trainer(0, autocast_dtype=torch.bfloat16, mining_funcs={})
     trainer.train(num_epochs=2)

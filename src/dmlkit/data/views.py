@@ -34,7 +34,8 @@ def noisy_view(
     Args:
         features: a floating-point tensor of any shape.
         std: standard deviation of the noise, ``>= 0``.
-        generator: the source of randomness (the global generator when None).
+        generator: the source of randomness (the global generator when None); it may live on another device
+            than ``features`` (the noise is drawn there and moved).
         low: smallest value kept, or None.
         high: largest value kept, or None; ``>= low`` when both are given.
 
@@ -64,8 +65,10 @@ def noisy_view(
         raise ValueError(message(owner, "high", f">= `low` ({low})", high))
     view = features
     if std > 0:
-        noise = torch.randn(features.shape, generator=generator, dtype=features.dtype, device=features.device)
-        view = features + std * noise
+        # drawn where the generator lives (a CPU generator serves GPU features too: the same views on any device)
+        source = features.device if generator is None else generator.device
+        noise = torch.randn(features.shape, generator=generator, dtype=features.dtype, device=source)
+        view = features + std * noise.to(features.device)
     if low is None and high is None:
         return view if std > 0 else features.clone()
     return view.clamp(min=low, max=high)

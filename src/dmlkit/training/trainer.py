@@ -153,7 +153,9 @@ class Trainer:
         validation: evaluation, early stopping and best-model tracking (:class:`Validation`).
         max_grad_norm: clip the global gradient norm of all trained parameters to this value (None: off).
         autocast_dtype: run forward passes under ``torch.autocast`` with this dtype (``torch.bfloat16`` on
-            CPU, ``torch.float16`` on GPU); None: full precision.
+            CPU, ``torch.float16`` on GPU); None: full precision. With ``torch.float16`` the loss is scaled by a
+            ``torch.amp.GradScaler`` (Micikevicius et al., 2018, arXiv:1710.03740) so that small gradients do not
+            flush to zero; steps whose gradients overflow are skipped and the scale lowered.
         seed: seeds the loader order, :attr:`generator` and torch's global generator at the first epoch.
         checkpoint_dir: write ``last.pt`` after every epoch and ``best.pt`` at each validation improvement.
         logger: receives ``log("train", record)`` per iteration and ``log("eval", record)`` per evaluation
@@ -247,6 +249,8 @@ class Trainer:
             weights[name] = float(value)
         self.loss_weights = weights
         self.data_device = torch.device(data_device) if data_device is not None else _device_of(self.models["trunk"])
+        #: loss scaling for float16 autocast (None otherwise)
+        self.grad_scaler = torch.amp.GradScaler(self.data_device.type) if autocast_dtype == torch.float16 else None
         self.label_map = _label_map(dataset, dataset_labels, set_min_label_to_zero, label_hierarchy_level)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.epoch = 0
@@ -431,13 +435,22 @@ class Trainer:
                 f"Trainer: the loss is {float(total)} at epoch {self.epoch}, iteration {self.iteration} "
                 f"(terms: {self.losses}); lower the learning rate, check the data for NaN/Inf, or use max_grad_norm."
             )
-        total.backward()
+        scaler = self.grad_scaler
+        (total if scaler is None else scaler.scale(total)).backward()
         if rank_and_world_size()[1] > 1:
             self._average_gradients(frozen)
+        stepping = [opt for name, opt in self.optimizers.items() if name.removesuffix("_optimizer") not in frozen]
+        if scaler is not None:
+            for optimizer in stepping:
+                scaler.unscale_(optimizer)  # clipping sees the true gradients
         self._clip_gradients(frozen)
-        for name, optimizer in self.optimizers.items():
-            if name.removesuffix("_optimizer") not in frozen:
+        for optimizer in stepping:
+            if scaler is None:
                 optimizer.step()
+            else:
+                scaler.step(optimizer)
+        if scaler is not None:
+            scaler.update()
         return float(total.detach()), _batch_length(data)
 
     def _process_labels(self, labels: Any) -> Tensor:
@@ -632,6 +645,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "evaluations_since_best": self.evaluations_since_best,
             "stopped_early": self.stopped_early,
+            "grad_scaler": None if self.grad_scaler is None else self.grad_scaler.state_dict(),
         }
 
     def save_checkpoint(self, path: str | os.PathLike[str]) -> Path:
@@ -703,6 +717,8 @@ class Trainer:
         self.best_epoch = state["best_epoch"]
         self.evaluations_since_best = int(state["evaluations_since_best"])
         self.stopped_early = bool(state["stopped_early"])
+        if self.grad_scaler is not None and state.get("grad_scaler"):
+            self.grad_scaler.load_state_dict(state["grad_scaler"])
 
 
 def _check_dict(group: str, given: Mapping[str, Any], allowed: Sequence[str], required: Sequence[str]) -> None:
