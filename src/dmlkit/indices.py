@@ -67,6 +67,7 @@ def all_pairs(labels: Tensor, ref_labels: Tensor | None = None) -> Pairs:
     """
     positive, negative = label_masks(labels, ref_labels)
     a1, p = torch.nonzero(positive, as_tuple=True)
+    del positive  # one batch-by-batch mask fewer while the (larger) negative list is built
     a2, n = torch.nonzero(negative, as_tuple=True)
     return Pairs(a1, p, a2, n)
 

@@ -232,3 +232,16 @@ def test_mined_pairs_fed_to_the_contrastive_loss_match_pml() -> None:
         theirs = pml_losses.ContrastiveLoss(0.1, 0.9)(emb, labels, pml_miners.HDCMiner(0.5)(emb, labels))
         assert ours > 0
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_smallest_keeps_the_earliest_of_the_ties_at_the_cut(transposed: bool) -> None:
+    # values on a coarse grid: many ties at every cut; the oracle is a stable sort of the row-major values
+    g = torch.Generator().manual_seed(0)
+    key = torch.randint(0, 5, (9, 7), generator=g).float()
+    key = key.t().contiguous().t() if transposed else key  # the same values in a column-major layout
+    flat = key.reshape(-1).tolist()
+    for k in range(0, key.numel() + 1):
+        chosen = sorted(range(len(flat)), key=lambda i: (flat[i], i))[:k]
+        expected = [i in set(chosen) for i in range(len(flat))]
+        assert hdc_module.smallest(key, k).reshape(-1).tolist() == expected, k

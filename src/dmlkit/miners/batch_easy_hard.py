@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, message
-from ..indices import label_masks
+from ..indices import all_pairs, label_masks
 from ..types import Pairs
 from .base import BaseMiner
 
@@ -149,9 +149,11 @@ class BatchEasyHardMiner(BaseMiner):
         self.allowed_neg_range = check_allowed_range(name, "allowed_neg_range", allowed_neg_range)
 
     def mine(self, embeddings: Tensor, labels: Tensor, ref_emb: Tensor, ref_labels: Tensor) -> Pairs:
+        pos, neg = MiningStrategy(self.pos_strategy), MiningStrategy(self.neg_strategy)
+        if pos is MiningStrategy.ALL and neg is MiningStrategy.ALL:  # no distance needed
+            return all_pairs(labels, ref_labels)
         mat = self.distance(embeddings, ref_emb)
         positive, negative = label_masks(labels, ref_labels)
-        pos, neg = MiningStrategy(self.pos_strategy), MiningStrategy(self.neg_strategy)
         closer_is_larger = self.distance.higher_is_closer
         # the hard / semihard positive is the farthest, the hard / semihard negative the closest
         pos_largest = (pos is not MiningStrategy.EASY) != closer_is_larger
@@ -164,10 +166,6 @@ class BatchEasyHardMiner(BaseMiner):
             return pick_per_row(mat, negative, neg_largest, self.allowed_neg_range, beyond)
 
         anchors = torch.arange(mat.shape[0], device=mat.device)
-        if pos is MiningStrategy.ALL and neg is MiningStrategy.ALL:
-            a1, p = torch.nonzero(positive, as_tuple=True)
-            a2, n = torch.nonzero(negative, as_tuple=True)
-            return Pairs(a1, p, a2, n)
         if pos is MiningStrategy.ALL:
             _, n, found = pick_negative()
             a1, p = torch.nonzero(positive, as_tuple=True)

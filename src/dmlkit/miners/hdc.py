@@ -51,11 +51,13 @@ def smallest(key: Tensor, k: int) -> Tensor:
         return torch.zeros_like(key, dtype=torch.bool)
     boundary = kth_smallest(key, k)
     keep = key < boundary
-    ties = key == boundary
+    ties = torch.eq(key, boundary).contiguous()  # row-major flat order below
     need = k - int(torch.count_nonzero(keep))
     if int(torch.count_nonzero(ties)) > need:
-        ties &= (torch.cumsum(ties.reshape(-1), 0) <= need).view_as(ties)
-    return keep | ties
+        # the tied entries are few: list them and drop all but the first ``need`` (no running count over ``key``)
+        flat_ties = ties.view(-1)
+        flat_ties[torch.nonzero(flat_ties).squeeze(1)[need:]] = False
+    return keep.logical_or_(ties)
 
 
 def keep_hardest(values: Tensor, fraction: float, largest: bool) -> Tensor:
