@@ -91,6 +91,39 @@ def test_gradcheck() -> None:
     assert_gradcheck(loss_fn, emb, labels, "weight")
 
 
+class _SameCosine(type(P2SGradLoss(2, 2).distance)):  # type: ignore[misc]
+    """The same distance under another class: the loss takes its generic autograd path."""
+
+
+@pytest.mark.parametrize("case", ["random", "clamped", "tiny_norms"])
+def test_written_out_gradient_equals_autograd_of_the_formula(case: str) -> None:
+    torch.manual_seed(0)
+    fast = P2SGradLoss(6, 5).double()
+    slow = P2SGradLoss(6, 5, distance=_SameCosine()).double()
+    with torch.no_grad():
+        slow.weight.copy_(fast.weight)
+        fast.weight[:, 2] *= 1e-14  # a weight column below the norm floor
+        slow.weight[:, 2] *= 1e-14
+    emb, labels = random_batch(5, n=9, d=6)
+    if case == "clamped":  # rows parallel to class columns: cos rounds to just above 1 or below -1
+        columns = fast.weight.detach().t()
+        emb = torch.cat([columns[[0, 1, 3]] * 3.0, -columns[[4]] * 7.0, emb[:5]])
+        labels = torch.tensor([0, 1, 3, 0, *labels[:5].tolist()])
+        assert bool((slow.get_logits(emb).abs() > 1).any())  # the clamp is active on some cell
+    if case == "tiny_norms":
+        emb = emb.clone()
+        emb[[1, 4]] *= 1e-14
+    results = []
+    for loss_fn in (fast, slow):
+        x = emb.clone().requires_grad_()
+        value = loss_fn(x, labels)
+        value.backward()
+        results.append((value.detach(), x.grad, loss_fn.weight.grad.clone()))
+        loss_fn.weight.grad = None
+    for got, expected in zip(results[0], results[1], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
 # --------------------------------------------------------------------------------------------- edge cases
 
 

@@ -7,14 +7,63 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .._validation import message
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss, resolve_class_sizes
 from .functional import full_precision, sample_terms
+from .margin_softmax import NORM_FLOOR
 
 __all__ = ["P2SGradLoss"]
+
+
+class _P2SGradValues(torch.autograd.Function):
+    """Per-sample ``1/C sum_j (clamp(cos(x_i, w_j), -1, 1) - [j = y_i])^2`` from raw embeddings ``x`` (rows) and
+    raw class weights ``w`` (columns), with the gradient written out: ``2/C (cos_ij - [j = y_i])`` per cell
+    (zero where the clamp is active), two matrix products, and the projections of the two normalisations.
+    One ``(batch, classes)`` matrix is kept and each direction passes over it about twice, where autograd's
+    chain of a normalising distance, a clamp and a squared error makes several passes more."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, w: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+        x_norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+        w_norm = torch.linalg.vector_norm(w, dim=0, keepdim=True)
+        x_inv, w_inv = x_norm.clamp_min(NORM_FLOOR).reciprocal(), w_norm.clamp_min(NORM_FLOOR).reciprocal()
+        x_unit, w_unit = x * x_inv, w * w_inv
+        cos = x_unit @ w_unit
+        low, high = torch.aminmax(cos)
+        clamped = bool(low < -1) or bool(high > 1)
+        outside = ((cos < -1) | (cos > 1)) if clamped else None
+        if clamped:
+            cos.clamp_(-1, 1)
+        own = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+        num_classes = cos.shape[1]
+        values = (torch.linalg.vector_norm(cos, dim=1).square() - 2 * own + 1) / num_classes
+        ctx.save_for_backward(x_unit, w_unit, x_inv, w_inv, x_norm >= NORM_FLOOR, w_norm >= NORM_FLOOR, cos, labels)
+        ctx.outside = outside
+        return values
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x_unit, w_unit, x_inv, w_inv, x_normalised, w_normalised, cos, labels = ctx.saved_tensors
+        weight = grad.unsqueeze(1) * (2.0 / cos.shape[1])
+        cells = cos * weight  # d value_i / d cos_ij, before the target's -1
+        cells.scatter_add_(1, labels.unsqueeze(1), -weight)
+        if ctx.outside is not None:
+            cells.masked_fill_(ctx.outside, 0.0)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            d_unit = cells @ w_unit.t()
+            radial = (x_unit * d_unit).sum(dim=1, keepdim=True) * x_normalised  # none below the norm floor
+            grad_x = (d_unit - x_unit * radial) * x_inv
+        if ctx.needs_input_grad[1]:
+            d_unit = x_unit.t() @ cells
+            radial = (w_unit * d_unit).sum(dim=0, keepdim=True) * w_normalised
+            grad_w = (d_unit - w_unit * radial) * w_inv
+        return grad_x, grad_w, None
 
 
 def _unit_columns(weights: Tensor) -> Tensor:
@@ -99,8 +148,11 @@ class P2SGradLoss(BaseClassWeightLoss):
             rule = "None: this loss scores every sample against every class"
             raise ValueError(message(type(self).__name__, "indices_tuple", rule, "a tuple of tensors"))
         with full_precision(embeddings) as x:
-            cos = self.get_logits(x).clamp(-1, 1)
-            # sum_j (cos_ij - [j = y_i])^2 without a one-hot matrix
-            own = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
-            values = (cos.square().sum(dim=1) - 2 * own + 1) / self.num_classes
+            if type(self.distance) is CosineSimilarity and self.distance.power == 1:
+                values = _P2SGradValues.apply(x, self.weight.to(x.dtype), labels)
+            else:  # a subclass of the distance may compute otherwise: through its own forward
+                cos = self.get_logits(x).clamp(-1, 1)
+                # sum_j (cos_ij - [j = y_i])^2 without a one-hot matrix
+                own = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+                values = (cos.square().sum(dim=1) - 2 * own + 1) / self.num_classes
         return {"loss": sample_terms(values)}
