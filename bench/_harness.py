@@ -1,7 +1,9 @@
 """Side-by-side timing and peak-memory measurement, each case in a fresh subprocess.
 
 Peak extra memory is the growth of the process's resident-set high-water mark (``ru_maxrss``) during the
-first forward+backward, after inputs are built; time is the median of repeated forward+backward passes.
+first forward+backward, after inputs are built and after one forward+backward on a small batch of
+``WARMUP_BATCH`` samples (which pays the one-time costs, such as kernel and thread-pool set-up, without raising
+the high-water mark); time is the median of repeated forward+backward passes.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+
+#: samples of the warm-up call made before a case is measured
+WARMUP_BATCH = 64
 
 
 def max_rss_mib() -> float:
