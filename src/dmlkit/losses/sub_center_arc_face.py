@@ -124,11 +124,12 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
             if self.num_classes <= x.shape[1]:
                 # Few classes: keep every sub-centre's cosine and read the own class's from it, cheaper than
                 # a (sub_centers, batch, embedding_size) gather of the own sub-centres.
-                cosines = x @ centers.view(-1, centers.shape[-1]).t()
-                cosines = cosines.view(len(x), self.sub_centers, self.num_classes)
-                logits = cosines.max(dim=1).values * self.scale
+                # the scale rides on the (small) sub-centre matrix: no (batch, classes) product after the max
+                scaled = scaled_product(x, centers.view(-1, centers.shape[-1]), self.scale)
+                scaled = scaled.view(len(x), self.sub_centers, self.num_classes)
+                logits = scaled.max(dim=1).values
                 own = labels.view(-1, 1, 1).expand(-1, self.sub_centers, 1)
-                cosine = cosines.gather(2, own).squeeze(2).amax(dim=1)
+                cosine = scaled.gather(2, own).squeeze(2).amax(dim=1) / self.scale
             else:
                 # Many classes: only the winners of the maximum are kept for backward, not the cosines.
                 logits = self._best_sub_center(x, centers)
