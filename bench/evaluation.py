@@ -101,10 +101,11 @@ def _max_difference(a: dict[str, Any], b: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--case", help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 50000, 100000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10000, 50000, 100000])
     parser.add_argument("--metrics", nargs="+", default=["retrieval", "all"], choices=["retrieval", "all"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--projection", action="store_true", help="time 2048 queries of N = 1,000,000")
+    parser.add_argument("--million", action="store_true", help="run N = 1,000,000 to the end (dmlkit; over an hour)")
     parser.add_argument("--out", default=None, help="append the markdown section to this file")
     parser.add_argument("--json", default=None, help="also write the raw results (JSON) here")
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
@@ -166,6 +167,21 @@ def main() -> None:
                 f"{part['seconds']:.1f} s with {part['peak_extra_mib']:.0f} MiB peak extra memory; every query does "
                 f"the same work, so the full run projects to {projected / 60:.0f} min "
                 f"({projected / floor:.1f}x the {floor / 60:.0f} min compute floor). Projection, not a measured run.",
+            ]
+    if args.million:
+        n = 1_000_000
+        whole = run({"lib": "dmlkit", "n": n, "metrics": "retrieval"})
+        raw["million"] = {"n": n, **whole}
+        if "error" in whole:
+            lines += ["", f"N = 1,000,000 run failed: {whole['error']}"]
+        else:
+            floor = 2 * n * n * DIM / (gflops * 1e9)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(whole["values"].items()))
+            lines += [
+                "",
+                "N = 1,000,000 (retrieval metrics, exact, query = reference), run to the end: "
+                f"{whole['seconds'] / 60:.1f} min with {whole['peak_extra_mib']:.0f} MiB peak extra memory "
+                f"({whole['seconds'] / floor:.1f}x the {floor / 60:.0f} min compute floor); {shown}.",
             ]
     text = "\n".join(lines)
     print(text)
