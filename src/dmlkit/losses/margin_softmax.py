@@ -108,42 +108,23 @@ def margin_cross_entropy(
     ``indices_tuple`` weights each sample by how often it was mined, relative to the most mined one
     (pytorch-metric-learning's convention for these losses).
     """
-    if target_logits is None:
-        values = _TargetCrossEntropy.apply(logits, labels)
-    else:
-        values = _ReplacedTargetCrossEntropy.apply(logits, target_logits, labels)
-    return sample_terms(values, indices_tuple)
+    return sample_terms(_TargetCrossEntropy.apply(logits, target_logits, labels), indices_tuple)
 
 
 class _TargetCrossEntropy(torch.autograd.Function):
-    """Per-sample ``-log softmax(logits)[i, labels[i]]`` keeping only the log-probabilities for the backward
-    (``softmax - onehot``, in place on a fresh exponential): fewer passes over the ``(batch, classes)`` matrix
-    than ``F.cross_entropy``'s backward (a zero-filled one-hot gradient, then the log-softmax backward)."""
+    """Per-sample ``-log softmax(z)[i, labels[i]]`` where ``z`` is ``logits`` with the entries ``[i, labels[i]]``
+    replaced by ``target[i]`` (``target`` None: ``z = logits``). Only the log-probabilities are kept for the
+    backward, ``softmax - onehot`` written in place on a fresh exponential: fewer passes over the
+    ``(batch, classes)`` matrix than ``F.cross_entropy`` after a scatter (a zero-filled one-hot gradient, the
+    log-softmax backward, the scatter's backward). A replaced entry's gradient goes to ``target``."""
 
     @staticmethod
-    def forward(ctx: Any, logits: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, logits: Tensor, target: Tensor | None, labels: Tensor) -> Tensor:  # type: ignore[override]
+        if target is not None:
+            logits = logits.scatter(1, labels.unsqueeze(1), target.unsqueeze(1).to(logits.dtype))
         log_p = torch.log_softmax(logits, dim=1)
         ctx.save_for_backward(log_p, labels)
-        return target_values(log_p, labels).neg()
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        log_p, labels = ctx.saved_tensors
-        cells = log_p.exp().mul_(grad.unsqueeze(1))
-        cells.scatter_add_(1, labels.unsqueeze(1), -grad.unsqueeze(1))
-        return cells, None
-
-
-class _ReplacedTargetCrossEntropy(torch.autograd.Function):
-    """:class:`_TargetCrossEntropy` of ``logits`` whose entry ``[i, labels[i]]`` is replaced by ``target[i]``;
-    the gradient of the replaced entries goes to ``target`` (the logits' own entries there get 0)."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: Tensor, target: Tensor, labels: Tensor) -> Tensor:  # type: ignore[override]
-        index = labels.unsqueeze(1)
-        log_p = torch.log_softmax(logits.scatter(1, index, target.unsqueeze(1).to(logits.dtype)), dim=1)
-        ctx.save_for_backward(log_p, labels)
+        ctx.replaced = target is not None
         return target_values(log_p, labels).neg()
 
     @staticmethod
@@ -152,9 +133,10 @@ class _ReplacedTargetCrossEntropy(torch.autograd.Function):
         log_p, labels = ctx.saved_tensors
         index = labels.unsqueeze(1)
         cells = log_p.exp().mul_(grad.unsqueeze(1))
+        if not ctx.replaced:
+            return cells.scatter_add_(1, index, -grad.unsqueeze(1)), None, None
         grad_target = cells.gather(1, index).squeeze(1) - grad
-        cells.scatter_(1, index, 0.0)
-        return cells, grad_target, None
+        return cells.scatter_(1, index, 0.0), grad_target, None
 
 
 def cosine_margin_terms(
