@@ -167,8 +167,9 @@ class _RelaxedInnerProduct(torch.autograd.Function):
         out = query.new_empty(batch, num_classes)
         for start in range(0, num_classes, classes_per_block):
             stop = min(num_classes, start + classes_per_block)
-            sim = (query @ _centre_major(ref, k, start, stop).t()).view(batch, k, stop - start)
-            out[:, start:stop] = (torch.softmax(sim / gamma, dim=1) * sim).sum(dim=1)
+            # s / gamma in place, then gamma * sum_k p_k (s_k / gamma): one block-sized buffer besides p
+            scaled = (query @ _centre_major(ref, k, start, stop).t()).view(batch, k, stop - start).div_(gamma)
+            out[:, start:stop] = torch.softmax(scaled, dim=1).mul_(scaled).sum(dim=1).mul_(gamma)
         ctx.save_for_backward(query, ref, out)
         ctx.k, ctx.gamma, ctx.classes_per_block = k, gamma, classes_per_block
         return out
@@ -183,10 +184,10 @@ class _RelaxedInnerProduct(torch.autograd.Function):
         for start in range(0, num_classes, ctx.classes_per_block):
             stop = min(num_classes, start + ctx.classes_per_block)
             part = _centre_major(ref, k, start, stop)
-            sim = (query @ part.t()).view(batch, k, stop - start)
-            prob = torch.softmax(sim / gamma, dim=1)
-            # in place on the rebuilt block: g = p (1 + (s - S) / gamma) dL/dS
-            g = sim.sub_(out[:, None, start:stop]).div_(gamma).add_(1).mul_(prob).mul_(grad[:, None, start:stop])
+            scaled = (query @ part.t()).view(batch, k, stop - start).div_(gamma)
+            prob = torch.softmax(scaled, dim=1)
+            # in place on the rebuilt block: g = p (1 + s / gamma - S / gamma) dL/dS
+            g = scaled.sub_(out[:, None, start:stop] / gamma).add_(1).mul_(prob).mul_(grad[:, None, start:stop])
             g = g.view(batch, -1)
             if grad_query is not None:
                 grad_query.addmm_(g, part)
