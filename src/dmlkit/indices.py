@@ -15,12 +15,13 @@ import torch
 from torch import Tensor
 
 from ._validation import message
-from .types import Pairs, Triplets
+from .types import LabelPairs, Pairs, Triplets
 
 __all__ = [
     "ref_is_query",
     "label_masks",
     "all_pairs",
+    "list_label_pairs",
     "all_triplets",
     "random_triplets",
     "pairs_to_triplets",
@@ -95,6 +96,24 @@ def _expand_by_anchor(
     offset = torch.arange(total, device=device) - torch.repeat_interleave(group_start, repeats, output_size=total)
     n = sorted_neg[torch.repeat_interleave(neg_start[anchors_pos], repeats, output_size=total) + offset]
     return Triplets(a, p, n)
+
+
+def list_label_pairs(labels: Tensor, ref_labels: Tensor, pairs: LabelPairs) -> Pairs:
+    """The pairs ``pairs`` describes, listed in row-major order: every positive pair of ``labels`` against
+    ``ref_labels`` but ``(i, pairs.excluded_ref[i])``, and every negative pair.
+
+    Example:
+        >>> out = list_label_pairs(torch.tensor([0, 1]), torch.tensor([0, 1, 0]), LabelPairs(torch.tensor([0, 1])))
+        >>> out.anchors_pos.tolist(), out.positives.tolist(), out.negatives.tolist()
+        ([0], [2], [1, 0, 2])
+    """
+    positive = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+    negative = ~positive
+    positive[torch.arange(labels.shape[0], device=labels.device), pairs.excluded_ref] = False
+    a1, p = torch.nonzero(positive, as_tuple=True)
+    del positive
+    a2, n = torch.nonzero(negative, as_tuple=True)
+    return Pairs(a1, p, a2, n)
 
 
 def all_triplets(labels: Tensor, ref_labels: Tensor | None = None) -> Triplets:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["Pairs", "Triplets", "IndicesTuple", "TermKind", "Terms", "Neighbors"]
+__all__ = ["Pairs", "Triplets", "LabelPairs", "IndicesTuple", "TermKind", "Terms", "Neighbors"]
 
 
 class Pairs(NamedTuple):
@@ -31,6 +31,21 @@ class Pairs(NamedTuple):
     @property
     def num_neg(self) -> int:
         return int(self.anchors_neg.numel())
+
+
+class LabelPairs(NamedTuple):
+    """Every pair of a query and a reference element by labels (positive: the same label, negative: another),
+    except the positive pairs ``(i, excluded_ref[i])``: the pairs that
+    :class:`~dmlkit.wrappers.CrossBatchMemory` scores when each query's own copy is in the memory, described
+    instead of listed. A loss whose ``accepts_label_pairs`` is True forms these pairs itself (tile by tile);
+    any other loss receives them listed (:func:`dmlkit.indices.list_label_pairs`).
+
+    Example:
+        >>> LabelPairs(torch.tensor([2, 0])).excluded_ref.tolist()
+        [2, 0]
+    """
+
+    excluded_ref: Tensor
 
 
 class Triplets(NamedTuple):

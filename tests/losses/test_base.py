@@ -221,3 +221,53 @@ def test_terms_kind_reaches_reducer() -> None:
     PositiveDistanceLoss(reducer=Spy())(_emb(), LABELS)
     TripletMarginLoss(reducer=Spy(), margin=2.0)(_emb(), LABELS)
     assert seen == [TermKind.POS_PAIR, TermKind.TRIPLET]
+
+
+# ----------------------------------------------------------------------------- described pairs (LabelPairs)
+
+
+def _described_problem() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    g = torch.Generator().manual_seed(4)
+    emb, ref = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(9, 3, generator=g, dtype=torch.float64)
+    labels, ref_labels = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    return emb, labels, ref, ref_labels, torch.tensor([0, 1, 2, 3, 4, 5])
+
+
+def test_label_pairs_equal_their_listing_for_any_loss() -> None:
+    from dmlkit.indices import list_label_pairs
+    from dmlkit.losses import ContrastiveLoss
+    from dmlkit.types import LabelPairs
+
+    emb, labels, ref, ref_labels, own = _described_problem()
+    listed = list_label_pairs(labels, ref_labels, LabelPairs(own))
+    # brute force: same label and not the excluded slot / different label
+    kinds = (((listed.anchors_pos, listed.positives), True), ((listed.anchors_neg, listed.negatives), False))
+    for (a, p), expected_same in kinds:
+        got = sorted(zip(a.tolist(), p.tolist(), strict=True))
+        want = sorted(
+            (i, j) for i in range(6) for j in range(9)
+            if (labels[i] == ref_labels[j]) == expected_same and not (expected_same and j == int(own[i]))
+        )
+        assert got == want
+    for loss in (TripletMarginLoss(margin=0.5), ContrastiveLoss(), ContrastiveLoss(chunk_size=2)):
+        x1, x2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+        described = loss(x1, labels, LabelPairs(own), ref, ref_labels)
+        explicit = loss(x2, labels, tuple(listed), ref, ref_labels)
+        described.backward()
+        explicit.backward()
+        assert described.item() == pytest.approx(explicit.item(), rel=1e-12, abs=1e-15)
+        torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_malformed_label_pairs_are_rejected() -> None:
+    from dmlkit.types import LabelPairs
+
+    emb, labels, ref, ref_labels, own = _described_problem()
+    loss = TripletMarginLoss()
+    expected = r"LabelPairs\(excluded_ref\) with one integer reference index per query \(6\)"
+    with pytest.raises(ValueError, match=expected):
+        loss(emb, labels, LabelPairs(own[:3]), ref, ref_labels)
+    with pytest.raises(ValueError, match=r"LabelPairs indices in \[0, 9\)"):
+        loss(emb, labels, LabelPairs(own + 5), ref, ref_labels)
+    with pytest.raises(ValueError, match=r"`labels` must be given with a LabelPairs indices_tuple"):
+        loss(emb, None, LabelPairs(own), ref, ref_labels)

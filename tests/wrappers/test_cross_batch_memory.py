@@ -16,7 +16,7 @@ from dmlkit.indices import convert_to_pairs
 from dmlkit.losses import BaseMetricLossFunction, TripletMarginLoss
 from dmlkit.miners import BaseMiner, TripletMarginMiner
 from dmlkit.reducers import MeanReducer
-from dmlkit.types import Pairs, TermKind, Terms, Triplets
+from dmlkit.types import LabelPairs, Pairs, TermKind, Terms, Triplets
 from dmlkit.wrappers import CrossBatchMemory
 from tests.reference import triplet as tref
 from tests.reference import wrappers as ref
@@ -118,6 +118,9 @@ def _make(kind: str) -> tuple[CrossBatchMemory, OracleLoss]:
     if kind == "contrastive":
         loss = _contrastive_cls()(pos_margin=0.05, neg_margin=0.9)
         return CrossBatchMemory(loss, DIM, 13), _contrastive_oracle(0.05, 0.9)
+    if kind == "contrastive_tiled":  # the loss forms the memory's pairs tile by tile from a LabelPairs
+        loss = _contrastive_cls()(pos_margin=0.05, neg_margin=0.9, chunk_size=3)
+        return CrossBatchMemory(loss, DIM, 13), _contrastive_oracle(0.05, 0.9)
     if kind == "triplet_mined":
         miner = TripletMarginMiner(margin=0.3, type_of_triplets="semihard")
         return CrossBatchMemory(TripletMarginLoss(margin=0.1), DIM, 13, miner=miner), _mined_triplet_oracle(
@@ -132,7 +135,9 @@ def _make(kind: str) -> tuple[CrossBatchMemory, OracleLoss]:
 
 
 @pytest.mark.parametrize(
-    "kind", ["triplet", "triplet_mean", "triplet_smooth", "contrastive", "triplet_mined", "triplet_mined_mean"]
+    "kind",
+    ["triplet", "triplet_mean", "triplet_smooth", "contrastive", "contrastive_tiled", "triplet_mined",
+     "triplet_mined_mean"],
 )
 @pytest.mark.parametrize("masked", [False, True], ids=["enqueue_all", "enqueue_mask"])
 def test_matches_naive_queue_over_a_sequence_of_batches(kind: str, masked: bool) -> None:
@@ -159,6 +164,30 @@ def test_matches_naive_queue_over_a_sequence_of_batches(kind: str, masked: bool)
         assert stored_emb.tolist() == memory.embeddings
         assert stored_labels.tolist() == memory.labels
         assert xbm.num_stored == len(memory.entries)
+
+
+def test_label_pairs_reach_only_losses_that_accept_them() -> None:
+    seen: list[object] = []
+
+    class Recording(BaseMetricLossFunction):
+        def compute_terms(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):  # type: ignore[no-untyped-def]
+            seen.append(indices_tuple)
+            return {"loss": Terms(embeddings.sum(dim=1) * 0, torch.arange(len(embeddings)), TermKind.ELEMENT)}
+
+    class Accepting(Recording):
+        accepts_label_pairs = True
+
+    g = torch.Generator().manual_seed(1)
+    emb, labels = _batch(g, 6)
+    CrossBatchMemory(Recording(), DIM, 13)(emb, labels)
+    CrossBatchMemory(Accepting(), DIM, 13)(emb, labels)
+    listed, described = seen
+    assert isinstance(listed, tuple) and len(listed) == 4  # listed pairs, own copies left out
+    assert isinstance(described, LabelPairs) and described.excluded_ref.tolist() == list(range(6))
+    a1, p = listed[0].tolist(), listed[1].tolist()
+    assert all(a != q for a, q in zip(a1, p, strict=True)) and len(a1) == sum(
+        int((labels == labels[i]).sum()) - 1 for i in range(6)
+    )
 
 
 def test_memory_ring_buffer_positions() -> None:

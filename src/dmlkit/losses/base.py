@@ -11,11 +11,11 @@ from torch import Tensor, nn
 
 from .._validation import check_embeddings, check_labels, check_range, check_reference, message
 from ..distances import BaseDistance, LpDistance
-from ..indices import check_indices_tuple, convert_to_pairs, convert_to_triplets
+from ..indices import check_indices_tuple, convert_to_pairs, convert_to_triplets, list_label_pairs
 from ..reducers import BaseReducer, MeanReducer
 from ..reducers.base import zero_loss
 from ..regularizers import BaseRegularizer
-from ..types import Pairs, TermKind, Terms, Triplets, empty_index
+from ..types import LabelPairs, Pairs, TermKind, Terms, Triplets, empty_index
 
 __all__ = ["BaseMetricLossFunction"]
 
@@ -45,6 +45,9 @@ class BaseMetricLossFunction(nn.Module):
     supports_ref_emb: ClassVar[bool] = True
     #: whether the loss needs labels (or an indices_tuple) to know who is similar to whom.
     requires_labels: ClassVar[bool] = True
+    #: whether :meth:`compute_terms` takes a :class:`~dmlkit.types.LabelPairs` as it is (forming the pairs by
+    #: tiles); otherwise the pairs are listed before it is called.
+    accepts_label_pairs: ClassVar[bool] = False
     #: the distance class the loss is defined for, when it is defined for one only (checked at construction).
     required_distance: ClassVar[type[BaseDistance] | None] = None
 
@@ -100,11 +103,32 @@ class BaseMetricLossFunction(nn.Module):
             raise ValueError(message(name, "ref_emb", "None: this loss does not support a reference set", "a tensor"))
         if ref_emb is None:
             ref_emb, ref_labels = embeddings, labels
-        checked = check_indices_tuple(name, indices_tuple, embeddings.shape[0], ref_emb.shape[0], embeddings.device)
+        checked: tuple[Tensor, ...] | None
+        if isinstance(indices_tuple, LabelPairs):
+            checked = self._label_pairs(indices_tuple, labels, ref_labels, ref_emb.shape[0])
+        else:
+            checked = check_indices_tuple(name, indices_tuple, embeddings.shape[0], ref_emb.shape[0], embeddings.device)
         self._warn_if_single_class(labels, ref_labels, checked)
         groups = dict(self.compute_terms(embeddings, labels, checked, ref_emb, ref_labels))
         groups.update(self.regularization_terms(embeddings))
         return self.reducer(groups, embeddings, labels)
+
+    def _label_pairs(
+        self, pairs: LabelPairs, labels: Tensor | None, ref_labels: Tensor | None, num_ref: int
+    ) -> LabelPairs | Pairs:
+        """Check a :class:`LabelPairs`; pass it on when the loss forms the pairs itself, else list them."""
+        name = type(self).__name__
+        if labels is None or ref_labels is None:
+            raise ValueError(message(name, "labels", "given with a LabelPairs indices_tuple", None))
+        excluded = pairs.excluded_ref
+        if not isinstance(excluded, Tensor) or excluded.shape != labels.shape or excluded.is_floating_point():
+            rule = f"LabelPairs(excluded_ref) with one integer reference index per query ({labels.shape[0]})"
+            raise ValueError(message(name, "indices_tuple", rule, pairs))
+        excluded = excluded.to(labels.device)
+        if excluded.numel() and (int(excluded.min()) < 0 or int(excluded.max()) >= num_ref):
+            raise ValueError(message(name, "indices_tuple", f"LabelPairs indices in [0, {num_ref})", pairs))
+        pairs = LabelPairs(excluded)
+        return pairs if self.accepts_label_pairs else list_label_pairs(labels, ref_labels, pairs)
 
     def regularization_terms(self, embeddings: Tensor) -> dict[str, Terms]:
         """Already-reduced penalties added to the loss: here the embedding regularizer's, if any."""

@@ -8,9 +8,9 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance
-from ..indices import convert_to_pairs, label_masks
+from ..indices import convert_to_pairs, label_masks, list_label_pairs
 from ..reducers import AvgNonZeroReducer
-from ..types import TermKind, Terms
+from ..types import LabelPairs, TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import FusedReduction, divide_by_count, fused_reduction, masked_hinge, pair_values
 from .tiled import (
@@ -76,6 +76,7 @@ class ContrastiveLoss(BaseMetricLossFunction):
     """
 
     default_reducer = AvgNonZeroReducer
+    accepts_label_pairs = True
 
     def __init__(
         self, pos_margin: float = 0, neg_margin: float = 1, chunk_size: int | None = None, **kwargs: Any
@@ -98,9 +99,12 @@ class ContrastiveLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         reduction = fused_reduction(self.reducer)
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
+        described = isinstance(indices_tuple, LabelPairs)
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], None if described else indices_tuple)
         if block is not None and reduction is not None:
             return self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block, reduction)
+        if described:  # the dense path reads lists
+            indices_tuple = list_label_pairs(labels, ref_labels, indices_tuple)  # type: ignore[arg-type]
         mat = self.distance(embeddings, ref_emb)
         return contrastive_terms(
             self.distance,
@@ -126,8 +130,11 @@ class ContrastiveLoss(BaseMetricLossFunction):
         """The dense path's groups without the matrix: the positive pairs listed, the negatives reduced by blocks."""
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         blocks: PairBlocks
-        if indices_tuple is None:
+        if indices_tuple is None or isinstance(indices_tuple, LabelPairs):
             a1, p = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
+            if isinstance(indices_tuple, LabelPairs):  # all pairs but the excluded positives
+                keep = p != indices_tuple.excluded_ref[a1]
+                a1, p = a1[keep], p[keep]
             blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
         else:
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from .._validation import Described, check_embeddings, check_labels, check_range, message
-from ..indices import check_indices_tuple, convert_to_pairs, pairs_to_triplets
+from ..indices import check_indices_tuple, convert_to_pairs, list_label_pairs, pairs_to_triplets
 from ..losses.base import BaseMetricLossFunction
 from ..miners.base import BaseMiner
 from ..reducers.base import zero_loss
-from ..types import Pairs, Triplets
+from ..types import LabelPairs, Pairs, Triplets
 
 __all__ = ["CrossBatchMemory"]
 
@@ -247,7 +247,7 @@ class CrossBatchMemory(nn.Module):
         ref_labels: Tensor,
         own_slots: Tensor | None,
         given: tuple[Tensor, ...] | None,
-    ) -> Pairs | Triplets | None:
+    ) -> Pairs | Triplets | LabelPairs | None:
         """The pairs or triplets (query index, memory slot) to score, without any query-own-copy pair.
 
         ``own_slots[i]`` is the slot where query ``i`` was just written (``None`` when the queries are not
@@ -261,13 +261,11 @@ class CrossBatchMemory(nn.Module):
         elif own_slots is None:
             # Nothing to exclude: the loss forms every pair itself, often without listing them.
             return None
+        elif given is None and getattr(self.loss, "accepts_label_pairs", False):
+            # every pair but each query's own copy, described: the loss forms them by tiles, unlisted
+            return LabelPairs(own_slots)
         else:
-            same = query_labels.unsqueeze(1) == ref_labels.unsqueeze(0)
-            different = ~same
-            same[torch.arange(query.shape[0], device=query.device), own_slots] = False
-            a1, p = torch.nonzero(same, as_tuple=True)
-            a2, n = torch.nonzero(different, as_tuple=True)
-            chosen = Pairs(a1, p, a2, n)
+            chosen = list_label_pairs(query_labels, ref_labels, LabelPairs(own_slots))
         if given is None:
             return chosen
         assert own_slots is not None  # `indices_tuple` and `enqueue_mask` are exclusive
