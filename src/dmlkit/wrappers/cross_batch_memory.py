@@ -58,7 +58,9 @@ class CrossBatchMemory(nn.Module):
         embedding_size: the size of each embedding, a positive integer.
         memory_size: how many embeddings the memory holds, a positive integer.
         miner: an optional miner, run between the batch and the memory; its pairs/triplets are the ones
-            scored (without a miner: every positive and negative pair).
+            scored (without a miner: every positive and negative pair but the own copies; a loss whose
+            ``accepts_label_pairs`` is True, such as ContrastiveLoss, receives these as a
+            :class:`~dmlkit.types.LabelPairs` description and forms them by tiles, any other loss as lists).
 
     Attributes:
         embedding_memory: ``(memory_size, embedding_size)`` buffer of stored embeddings; it follows
