@@ -249,9 +249,21 @@ def test_label_pairs_equal_their_listing_for_any_loss() -> None:
             if (labels[i] == ref_labels[j]) == expected_same and not (expected_same and j == int(own[i]))
         )
         assert got == want
-    for loss in (TripletMarginLoss(margin=0.5), ContrastiveLoss(), ContrastiveLoss(chunk_size=2)):
+    losses = (
+        TripletMarginLoss(margin=0.5),
+        TripletMarginLoss(margin=0.5, chunk_size=2),  # tiled from the description
+        TripletMarginLoss(margin=0.5, chunk_size=2, swap=True),  # a path that reads lists
+        TripletMarginLoss(margin=0.5, chunk_size=2, triplets_per_anchor=2, generator=torch.Generator().manual_seed(0)),
+        ContrastiveLoss(),
+        ContrastiveLoss(chunk_size=2),
+    )
+    for loss in losses:
+        if getattr(loss, "generator", None) is not None:
+            loss.generator.manual_seed(0)
         x1, x2 = emb.clone().requires_grad_(), emb.clone().requires_grad_()
         described = loss(x1, labels, LabelPairs(own), ref, ref_labels)
+        if getattr(loss, "generator", None) is not None:
+            loss.generator.manual_seed(0)
         explicit = loss(x2, labels, tuple(listed), ref, ref_labels)
         described.backward()
         explicit.backward()

@@ -22,10 +22,10 @@ from .tiled import (
     PairSet,
     RowStatKernel,
     check_chunk_size,
-    label_pairs,
     listed_blocks,
     normalized_inputs,
     pair_distances,
+    positive_label_pairs,
     tile_size,
     tiled_rows,
 )
@@ -131,10 +131,7 @@ class ContrastiveLoss(BaseMetricLossFunction):
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         blocks: PairBlocks
         if indices_tuple is None or isinstance(indices_tuple, LabelPairs):
-            a1, p = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
-            if isinstance(indices_tuple, LabelPairs):  # all pairs but the excluded positives
-                keep = p != indices_tuple.excluded_ref[a1]
-                a1, p = a1[keep], p[keep]
+            a1, p = positive_label_pairs(labels, ref_labels, indices_tuple)  # type: ignore[arg-type]
             blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
         else:
             a1, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]

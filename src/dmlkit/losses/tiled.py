@@ -34,6 +34,7 @@ from torch import Tensor
 from .._validation import check_range
 from ..distances import BaseDistance, DotProductSimilarity
 from ..indices import convert_to_pairs, ref_is_query
+from ..types import LabelPairs
 from .functional import segment_logsumexp
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "tiled_rows",
     "pair_distances",
     "label_pairs",
+    "positive_label_pairs",
     "sorted_by_row",
     "listed_in_both",
     "normalized_inputs",
@@ -986,6 +988,22 @@ def label_pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[Tenso
         keep = anchors != partners
         anchors, partners = anchors[keep], partners[keep]
     return anchors, partners
+
+
+def positive_label_pairs(
+    labels: Tensor, ref_labels: Tensor | None, described: LabelPairs | None
+) -> tuple[Tensor, Tensor]:
+    """:func:`label_pairs`, without the positive pairs a :class:`~dmlkit.types.LabelPairs` leaves out.
+
+    Example:
+        >>> positive_label_pairs(torch.tensor([0, 1]), torch.tensor([0, 0, 1]), LabelPairs(torch.tensor([0, 2])))
+        (tensor([0]), tensor([1]))
+    """
+    anchors, partners = label_pairs(labels, ref_labels)
+    if described is None:
+        return anchors, partners
+    keep = partners != described.excluded_ref[anchors]
+    return anchors[keep], partners[keep]
 
 
 def sorted_by_row(rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:

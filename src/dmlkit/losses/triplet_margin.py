@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range, message
-from ..indices import label_masks, pair_masks
+from ..indices import label_masks, list_label_pairs, pair_masks
 from ..reducers import AvgNonZeroReducer
-from ..types import TermKind, Terms
+from ..types import LabelPairs, TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import (
     FusedReduction,
@@ -28,11 +28,11 @@ from .tiled import (
     PairSet,
     TileKernel,
     check_chunk_size,
-    label_pairs,
     listed_blocks,
     masked,
     normalized_inputs,
     pair_distances,
+    positive_label_pairs,
     sorted_by_row,
     tile_size,
     tiled_rows,
@@ -83,6 +83,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
     """
 
     default_reducer = AvgNonZeroReducer
+    accepts_label_pairs = True
 
     def __init__(
         self,
@@ -116,11 +117,14 @@ class TripletMarginLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
+        described = isinstance(indices_tuple, LabelPairs)
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], None if described else indices_tuple)
         if block is not None:
             tiled = self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)
             if tiled is not None:
                 return {"loss": tiled}
+        if described:  # the paths below read lists
+            indices_tuple = list_label_pairs(labels, ref_labels, indices_tuple)  # type: ignore[arg-type]
         mat = self.distance(embeddings, ref_emb)
         ref_is_batch = ref_emb is embeddings
         fused = fused_reduction(self.reducer)
@@ -160,7 +164,10 @@ class TripletMarginLoss(BaseMetricLossFunction):
     ) -> Terms | None:
         """The dense path's terms without the matrix, or ``None`` where the dense path is needed."""
         fused = fused_reduction(self.reducer)
-        every = indices_tuple is None and self.triplets_per_anchor == "all"
+        described = indices_tuple if isinstance(indices_tuple, LabelPairs) else None
+        every = (indices_tuple is None or described is not None) and self.triplets_per_anchor == "all"
+        if described is not None and not every:
+            return None  # a sample of triplets per anchor: from the listed pairs
         from_pairs = indices_tuple is not None and len(indices_tuple) == 4
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
         if (every or from_pairs) and (fused is None or self.swap):
@@ -170,10 +177,11 @@ class TripletMarginLoss(BaseMetricLossFunction):
         elif every or from_pairs:
             assert fused is not None
             blocks: PairBlocks
-            if indices_tuple is None:
-                a, p = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
+            if every:
+                a, p = positive_label_pairs(labels, ref_labels, described)  # type: ignore[arg-type]
                 blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
             else:
+                assert indices_tuple is not None  # from_pairs
                 a1, p1, a2, n = indices_tuple
                 a, p = sorted_by_row(a1, p1)
                 # a negative pair listed k times makes k triplets with each positive pair of its anchor

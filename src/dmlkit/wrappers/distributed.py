@@ -28,13 +28,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .._validation import Described, check_embeddings, check_labels, message
-from ..indices import check_indices_tuple, convert_to_pairs, pairs_to_triplets
+from ..indices import check_indices_tuple, convert_to_pairs, list_label_pairs, pairs_to_triplets
 from ..losses.base import BaseMetricLossFunction
 from ..miners.base import BaseMiner
 from ..miners.embeddings_already_packaged_as_triplets import EmbeddingsAlreadyPackagedAsTriplets
 from ..reducers import AvgNonZeroReducer, DivisorReducer, MeanReducer, SumReducer, ThresholdReducer
 from ..reducers.base import BaseReducer, zero_loss
-from ..types import Pairs, TermKind, Terms, Triplets
+from ..types import LabelPairs, Pairs, TermKind, Terms, Triplets
 from .cross_batch_memory import CrossBatchMemory
 
 __all__ = [
@@ -593,6 +593,8 @@ class DistributedLossWrapper(nn.Module):
                 chosen = xbm._indices(query, query_labels, ref_emb, ref_labels, own, None)
                 if given is not None:
                     assert chosen is not None  # `given` excludes `enqueue_mask`, so the own copies were excluded
+                    if isinstance(chosen, LabelPairs):  # listed, to add the given ones
+                        chosen = list_label_pairs(query_labels, ref_labels, chosen)
                     chosen = _with_given(chosen, given, query_labels, slots)
                 with _reduced_over_processes(xbm.loss, rank, world):
                     value = _call_with_averaged_gradients(
