@@ -235,7 +235,7 @@ def _described_problem() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
 
 def test_label_pairs_equal_their_listing_for_any_loss() -> None:
     from dmlkit.indices import list_label_pairs
-    from dmlkit.losses import ContrastiveLoss
+    from dmlkit.losses import ContrastiveLoss, NTXentLoss
     from dmlkit.types import LabelPairs
 
     emb, labels, ref, ref_labels, own = _described_problem()
@@ -256,6 +256,8 @@ def test_label_pairs_equal_their_listing_for_any_loss() -> None:
         TripletMarginLoss(margin=0.5, chunk_size=2, triplets_per_anchor=2, generator=torch.Generator().manual_seed(0)),
         ContrastiveLoss(),
         ContrastiveLoss(chunk_size=2),
+        NTXentLoss(temperature=0.2),
+        NTXentLoss(temperature=0.2, chunk_size=2),
     )
     for loss in losses:
         if getattr(loss, "generator", None) is not None:

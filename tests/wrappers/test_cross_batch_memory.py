@@ -566,6 +566,9 @@ def _pml_pair(kind: str, miner: bool) -> tuple[CrossBatchMemory, Any]:
         their_loss = pml_losses.ContrastiveLoss(pos_margin=0.05, neg_margin=0.9)
     elif kind == "ntxent":
         ours_loss, their_loss = _ntxent_cls()(temperature=0.2), pml_losses.NTXentLoss(temperature=0.2)
+    elif kind == "ntxent_tiled":  # the memory's pairs formed tile by tile from a LabelPairs description
+        ours_loss = _ntxent_cls()(temperature=0.2, chunk_size=3)
+        their_loss = pml_losses.NTXentLoss(temperature=0.2)
     else:
         raise AssertionError(kind)
     # the mean variant mines every triplet, so that self-pairs, if any, would show in the value
@@ -577,7 +580,7 @@ def _pml_pair(kind: str, miner: bool) -> tuple[CrossBatchMemory, Any]:
     return ours, theirs
 
 
-@pytest.mark.parametrize("kind", ["triplet", "triplet_mean", "contrastive", "ntxent"])
+@pytest.mark.parametrize("kind", ["triplet", "triplet_mean", "contrastive", "ntxent", "ntxent_tiled"])
 @pytest.mark.parametrize("miner", [False, True], ids=["all_pairs", "miner"])
 @pytest.mark.parametrize("masked", [False, True], ids=["enqueue_all", "enqueue_mask"])
 def test_pml_parity_over_a_sequence_of_batches(kind: str, miner: bool, masked: bool) -> None:

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance
-from ..indices import convert_to_pairs, label_masks, list_label_pairs
+from ..indices import convert_to_pairs, label_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import LabelPairs, TermKind, Terms
 from .base import BaseMetricLossFunction
@@ -23,6 +23,7 @@ from .tiled import (
     RowStatKernel,
     check_chunk_size,
     listed_blocks,
+    listed_pairs,
     normalized_inputs,
     pair_distances,
     positive_label_pairs,
@@ -99,12 +100,10 @@ class ContrastiveLoss(BaseMetricLossFunction):
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
         reduction = fused_reduction(self.reducer)
-        described = isinstance(indices_tuple, LabelPairs)
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], None if described else indices_tuple)
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
         if block is not None and reduction is not None:
             return self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block, reduction)
-        if described:  # the dense path reads lists
-            indices_tuple = list_label_pairs(labels, ref_labels, indices_tuple)  # type: ignore[arg-type]
+        indices_tuple = listed_pairs(indices_tuple, labels, ref_labels)  # type: ignore[assignment]
         mat = self.distance(embeddings, ref_emb)
         return contrastive_terms(
             self.distance,

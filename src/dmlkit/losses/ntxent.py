@@ -9,7 +9,7 @@ from torch import Tensor
 from .._validation import check_range
 from ..distances import CosineSimilarity
 from ..indices import convert_to_pairs, label_masks
-from ..types import TermKind, Terms
+from ..types import LabelPairs, TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values, row_logsumexp
 from .tiled import (
@@ -19,10 +19,11 @@ from .tiled import (
     PairSet,
     RowStatKernel,
     check_chunk_size,
-    label_pairs,
     listed_blocks,
+    listed_pairs,
     normalized_inputs,
     pair_distances,
+    positive_label_pairs,
     tile_size,
     tiled_rows,
 )
@@ -107,6 +108,7 @@ class NTXentLoss(BaseMetricLossFunction):
     """
 
     default_distance = CosineSimilarity
+    accepts_label_pairs = True
 
     def __init__(self, temperature: float = 0.07, chunk_size: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -126,6 +128,7 @@ class NTXentLoss(BaseMetricLossFunction):
         block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
         if block is not None:
             return {"loss": self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)}
+        indices_tuple = listed_pairs(indices_tuple, labels, ref_labels)  # type: ignore[assignment]
         mat = self.distance(embeddings, ref_emb)
         scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
         logits = mat * scale
@@ -148,8 +151,8 @@ class NTXentLoss(BaseMetricLossFunction):
         """The dense path's terms (up to their order) without the matrix: one value per listed positive pair."""
         scale = 1.0 / self.temperature if self.distance.higher_is_closer else -1.0 / self.temperature
         query, ref = normalized_inputs(self.distance, embeddings, ref_emb)
-        if indices_tuple is None:
-            a, p = label_pairs(labels, ref_labels)  # type: ignore[arg-type]
+        if indices_tuple is None or isinstance(indices_tuple, LabelPairs):
+            a, p = positive_label_pairs(labels, ref_labels, indices_tuple)  # type: ignore[arg-type]
             blocks = LabelBlocks(labels, ref_labels)  # type: ignore[arg-type]
         else:
             a, p, a_neg, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance, DotProductSimilarity
-from ..indices import convert_to_pairs, ref_is_query
+from ..indices import convert_to_pairs, list_label_pairs, ref_is_query
 from ..types import LabelPairs
 from .functional import segment_logsumexp
 
@@ -60,6 +60,7 @@ __all__ = [
     "pair_distances",
     "label_pairs",
     "positive_label_pairs",
+    "listed_pairs",
     "sorted_by_row",
     "listed_in_both",
     "normalized_inputs",
@@ -128,9 +129,9 @@ def tile_size(
 
     ``chunk_size=None`` tiles matrices of more than ``AUTO_TILE_BATCH ** 2`` cells with ``DEFAULT_BLOCK``, unless
     a miner's ``indices_tuple`` lists more than one positive pair (one per triplet) per ``DENSE_LISTED_CELLS``
-    cells: the tiled path evaluates listed positive pairs one by one from the embeddings, which then costs more
-    than the matrix (negatives are masked per tile however many they are). ``0`` never tiles; a positive value
-    always tiles with that side.
+    cells (a :class:`~dmlkit.types.LabelPairs` description lists nothing): the tiled path evaluates listed
+    positive pairs one by one from the embeddings, which then costs more than the matrix (negatives are masked
+    per tile however many they are). ``0`` never tiles; a positive value always tiles with that side.
 
     Example:
         >>> tile_size(None, 100, 100) is None, tile_size(None, 8192, 8192), tile_size(64, 100, 100)
@@ -143,7 +144,8 @@ def tile_size(
         cells = num_query * num_ref
         if cells <= AUTO_TILE_BATCH**2:
             return None
-        positives = indices_tuple[0].numel() if indices_tuple is not None else 0
+        listed = indices_tuple is not None and not isinstance(indices_tuple, LabelPairs)
+        positives = indices_tuple[0].numel() if listed else 0  # type: ignore[index]
         return None if positives * DENSE_LISTED_CELLS > cells else DEFAULT_BLOCK
     return chunk_size if chunk_size > 0 else None
 
@@ -988,6 +990,16 @@ def label_pairs(labels: Tensor, ref_labels: Tensor | None = None) -> tuple[Tenso
         keep = anchors != partners
         anchors, partners = anchors[keep], partners[keep]
     return anchors, partners
+
+
+def listed_pairs(
+    indices_tuple: Sequence[Tensor] | None, labels: Tensor | None, ref_labels: Tensor | None
+) -> Sequence[Tensor] | None:
+    """``indices_tuple``, with a :class:`~dmlkit.types.LabelPairs` description replaced by the pairs it describes
+    (for the dense paths, which read lists)."""
+    if isinstance(indices_tuple, LabelPairs):
+        return list_label_pairs(labels, ref_labels, indices_tuple)  # type: ignore[arg-type]
+    return indices_tuple
 
 
 def positive_label_pairs(

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._validation import check_range, message
-from ..indices import label_masks, list_label_pairs, pair_masks
+from ..indices import label_masks, pair_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import LabelPairs, TermKind, Terms
 from .base import BaseMetricLossFunction
@@ -29,6 +29,7 @@ from .tiled import (
     TileKernel,
     check_chunk_size,
     listed_blocks,
+    listed_pairs,
     masked,
     normalized_inputs,
     pair_distances,
@@ -117,14 +118,12 @@ class TripletMarginLoss(BaseMetricLossFunction):
         ref_emb: Tensor,
         ref_labels: Tensor | None,
     ) -> Mapping[str, Terms]:
-        described = isinstance(indices_tuple, LabelPairs)
-        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], None if described else indices_tuple)
+        block = tile_size(self.chunk_size, embeddings.shape[0], ref_emb.shape[0], indices_tuple)
         if block is not None:
             tiled = self._tiled_terms(embeddings, labels, indices_tuple, ref_emb, ref_labels, block)
             if tiled is not None:
                 return {"loss": tiled}
-        if described:  # the paths below read lists
-            indices_tuple = list_label_pairs(labels, ref_labels, indices_tuple)  # type: ignore[arg-type]
+        indices_tuple = listed_pairs(indices_tuple, labels, ref_labels)  # type: ignore[assignment]
         mat = self.distance(embeddings, ref_emb)
         ref_is_batch = ref_emb is embeddings
         fused = fused_reduction(self.reducer)
