@@ -249,3 +249,23 @@ def test_pml_parity_with_per_group_reducers() -> None:
     for seed in range(4):
         z1, z2 = _views(seed, n=16, d=6, scale=0.5)
         torch.testing.assert_close(ours(z1, ref_emb=z2), theirs(z1, ref_emb=z2), rtol=0, atol=1e-6)
+
+
+def test_covariance_centred_in_chunks_matches_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmlkit.losses import vicreg
+
+    g = torch.Generator().manual_seed(5)
+    z1 = torch.randn(10, 4, generator=g, dtype=torch.float64) * 2 + 30  # a large mean: centring matters
+    z2 = z1 + 0.3 * torch.randn(10, 4, generator=g, dtype=torch.float64)
+    results = []
+    for rows in (1024, 3):
+        monkeypatch.setattr(vicreg, "_CHUNK_ROWS", rows)
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        value = VICRegLoss()(a, ref_emb=b)
+        value.backward()
+        results.append((value.detach(), a.grad, b.grad))
+        if rows == 3:
+            inputs = (z1.clone().requires_grad_(), z2.clone().requires_grad_())  # hinge mostly inactive (std ~2)
+            assert torch.autograd.gradcheck(lambda x, y: VICRegLoss()(x, ref_emb=y), inputs)
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)

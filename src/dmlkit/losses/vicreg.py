@@ -4,8 +4,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .._validation import Described, check_range, message
 from ..types import TermKind, Terms
@@ -110,26 +110,78 @@ class VICRegLoss(BaseMetricLossFunction):
         n, d = embeddings.shape
         rows = torch.arange(n, device=embeddings.device)
         dims = torch.arange(d, device=embeddings.device)
-        invariance = F.mse_loss(embeddings, ref_emb, reduction="none").mean(dim=1) * self.invariance_lambda
-        variance1, covariance1 = self._view_penalties(embeddings)
-        variance2, covariance2 = self._view_penalties(ref_emb)
+        weights = (self.invariance_lambda, self.variance_mu, self.covariance_v, self.eps)
+        invariance, variance1, variance2, covariance = _VICRegTerms.apply(embeddings, ref_emb, weights)
         return {
             "invariance_loss": Terms(invariance, rows, TermKind.ELEMENT),
-            "variance_loss1": Terms(variance1 * self.variance_mu, dims, TermKind.ELEMENT),
-            "variance_loss2": Terms(variance2 * self.variance_mu, dims, TermKind.ELEMENT),
-            "covariance_loss": Terms.reduced((covariance1 + covariance2) * self.covariance_v),
+            "variance_loss1": Terms(variance1, dims, TermKind.ELEMENT),
+            "variance_loss2": Terms(variance2, dims, TermKind.ELEMENT),
+            "covariance_loss": Terms.reduced(covariance),
         }
 
-    def _view_penalties(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """For one view: ``relu(1 - std_j) / 2`` per dimension ``j`` (the halves of the two views average them),
-        and the sum of the squared off-diagonal covariances divided by the dimension.
 
-        The variances are the covariance matrix's diagonal, so one matrix product gives both terms.
-        """
-        n, d = z.shape
-        centred = z - z.mean(dim=0)
-        cov = (centred.T @ centred) / (n - 1)
-        var = torch.diagonal(cov)
-        variance = F.relu(1 - torch.sqrt(var + self.eps)) / 2
-        covariance = (cov.pow(2).sum() - var.pow(2).sum()) / d
-        return variance, covariance
+#: rows per chunk when centring a view for its covariance (no full centred copy is kept)
+_CHUNK_ROWS = 1024
+
+
+def _covariance(z: Tensor, mean: Tensor) -> Tensor:
+    """``Cov(z) = (z - mean)^T (z - mean) / (n - 1)``, centred chunk by chunk of rows."""
+    cov = z.new_zeros(z.shape[1], z.shape[1])
+    for start in range(0, z.shape[0], _CHUNK_ROWS):
+        part = z[start : start + _CHUNK_ROWS] - mean
+        cov.addmm_(part.T, part)
+    return cov.div_(z.shape[0] - 1)
+
+
+class _VICRegTerms(torch.autograd.Function):
+    """The four VICReg terms of two views, ``(invariance per sample, variance per dimension of each view,
+    covariance)``, each already weighted, with the gradient written out; besides the two views only ``(d, d)``
+    statistics are kept, and the backward's only ``(n, d)`` buffers are the two gradients.
+
+    With ``c = z - mean`` (whose column sums vanish, so the centring adds no term) and ``cov = c^T c / (n - 1)``:
+    ``d inv_i / d z1_i = 2 lambda / d (z1_i - z2_i)``; ``d v_j / d cov_jj = -mu / (4 sqrt(cov_jj + eps))`` where
+    ``sqrt(cov_jj + eps) < 1`` (0 elsewhere); ``d c / d cov_ab = 2 nu cov_ab / d`` off the diagonal; and a
+    gradient ``G`` on ``cov`` reaches ``z`` as ``2 / (n - 1) c G``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, z1: Tensor, z2: Tensor, weights: tuple[float, float, float, float]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        lam, mu, nu, eps = weights
+        d = z1.shape[1]
+        invariance = (z1 - z2).square_().mean(dim=1).mul_(lam)
+        means, covs, variances, slopes = [], [], [], []
+        covariance = z1.new_zeros(())
+        for z in (z1, z2):
+            mean = z.mean(dim=0)
+            cov = _covariance(z, mean)
+            std = torch.sqrt(torch.diagonal(cov) + eps)
+            variances.append(torch.relu(1 - std).mul_(mu / 2))
+            slopes.append(torch.where(std < 1, -mu / 4 / std, torch.zeros_like(std)))
+            covariance = covariance + (cov.square().sum() - torch.diagonal(cov).square().sum()) / d
+            means.append(mean)
+            covs.append(cov)
+        ctx.save_for_backward(z1, z2, *means, *covs, *slopes)
+        ctx.weights = weights
+        return invariance, variances[0], variances[1], covariance * nu
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: Any, g_inv: Tensor, g_var1: Tensor, g_var2: Tensor, g_cov: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None]:
+        z1, z2, mean1, mean2, cov1, cov2, slope1, slope2 = ctx.saved_tensors
+        lam, _, nu, _ = ctx.weights
+        n, d = z1.shape
+        grad1 = torch.sub(z1, z2).mul_(g_inv.unsqueeze(1) * (2 * lam / d))
+        grad2 = grad1.neg()
+        views = ((z1, grad1, mean1, cov1, slope1, g_var1), (z2, grad2, mean2, cov2, slope2, g_var2))
+        for z, grad, mean, cov, slope, g_var in views:
+            # the gradient on the covariance matrix: off-diagonal from c, diagonal from the variance term
+            on_cov = cov * (g_cov * 2 * nu / d)
+            on_cov.diagonal().copy_(g_var * slope)
+            on_cov.mul_(2 / (n - 1))
+            # (z - mean) @ G, added in place: z @ G, then the rank-one correction of the mean
+            grad.addmm_(z, on_cov).sub_(mean @ on_cov)
+        return (grad1 if ctx.needs_input_grad[0] else None), (grad2 if ctx.needs_input_grad[1] else None), None
