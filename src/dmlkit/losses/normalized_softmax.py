@@ -11,7 +11,7 @@ from ..distances import DotProductSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
 from .functional import full_precision
-from .margin_softmax import margin_cross_entropy, new_class_columns
+from .margin_softmax import margin_cross_entropy, new_class_columns, scaled_product
 
 __all__ = ["NormalizedSoftmaxLoss"]
 
@@ -56,6 +56,9 @@ class NormalizedSoftmaxLoss(BaseClassWeightLoss):
         with full_precision(embeddings) as emb:
             weights = self.distance.normalize(self.W.t().to(emb.dtype))
             sign = 1.0 if self.distance.is_inverted else -1.0
+            if type(self.distance) is DotProductSimilarity and self.distance.power == 1:
+                # a plain inner product: the scale rides on the smaller operand, the unit weights stay as they are
+                return scaled_product(self.distance.maybe_normalize(emb), weights, sign / self.temperature)
             return self.distance(emb, weights) * (sign / self.temperature)
 
     def compute_terms(
