@@ -25,6 +25,18 @@ def test_matches_oracle(sub_centers: int, margin: float, scale: float) -> None:
         assert loss_fn(emb, labels).item() == pytest.approx(sum(values) / len(values), rel=1e-10)
 
 
+def test_many_classes_path_matches_oracle_and_gradcheck() -> None:
+    # more classes than dimensions: the own sub-centres are gathered instead of read from all the cosines
+    for seed in range(3):
+        emb, labels = checks.problem(seed, n=9, d=3, classes=6, scale=2.0)
+        loss_fn = SubCenterArcFaceLoss(6, 3, margin=20.0, scale=4.0, sub_centers=2).double()
+        w = checks.weights(loss_fn)
+        values = ref.sub_center_arc_face_values(emb.tolist(), labels.tolist(), w, 2, 20.0, 4.0)
+        assert loss_fn(emb, labels).item() == pytest.approx(sum(values) / len(values), rel=1e-10)
+    emb, labels = checks.problem(7, n=5, d=2, classes=4)
+    assert checks.gradcheck(SubCenterArcFaceLoss(4, 2, margin=20, scale=2, sub_centers=3), emb, labels)
+
+
 def test_logits_are_the_best_sub_centre_and_w_has_pml_layout() -> None:
     emb, _ = checks.problem(5)
     loss_fn = SubCenterArcFaceLoss(num_classes=4, embedding_size=5, sub_centers=3, scale=2)
