@@ -41,14 +41,15 @@ class _P2SGradValues(torch.autograd.Function):
         own = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
         num_classes = cos.shape[1]
         values = (torch.linalg.vector_norm(cos, dim=1).square() - 2 * own + 1) / num_classes
-        ctx.save_for_backward(x_unit, w_unit, x_inv, w_inv, x_norm >= NORM_FLOOR, w_norm >= NORM_FLOOR, cos, labels)
+        # x itself is kept (an input: no copy); its unit rows are rebuilt where the backward needs them
+        ctx.save_for_backward(x, w_unit, x_inv, w_inv, x_norm >= NORM_FLOOR, w_norm >= NORM_FLOOR, cos, labels)
         ctx.outside = outside
         return values
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x_unit, w_unit, x_inv, w_inv, x_normalised, w_normalised, cos, labels = ctx.saved_tensors
+        x, w_unit, x_inv, w_inv, x_normalised, w_normalised, cos, labels = ctx.saved_tensors
         weight = grad.unsqueeze(1) * (2.0 / cos.shape[1])
         cells = cos * weight  # d value_i / d cos_ij, before the target's -1
         cells.scatter_add_(1, labels.unsqueeze(1), -weight)
@@ -56,11 +57,12 @@ class _P2SGradValues(torch.autograd.Function):
             cells.masked_fill_(ctx.outside, 0.0)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            d_unit = cells @ w_unit.t()
-            radial = (x_unit * d_unit).sum(dim=1, keepdim=True) * x_normalised  # none below the norm floor
-            grad_x = (d_unit - x_unit * radial) * x_inv
+            # radial part x_unit . d_unit = sum_j cells_ij cos_ij (zero cells where the clamp acts), none below
+            # the norm floor; then (d_unit - x_unit * radial) / ||x|| written as d_unit / ||x|| - x radial / ||x||^2
+            radial = (cells * cos).sum(dim=1, keepdim=True) * x_normalised
+            grad_x = (cells @ w_unit.t()).mul_(x_inv).addcmul_(x, radial * x_inv * x_inv, value=-1)
         if ctx.needs_input_grad[1]:
-            d_unit = x_unit.t() @ cells
+            d_unit = x.t() @ cells.mul_(x_inv)  # x_unit^T cells, with x_inv moved onto the cells' rows
             radial = (w_unit * d_unit).sum(dim=0, keepdim=True) * w_normalised
             grad_w = (d_unit - w_unit * radial) * w_inv
         return grad_x, grad_w, None
