@@ -16,6 +16,7 @@ from .arc_face import check_degrees
 from .class_weights import BaseClassWeightLoss
 from .functional import full_precision
 from .margin_softmax import (
+    NORM_FLOOR,
     additive_angular_margin,
     check_scale,
     margin_cross_entropy,
@@ -91,24 +92,27 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     def get_logits(self, embeddings: Tensor) -> Tensor:
         """``scale * max_k cos(theta_ijk)``: the logits without margin, ``(batch, num_classes)``."""
         with full_precision(embeddings) as emb:
-            return self._best_sub_center(unit_rows(self.distance, emb), self._unit_sub_centers(emb.dtype))
+            return self._best_sub_center(unit_rows(self.distance, emb), self._unit_columns(emb.dtype))
 
-    def _unit_sub_centers(self, dtype: torch.dtype) -> Tensor:
-        """Unit sub-centres ``(sub_centers, num_classes, embedding_size)``: sub-centre-major, so the maximum
-        over sub-centres runs across contiguous class rows instead of along a short inner axis."""
-        unit = unit_rows(self.distance, self.W.t().to(dtype))
-        return unit.view(self.num_classes, self.sub_centers, -1).transpose(0, 1).contiguous()
+    def _unit_columns(self, dtype: torch.dtype) -> Tensor:
+        """``W`` with every column scaled to unit norm, ``(embedding_size, num_classes * sub_centers)``; column
+        ``c * sub_centers + k`` is sub-centre ``k`` of class ``c`` (pytorch-metric-learning's layout)."""
+        w = self.W.to(dtype)
+        return w * self.distance.get_norm(w, dim=0, keepdim=True).clamp_min(NORM_FLOOR).reciprocal()
 
-    def _best_sub_center(self, unit_emb: Tensor, unit_centers: Tensor) -> Tensor:
-        cosines = scaled_product(unit_emb, unit_centers.view(-1, unit_centers.shape[-1]), self.scale)
+    def _scaled_cosines(self, unit_emb: Tensor, unit_columns: Tensor) -> Tensor:
+        """``scale * cos`` against every sub-centre, ``(batch, num_classes, sub_centers)``."""
+        product = scaled_product(unit_emb, unit_columns.t(), self.scale)
+        return product.view(len(unit_emb), self.num_classes, self.sub_centers)
+
+    def _best_sub_center(self, unit_emb: Tensor, unit_columns: Tensor) -> Tensor:
         # max (not amax) keeps only the winning indices for backward, not the (batch, classes * K) input
-        return cosines.view(len(unit_emb), self.sub_centers, self.num_classes).max(dim=1).values
+        return self._scaled_cosines(unit_emb, unit_columns).max(dim=2).values
 
-    @staticmethod
-    def _own_sub_center_cosines(unit_emb: Tensor, unit_centers: Tensor, labels: Tensor) -> Tensor:
+    def _own_sub_center_cosines(self, unit_emb: Tensor, unit_columns: Tensor, labels: Tensor) -> Tensor:
         """``(batch, sub_centers)`` cosines of each sample to its own class's sub-centres."""
-        own = unit_centers.index_select(1, labels)  # (sub_centers, batch, embedding_size)
-        return (unit_emb.unsqueeze(0) * own).sum(dim=2).t()
+        own = unit_columns.view(unit_columns.shape[0], self.num_classes, self.sub_centers).index_select(1, labels)
+        return (unit_emb.t().unsqueeze(2) * own).sum(dim=0)  # own: (embedding_size, batch, sub_centers)
 
     def compute_terms(
         self,
@@ -120,20 +124,18 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
     ) -> Mapping[str, Terms]:
         assert labels is not None  # checked by the base
         with full_precision(embeddings) as emb:
-            x, centers = unit_rows(self.distance, emb), self._unit_sub_centers(emb.dtype)
+            x, columns = unit_rows(self.distance, emb), self._unit_columns(emb.dtype)
             if self.num_classes <= x.shape[1]:
-                # Few classes: keep every sub-centre's cosine and read the own class's from it, cheaper than
-                # a (sub_centers, batch, embedding_size) gather of the own sub-centres.
-                # the scale rides on the (small) sub-centre matrix: no (batch, classes) product after the max
-                scaled = scaled_product(x, centers.view(-1, centers.shape[-1]), self.scale)
-                scaled = scaled.view(len(x), self.sub_centers, self.num_classes)
-                logits = scaled.max(dim=1).values
-                own = labels.view(-1, 1, 1).expand(-1, self.sub_centers, 1)
-                cosine = scaled.gather(2, own).squeeze(2).amax(dim=1) / self.scale
+                # Few classes: keep every sub-centre's scaled cosine and read the own class's from it, cheaper
+                # than an (embedding_size, batch, sub_centers) gather of the own sub-centres.
+                scaled = self._scaled_cosines(x, columns)
+                logits = scaled.max(dim=2).values
+                own = labels.view(-1, 1, 1).expand(-1, 1, self.sub_centers)
+                cosine = scaled.gather(1, own).squeeze(1).amax(dim=1) / self.scale
             else:
                 # Many classes: only the winners of the maximum are kept for backward, not the cosines.
-                logits = self._best_sub_center(x, centers)
-                cosine = self._own_sub_center_cosines(x, centers, labels).amax(dim=1)
+                logits = self._best_sub_center(x, columns)
+                cosine = self._own_sub_center_cosines(x, columns, labels).amax(dim=1)
             target = additive_angular_margin(cosine, self._radians) * self.scale
             return {"loss": margin_cross_entropy(logits, labels, target, indices_tuple)}
 
@@ -168,7 +170,7 @@ class SubCenterArcFaceLoss(BaseClassWeightLoss):
             raise ValueError(message(name, "labels", f"class indices in [0, {self.num_classes})", bad))
         with torch.no_grad(), full_precision(embeddings) as emb:
             cosines = self._own_sub_center_cosines(
-                unit_rows(self.distance, emb), self._unit_sub_centers(emb.dtype), labels
+                unit_rows(self.distance, emb), self._unit_columns(emb.dtype), labels
             )
             k = self.sub_centers
             votes = torch.bincount(labels * k + cosines.argmax(dim=1), minlength=self.num_classes * k)
