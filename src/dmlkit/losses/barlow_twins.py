@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from .._validation import Described, check_range, message
+from .._validation import check_range
 from ..reducers import BaseReducer, SumReducer
 from ..types import TermKind, Terms
-from .base import BaseMetricLossFunction
-from .functional import check_two_views
+from .base import BaseTwoViewLoss
 
 __all__ = ["BarlowTwinsLoss"]
 
 
-class BarlowTwinsLoss(BaseMetricLossFunction):
+class BarlowTwinsLoss(BaseTwoViewLoss):
     """Barlow Twins (Zbontar, Jing, Misra, LeCun and Deny, 2021, "Barlow Twins: Self-Supervised Learning via
     Redundancy Reduction", ICML, arXiv:2103.03230).
 
@@ -55,14 +54,11 @@ class BarlowTwinsLoss(BaseMetricLossFunction):
         0.0028
     """
 
-    requires_labels: ClassVar[bool] = False
+    batch_rule: ClassVar[str] = "each dimension is standardised over the batch"
     default_reducer: ClassVar[type[BaseReducer]] = SumReducer
 
     def __init__(self, lambd: float = 5e-3, eps: float = 1e-5, scale_loss: float = 1.0, **kwargs: Any) -> None:
         name = type(self).__name__
-        if kwargs.get("distance") is not None:
-            got = Described(type(kwargs["distance"]).__name__)
-            raise ValueError(message(name, "distance", "None: the two views are compared coordinate-wise", got))
         super().__init__(**kwargs)
         check_range(name, "lambd", lambd, low=0)
         check_range(name, "eps", eps, low=0)
@@ -70,27 +66,6 @@ class BarlowTwinsLoss(BaseMetricLossFunction):
         self.lambd = lambd
         self.eps = eps
         self.scale_loss = scale_loss
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: Sequence[Tensor] | None = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        """The loss of the two views ``embeddings`` and ``ref_emb``; ``labels``, ``indices_tuple`` and
-        ``ref_labels`` must be left out."""
-        check_two_views(
-            type(self).__name__,
-            embeddings,
-            labels,
-            indices_tuple,
-            ref_emb,
-            ref_labels,
-            "each dimension is standardised over the batch",
-        )
-        return super().forward(embeddings, ref_emb=ref_emb)
 
     def compute_terms(
         self,

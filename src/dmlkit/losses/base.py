@@ -9,15 +9,16 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_embeddings, check_labels, check_range, check_reference, message
+from .._validation import Described, check_embeddings, check_labels, check_range, check_reference, message
 from ..distances import BaseDistance, LpDistance
 from ..indices import check_indices_tuple, convert_to_pairs, convert_to_triplets, list_label_pairs
 from ..reducers import BaseReducer, MeanReducer
 from ..reducers.base import zero_loss
 from ..regularizers import BaseRegularizer
 from ..types import LabelPairs, Pairs, TermKind, Terms, Triplets, empty_index
+from .functional import check_two_views
 
-__all__ = ["BaseMetricLossFunction"]
+__all__ = ["BaseMetricLossFunction", "BaseTwoViewLoss"]
 
 
 class BaseMetricLossFunction(nn.Module):
@@ -190,6 +191,37 @@ class BaseMetricLossFunction(nn.Module):
                 "(e.g. MPerClassSampler).",
                 stacklevel=5,
             )
+
+
+class BaseTwoViewLoss(BaseMetricLossFunction):
+    """Base of the self-supervised losses on two views of the same samples, ``embeddings`` and ``ref_emb`` (row
+    ``i`` of one pairing with row ``i`` of the other), compared coordinate-wise: no labels, no pairs and no
+    ``distance``. ``batch_rule`` says why a batch needs at least two rows (it completes that error message).
+    """
+
+    requires_labels: ClassVar[bool] = False
+    batch_rule: ClassVar[str] = "the statistics are over the batch"
+
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("distance") is not None:
+            got = Described(type(kwargs["distance"]).__name__)
+            rule = "None: the two views are compared coordinate-wise"
+            raise ValueError(message(type(self).__name__, "distance", rule, got))
+        super().__init__(**kwargs)
+
+    def forward(
+        self,
+        embeddings: Tensor,
+        labels: Tensor | None = None,
+        indices_tuple: Sequence[Tensor] | None = None,
+        ref_emb: Tensor | None = None,
+        ref_labels: Tensor | None = None,
+    ) -> Tensor:
+        """The loss of the two views ``embeddings`` and ``ref_emb``; ``labels``, ``indices_tuple`` and
+        ``ref_labels`` must be left out."""
+        name = type(self).__name__
+        check_two_views(name, embeddings, labels, indices_tuple, ref_emb, ref_labels, self.batch_rule)
+        return super().forward(embeddings, ref_emb=ref_emb)
 
 
 _KINDS = {kind.value: kind for kind in TermKind}

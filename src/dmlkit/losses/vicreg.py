@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -9,13 +9,12 @@ from torch.autograd.function import once_differentiable
 
 from .._validation import Described, check_range, message
 from ..types import TermKind, Terms
-from .base import BaseMetricLossFunction
-from .functional import check_two_views
+from .base import BaseTwoViewLoss
 
 __all__ = ["VICRegLoss"]
 
 
-class VICRegLoss(BaseMetricLossFunction):
+class VICRegLoss(BaseTwoViewLoss):
     """Variance-Invariance-Covariance Regularization (Bardes, Ponce and LeCun, 2022, "VICReg", arXiv:2105.04906).
 
     A self-supervised loss on two views of the same samples: ``embeddings`` (``Z``) and ``ref_emb`` (``Z'``),
@@ -49,7 +48,7 @@ class VICRegLoss(BaseMetricLossFunction):
         5.7316
     """
 
-    requires_labels: ClassVar[bool] = False
+    batch_rule: ClassVar[str] = "variances and covariances are over the batch"
 
     def __init__(
         self,
@@ -60,15 +59,12 @@ class VICRegLoss(BaseMetricLossFunction):
         **kwargs: Any,
     ) -> None:
         name = type(self).__name__
-        if kwargs.get("distance") is not None:
-            got = Described(type(kwargs["distance"]).__name__)
-            raise ValueError(message(name, "distance", "None: the two views are compared coordinate-wise", got))
+        super().__init__(**kwargs)  # refuses a distance first
         if kwargs.get("embedding_regularizer") is not None:
             got = Described(type(kwargs["embedding_regularizer"]).__name__)
             raise ValueError(
                 message(name, "embedding_regularizer", "None: the variance and covariance terms regularise", got)
             )
-        super().__init__(**kwargs)
         check_range(name, "invariance_lambda", invariance_lambda, low=0)
         check_range(name, "variance_mu", variance_mu, low=0)
         check_range(name, "covariance_v", covariance_v, low=0)
@@ -77,27 +73,6 @@ class VICRegLoss(BaseMetricLossFunction):
         self.variance_mu = variance_mu
         self.covariance_v = covariance_v
         self.eps = eps
-
-    def forward(
-        self,
-        embeddings: Tensor,
-        labels: Tensor | None = None,
-        indices_tuple: Sequence[Tensor] | None = None,
-        ref_emb: Tensor | None = None,
-        ref_labels: Tensor | None = None,
-    ) -> Tensor:
-        """The loss of the two views ``embeddings`` and ``ref_emb``; ``labels``, ``indices_tuple`` and
-        ``ref_labels`` must be left out."""
-        check_two_views(
-            type(self).__name__,
-            embeddings,
-            labels,
-            indices_tuple,
-            ref_emb,
-            ref_labels,
-            "variances and covariances are over the batch",
-        )
-        return super().forward(embeddings, ref_emb=ref_emb)
 
     def compute_terms(
         self,
