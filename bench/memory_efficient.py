@@ -6,12 +6,13 @@ Usage::
         [--threads 2] [--max-load 1.5] [--json results.json] [--out table.md] [--plot docs/memory_efficient.png]
     python bench/memory_efficient.py --from-json results.json --plot docs/memory_efficient.png
 
-Each (loss, mode, batch size) runs in its own subprocess (``bench/_harness.py``): peak extra memory is the growth
-of the resident-set high-water mark during the first forward+backward; time is the median of the passes after
-the first (one pass at the largest sizes). Inputs: embedding dim 128, 4 samples per class, float32, fixed seed.
-Modes: ``dense`` is dmlkit with ``chunk_size=0``, ``tiled`` dmlkit with ``chunk_size=1024`` (the automatic
-block), ``pml`` pytorch-metric-learning. The machine may be shared: before each case the script waits (up to
-``--wait`` seconds) for the 1-minute load average to fall below ``--max-load`` and records the load it ran at.
+Each (loss, mode, batch size) runs in its own subprocess (``bench/_harness.py``): peak extra memory is the peak
+of tensor memory held during one forward+backward (from the profiler's allocation events); time is the median of
+the passes after the first (one pass at the largest sizes). Inputs: embedding dim 128, 4 samples per class,
+float32, fixed seed. Modes: ``dense`` is dmlkit with ``chunk_size=0``, ``tiled`` dmlkit with ``chunk_size=1024``
+(the automatic block), ``pml`` pytorch-metric-learning. The machine may be shared: before each case the script
+waits (up to ``--wait`` seconds) for the 1-minute load average to fall below ``--max-load`` and records the load it
+ran at.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def _cell(result: dict[str, Any]) -> str:
         return "fails (out of memory)" if "memory" in result["error"] else f"fails ({result['error'][:40]})"
     seconds = result["seconds"]
     time_text = f"{seconds * 1000:.0f} ms" if seconds < 10 else f"{seconds:.1f} s"
-    return f"{time_text} / {result['peak_extra_mib']:.0f} MiB"
+    return f"{time_text} / {harness.fmt_mib(result['peak_extra_mib'])}"
 
 
 def plot(results: list[dict[str, Any]], path: str) -> None:

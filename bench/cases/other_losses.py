@@ -18,14 +18,25 @@ def _loss(lib: Any, name: str, **kwargs: Any) -> Any:
 
 
 class _TwoViews:
-    """Runs a self-supervised two-view loss on the halves of the benchmark batch (labels are ignored)."""
+    """Runs a self-supervised two-view loss on the halves of the benchmark batch (labels are ignored).
+
+    The halves are two leaf tensors sharing the batch's storage, as a two-view loss receives them from two
+    augmented forward passes: splitting one leaf under autograd would add whole-batch gradient buffers that
+    belong to neither library. Their gradients are cleared on every call, so each pass allocates them anew.
+    """
 
     def __init__(self, loss: Any) -> None:
         self.loss = loss
+        self.views: dict[int, tuple[Tensor, Tensor]] = {}
 
     def __call__(self, embeddings: Tensor, labels: Tensor | None = None, indices_tuple: Any = None) -> Tensor:
-        half = embeddings.shape[0] // 2
-        return self.loss(embeddings[:half], ref_emb=embeddings[half : 2 * half])
+        if id(embeddings) not in self.views:
+            half = embeddings.shape[0] // 2
+            data = embeddings.detach()
+            self.views[id(embeddings)] = (data[:half].requires_grad_(), data[half : 2 * half].requires_grad_())
+        first, second = self.views[id(embeddings)]
+        first.grad = second.grad = None
+        return self.loss(first, ref_emb=second)
 
 
 CASES = {

@@ -3,20 +3,22 @@ search, autograd, bfloat16 autocast, pytorch-metric-learning parity, training, a
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 import torch
 
 from dmlkit.distances import LpDistance
-from dmlkit.losses.sub_center_arc_face import SubCenterArcFaceLoss
+from dmlkit.losses import sub_center_arc_face
+from dmlkit.losses.sub_center_arc_face import SubCenterArcFaceLoss, _BestSubCenterLogits
 from tests.losses import margin_softmax_checks as checks
 from tests.reference import sub_center_arc_face as ref
 from tests.reference.margin_softmax import miner_weights, weighted_mean
 
 
 @pytest.mark.parametrize("sub_centers,margin,scale", [(3, 28.6, 64.0), (1, 10.0, 4.0), (2, 45.0, 8.0)])
-def test_matches_oracle(sub_centers: int, margin: float, scale: float) -> None:
+def test_matches_oracle(sub_centers: int, margin: float, scale: float, product_path: str) -> None:
     for seed in range(3):
         emb, labels = checks.problem(seed, scale=2.0)
         loss_fn = SubCenterArcFaceLoss(4, 5, margin=margin, scale=scale, sub_centers=sub_centers)
@@ -57,6 +59,62 @@ def test_miner_output_weights_the_samples() -> None:
 def test_gradcheck() -> None:
     emb, labels = checks.problem(2, n=5, d=3, classes=3)
     assert checks.gradcheck(SubCenterArcFaceLoss(3, 3, margin=20, scale=2, sub_centers=2), emb, labels)
+
+
+def _formula_loss(loss_fn: SubCenterArcFaceLoss, emb: torch.Tensor, labels: torch.Tensor, w: torch.Tensor):
+    """The loss written with autograd: normalised rows and columns (norm floor 1e-12), the maximum over each
+    class's sub-centres (``max`` routes a tie to the first), ArcFace's target, cross-entropy."""
+    x = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    unit = w / w.norm(dim=0, keepdim=True).clamp_min(1e-12)
+    cos = (x @ unit).view(len(x), loss_fn.num_classes, loss_fn.sub_centers).max(dim=2).values
+    m = math.radians(loss_fn.margin)
+    own = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+    sine = ((1 - own) * (1 + own)).clamp_min(1e-12).sqrt()
+    target = torch.where(own >= -math.cos(m), own * math.cos(m) - sine * math.sin(m), own - m * math.sin(m))
+    logits = cos.scatter(1, labels.unsqueeze(1), target.unsqueeze(1)) * loss_fn.scale
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+@pytest.fixture(params=["one product", "one sub-centre at a time"])
+def product_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test on both computations of the best sub-centre (small problems take the first by default)."""
+    if request.param != "one product":
+        monkeypatch.setattr(sub_center_arc_face, "ONE_PRODUCT_CELLS", 0)
+    return str(request.param)
+
+
+@pytest.mark.parametrize("sub_centers", [1, 2, 3])
+def test_gradients_equal_autograd_of_the_formula_with_zero_and_tied_columns(
+    sub_centers: int, product_path: str
+) -> None:
+    emb, labels = checks.problem(11, n=10, d=4, classes=5, scale=3.0)
+    loss_fn = SubCenterArcFaceLoss(5, 4, margin=25.0, scale=3.0, sub_centers=sub_centers).double()
+    with torch.no_grad():
+        w = loss_fn.W.view(4, 5, sub_centers)
+        w[:, 1, :] = 0.0  # every sub-centre of class 1 is below the norm floor
+        if sub_centers > 1:
+            w[:, 2, 1] = w[:, 2, 0] * 2.0  # a tie: the same direction twice, the first must win
+    ours_x, ref_x = emb.clone().requires_grad_(), emb.clone().requires_grad_()
+    loss_fn(ours_x, labels).backward()
+    ref_w = loss_fn.W.detach().clone().requires_grad_()
+    expected = _formula_loss(loss_fn, ref_x, labels, ref_w)
+    expected.backward()
+    assert loss_fn(emb, labels).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert torch.allclose(ours_x.grad, ref_x.grad, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(loss_fn.W.grad, ref_w.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_best_sub_centre_logits_gradcheck(with_labels: bool, product_path: str) -> None:
+    # both outputs (the logits and each sample's own-class logit) at once, with the weights unnormalised
+    emb, labels = checks.problem(3, n=7, d=3, classes=4)
+    x = (emb / emb.norm(dim=1, keepdim=True)).requires_grad_()
+    w = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+
+    def fn(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _BestSubCenterLogits.apply(x, w, 2.5, 3, labels if with_labels else None)
+
+    assert torch.autograd.gradcheck(fn, (x, w))
 
 
 def test_bf16_autocast_is_finite() -> None:
