@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dmlkit.distances import LpDistance
-from dmlkit.losses import sub_center_arc_face
-from dmlkit.losses.sub_center_arc_face import SubCenterArcFaceLoss, _BestSubCenterLogits
+from dmlkit.losses import margin_softmax
+from dmlkit.losses.sub_center_arc_face import SubCenterArcFaceLoss
 from tests.losses import margin_softmax_checks as checks
 from tests.reference import sub_center_arc_face as ref
 from tests.reference.margin_softmax import miner_weights, weighted_mean
@@ -79,7 +79,7 @@ def _formula_loss(loss_fn: SubCenterArcFaceLoss, emb: torch.Tensor, labels: torc
 def product_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Runs a test on both computations of the best sub-centre (small problems take the first by default)."""
     if request.param != "one product":
-        monkeypatch.setattr(sub_center_arc_face, "ONE_PRODUCT_CELLS", 0)
+        monkeypatch.setattr(margin_softmax, "ONE_PRODUCT_CELLS", 0)
     return str(request.param)
 
 
@@ -112,7 +112,7 @@ def test_best_sub_centre_logits_gradcheck(with_labels: bool, product_path: str) 
     w = torch.randn(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
 
     def fn(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _BestSubCenterLogits.apply(x, w, 2.5, 3, labels if with_labels else None)
+        return margin_softmax.center_logits(x, w, 2.5, 3, labels if with_labels else None)
 
     assert torch.autograd.gradcheck(fn, (x, w))
 

@@ -29,9 +29,8 @@ __all__ = [
     "target_values",
     "unit_rows",
     "scaled_product",
-    "scaled_cosines",
-    "cosine_logits",
     "column_logits",
+    "center_logits",
     "margin_cross_entropy",
     "cosine_margin_terms",
     "angle_multiplier_terms",
@@ -78,24 +77,10 @@ def scaled_product(x: Tensor, w: Tensor, scale: float) -> Tensor:
     return x @ (w * scale).t() if len(w) <= len(x) else (x * scale) @ w.t()
 
 
-def scaled_cosines(distance: BaseDistance, embeddings: Tensor, weights: Tensor, scale: float) -> Tensor:
-    """``scale * cos(x_i, w_j)``: the ``(batch, classes)`` logits of the cosine losses, without margin."""
-    return scaled_product(unit_rows(distance, embeddings), unit_rows(distance, weights), scale)
-
-
-def cosine_logits(
-    distance: BaseDistance, embeddings: Tensor, weights: Tensor, labels: Tensor, scale: float
-) -> tuple[Tensor, Tensor]:
-    """``(scale * cos(x_i, w_j)`` for all pairs, ``cos(x_i, w_{labels[i]})`` row by row``), normalising once."""
-    # class rows contiguous: the row gather below reads whole rows (W is stored column-major)
-    x, w = unit_rows(distance, embeddings), unit_rows(distance, weights.contiguous())
-    return scaled_product(x, w, scale), (x * w.index_select(0, labels)).sum(dim=1)
-
-
 def column_logits(distance: BaseDistance, embeddings: Tensor, columns: Tensor, scale: float) -> Tensor:
-    """:func:`scaled_cosines` against class weights stored one per column, in full precision."""
+    """``scale * cos(x_i, w_j)`` against class weights stored one per column, in full precision."""
     with full_precision(embeddings) as emb:
-        return scaled_cosines(distance, emb, columns.t().to(emb.dtype), scale)
+        return center_logits(unit_rows(distance, emb), columns.to(emb.dtype), scale)[0]
 
 
 def margin_cross_entropy(
@@ -155,8 +140,8 @@ def cosine_margin_terms(
     ones (for a margin that depends on them).
     """
     with full_precision(embeddings) as emb:
-        logits, cosine = cosine_logits(distance, emb, columns.t().to(emb.dtype), labels, scale)
-        return {"loss": margin_cross_entropy(logits, labels, margin(cosine, emb) * scale, indices_tuple)}
+        logits, own = center_logits(unit_rows(distance, emb), columns.to(emb.dtype), scale, 1, labels)
+        return {"loss": margin_cross_entropy(logits, labels, margin(own / scale, emb) * scale, indices_tuple)}
 
 
 def angle_multiplier_terms(
@@ -215,3 +200,150 @@ def additive_angular_margin(cosine: Tensor, margin: float) -> Tensor:
     sine = ((1 - cosine) * (1 + cosine)).clamp(min=SINE_FLOOR).sqrt()
     shifted = cosine * math.cos(margin) - sine * math.sin(margin)
     return torch.where(cosine >= -math.cos(margin), shifted, cosine - margin * math.sin(margin))
+
+
+#: up to this many (sample, sub-centre) cells the forward takes one product against every sub-centre and the
+#: backward one routed gradient; above it, one sub-centre at a time (less memory, fewer passes per cell)
+ONE_PRODUCT_CELLS = 1 << 18
+
+
+def _winner_dtype(sub_centers: int) -> torch.dtype:
+    """The smallest integer type that holds a sub-centre index."""
+    return torch.uint8 if sub_centers <= 256 else torch.int32
+
+
+class _CenterLogits(torch.autograd.Function):
+    """``logits[i, c] = scale * max_k cos(x_i, w_{c,k})`` for unit rows ``x`` and the raw weight columns ``w``
+    (``(embedding_size, classes * sub_centers)``, column ``c * sub_centers + k``), and ``own[i] =
+    logits[i, labels[i]]`` (empty without labels). With one centre per class there is no maximum to take.
+
+    The columns are normalised here and the winning sub-centre of each cell is kept as a byte. Above
+    ``ONE_PRODUCT_CELLS`` cells, the work goes one sub-centre at a time, so no ``(batch, classes *
+    sub_centers)`` product and no unit copy of ``w`` is ever whole: the forward keeps a running maximum and the
+    backward routes each cell's gradient to its winner. The column norms are differentiated in place (a column
+    shorter than ``NORM_FLOOR`` is scaled by the constant ``1 / NORM_FLOOR``). Ties go to the lowest
+    sub-centre.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, w: Tensor, scale: float, sub_centers: int, labels: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        size = w.shape[0]
+        norms = w.square().sum(dim=0).sqrt_()  # a column reduction, faster than vector_norm along dim 0
+        scaled_inverse = norms.clamp_min(NORM_FLOOR).reciprocal().mul_(scale)
+        one_product = sub_centers == 1 or len(x) * w.shape[1] <= ONE_PRODUCT_CELLS
+        if sub_centers == 1:
+            logits, winner = x @ (w * scaled_inverse), x.new_empty(0, dtype=torch.uint8)
+        elif one_product:
+            products = (x @ (w * scaled_inverse)).view(len(x), -1, sub_centers)
+            logits, index = products.max(dim=2)  # the first maximum on a tie
+            winner = index.to(_winner_dtype(sub_centers))
+        else:
+            scaled_inverse = scaled_inverse.view(-1, sub_centers)
+            by_center = w.view(size, -1, sub_centers)
+            logits = x @ (by_center[:, :, 0] * scaled_inverse[:, 0])
+            winner = torch.zeros(logits.shape, dtype=_winner_dtype(sub_centers), device=x.device)
+            for k in range(1, sub_centers):
+                product = x @ (by_center[:, :, k] * scaled_inverse[:, k])
+                # sub-centres are visited in increasing order, so max(winner, k * better) is k where this one
+                # wins (a strict win: ties keep the lower index); integer arithmetic, no branch per cell
+                better = (product > logits).to(winner.dtype).mul_(k)
+                torch.maximum(winner, better, out=winner)
+                torch.maximum(logits, product, out=logits)
+                del product, better
+        own = logits.new_empty(0) if labels is None else logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+        ctx.save_for_backward(x, w, norms, winner, labels if labels is not None else x.new_empty(0, dtype=torch.long))
+        ctx.scale, ctx.sub_centers, ctx.one_product = scale, sub_centers, one_product
+        ctx.has_labels = labels is not None
+        return logits, own
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_logits: Tensor | None, grad_own: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, w, norms, winner, labels = ctx.saved_tensors
+        scale, sub_centers = ctx.scale, ctx.sub_centers
+        size, batch = w.shape[0], len(x)
+        inverse = norms.clamp_min(NORM_FLOOR).reciprocal()
+        scaled_inverse = inverse * scale
+        # d(1/n)/dw = -w / n^3 for a column above the floor, 0 for a clamped one
+        radial_factor = inverse.square().mul_(norms > NORM_FLOOR)
+        grad_w = torch.empty_like(w)
+        if grad_logits is None:
+            grad_logits = x.new_zeros(winner.shape)
+        rows = torch.arange(batch, device=x.device)
+        with_own = ctx.has_labels and grad_own is not None
+        own_center = winner[rows, labels].long() if with_own and sub_centers > 1 else None
+        if sub_centers == 1:
+            routed = grad_logits.clone()
+            if with_own:
+                routed.index_put_((rows, labels), grad_own, accumulate=True)
+            grad_x = _column_gradients(x, w, routed, scaled_inverse, radial_factor, None, grad_w)
+            return grad_x, grad_w, None, None, None
+        if ctx.one_product:
+            centers = torch.arange(sub_centers, dtype=winner.dtype, device=winner.device)
+            # one-hot of the winners, then the gradient times it in place (a byte-to-float copy is one fast
+            # pass; a float-times-byte product would convert the bytes into a temporary first)
+            routed = winner.unsqueeze(2).eq(centers).view(torch.uint8).to(x.dtype).mul_(grad_logits.unsqueeze(2))
+            if with_own:
+                routed.index_put_((rows, labels, own_center), grad_own, accumulate=True)
+            grad_x = _column_gradients(x, w, routed.view(batch, -1), scaled_inverse, radial_factor, None, grad_w)
+            return grad_x, grad_w, None, None, None
+        by_center, grad_by_center = w.view(size, -1, sub_centers), grad_w.view(size, -1, sub_centers)
+        scaled_inverse, radial_factor = scaled_inverse.view(-1, sub_centers), radial_factor.view(-1, sub_centers)
+        cell_grad, grad_x = torch.empty_like(grad_logits), torch.zeros_like(x)
+        for k in range(sub_centers):
+            # the cells this sub-centre won, in one buffer for every sub-centre: the byte mask copied to floats,
+            # times the gradient in place (no branch per cell, no temporary)
+            cell_grad.copy_(winner.eq(k).view(torch.uint8)).mul_(grad_logits)
+            if with_own:
+                cell_grad.index_put_((rows, labels), grad_own * own_center.eq(k), accumulate=True)
+            _column_gradients(
+                x,
+                by_center[:, :, k],
+                cell_grad,
+                scaled_inverse[:, k],
+                radial_factor[:, k],
+                grad_x,
+                grad_by_center[:, :, k],
+            )
+        return grad_x, grad_w, None, None, None
+
+
+def _column_gradients(
+    x: Tensor,
+    columns: Tensor,
+    cell_grad: Tensor,
+    scaled_inverse: Tensor,
+    radial_factor: Tensor,
+    grad_x: Tensor | None,
+    grad_columns: Tensor,
+) -> Tensor:
+    """Writes into ``grad_columns`` the gradient of ``sum(cell_grad * x @ (columns * scaled_inverse))`` through
+    the raw ``columns``, where ``scaled_inverse = scale / norm`` (``radial_factor = 1 / norm^2`` for a column
+    above the norm floor, else 0, differentiates the norm), and returns its gradient through ``x`` added to
+    ``grad_x`` (None: a new tensor).
+
+    ``cell_grad`` (the caller's buffer) is scaled in place, and ``grad_columns`` doubles as the scratch buffer of
+    the radial term; the gradient through ``x`` comes last, once the column work is freed.
+    """
+    cell_grad.mul_(scaled_inverse)
+    direct = x.t() @ cell_grad  # the gradient at fixed norms, (embedding_size, columns)
+    radial = torch.mul(direct, columns, out=grad_columns).sum(dim=0).mul_(radial_factor)
+    torch.mul(columns, radial, out=grad_columns)
+    torch.sub(direct, grad_columns, out=grad_columns)
+    del direct
+    return cell_grad @ columns.t() if grad_x is None else grad_x.addmm_(cell_grad, columns.t())
+
+
+def center_logits(
+    unit_x: Tensor, columns: Tensor, scale: float, centers_per_class: int = 1, labels: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``scale * max_k cos(x_i, w_{c,k})`` for unit rows ``unit_x`` against the raw class ``columns``
+    (``(embedding_size, classes * centers_per_class)``, column ``c * centers_per_class + k``; one centre: the
+    plain scaled cosines), and each sample's own-class entry (``labels`` given; else an empty tensor).
+
+    Columns are normalised inside one autograd Function that keeps no unit copy of them and writes its own
+    backward: less memory than autograd of the formula, and the same values and gradients.
+    """
+    return _CenterLogits.apply(unit_x, columns, scale, centers_per_class, labels)
