@@ -192,5 +192,7 @@ class _RelaxedInnerProduct(torch.autograd.Function):
             if grad_query is not None:
                 grad_query.addmm_(g, part)
             if grad_ref is not None:
-                grad_ref[start * k : stop * k] = (g.t() @ query).view(k, stop - start, -1).transpose(0, 1).flatten(0, 1)
+                # the centre-major product copied straight into the class-major rows (no reordered temporary)
+                rows = grad_ref[start * k : stop * k].view(stop - start, k, -1)
+                rows.copy_((g.t() @ query).view(k, stop - start, -1).transpose(0, 1))
         return grad_query, grad_ref, None, None, None
