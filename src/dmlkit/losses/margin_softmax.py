@@ -272,21 +272,21 @@ class _CenterLogits(torch.autograd.Function):
         if grad_logits is None:
             grad_logits = x.new_zeros(winner.shape)
         rows = torch.arange(batch, device=x.device)
-        with_own = ctx.has_labels and grad_own is not None
-        own_center = winner[rows, labels].long() if with_own and sub_centers > 1 else None
+        own = grad_own if ctx.has_labels else None  # the gradient of each sample's own-class entry
         if sub_centers == 1:
             routed = grad_logits.clone()
-            if with_own:
-                routed.index_put_((rows, labels), grad_own, accumulate=True)
+            if own is not None:
+                routed.index_put_((rows, labels), own, accumulate=True)
             grad_x = _column_gradients(x, w, routed, scaled_inverse, radial_factor, None, grad_w)
             return grad_x, grad_w, None, None, None
+        own_center = winner[rows, labels].long() if own is not None else labels  # (labels: empty then)
         if ctx.one_product:
             centers = torch.arange(sub_centers, dtype=winner.dtype, device=winner.device)
             # one-hot of the winners, then the gradient times it in place (a byte-to-float copy is one fast
             # pass; a float-times-byte product would convert the bytes into a temporary first)
             routed = winner.unsqueeze(2).eq(centers).view(torch.uint8).to(x.dtype).mul_(grad_logits.unsqueeze(2))
-            if with_own:
-                routed.index_put_((rows, labels, own_center), grad_own, accumulate=True)
+            if own is not None:
+                routed.index_put_((rows, labels, own_center), own, accumulate=True)
             grad_x = _column_gradients(x, w, routed.view(batch, -1), scaled_inverse, radial_factor, None, grad_w)
             return grad_x, grad_w, None, None, None
         by_center, grad_by_center = w.view(size, -1, sub_centers), grad_w.view(size, -1, sub_centers)
@@ -296,8 +296,8 @@ class _CenterLogits(torch.autograd.Function):
             # the cells this sub-centre won, in one buffer for every sub-centre: the byte mask copied to floats,
             # times the gradient in place (no branch per cell, no temporary)
             cell_grad.copy_(winner.eq(k).view(torch.uint8)).mul_(grad_logits)
-            if with_own:
-                cell_grad.index_put_((rows, labels), grad_own * own_center.eq(k), accumulate=True)
+            if own is not None:
+                cell_grad.index_put_((rows, labels), own * own_center.eq(k), accumulate=True)
             _column_gradients(
                 x,
                 by_center[:, :, k],
