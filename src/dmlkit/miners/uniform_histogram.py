@@ -15,25 +15,41 @@ from .base import BaseMiner
 __all__ = ["UniformHistogramMiner"]
 
 #: how many matrix cells one block of rows (or of draws) may cover.
-_BLOCK_CELLS = 1 << 22
+_BLOCK_CELLS = 1 << 18
 #: candidates sparser than one cell in this many are listed; denser ones are counted in place.
 _SPARSE_RATIO = 8
 
 
 def _bin_index(values: Tensor, edges: Tensor, inside: Tensor) -> Tensor:
-    """The bin of each value (``edges[i] <= v < edges[i + 1]``, the last bin closed); ``num_bins`` where
-    ``inside`` is false or the value lies outside the edges."""
+    """The bin of each value (``edges[i] <= v < edges[i + 1]``, the last bin closed) as int32; ``num_bins``
+    where ``inside`` is false or the value lies outside the edges."""
     num_bins = edges.numel() - 1
     low, high = edges[0], edges[-1]
     step = (high - low) / num_bins
     if bool(step > 0):
-        guess = torch.div(values - low, step, rounding_mode="floor").clamp_(0, num_bins - 1).long()
+        guess = torch.div(values - low, step, rounding_mode="floor").clamp_(0, num_bins - 1).to(torch.int32)
     else:
-        guess = torch.full_like(values, num_bins - 1, dtype=torch.long)
+        guess = torch.full_like(values, num_bins - 1, dtype=torch.int32)
     # the quotient can be off by one next to an edge: settle membership on the edges themselves
-    guess -= (values < edges[guess]).long()
-    guess += ((values >= edges[(guess + 1).clamp_(max=num_bins)]) & (guess < num_bins - 1)).long()
+    guess -= (values < edges[guess]).to(torch.int32)
+    guess += ((values >= edges[(guess + 1).clamp_(max=num_bins)]) & (guess < num_bins - 1)).to(torch.int32)
     return guess.masked_fill_(~(inside & (values >= low) & (values <= high)), num_bins)
+
+
+def _row_blocks(num_rows: int, num_cols: int) -> range:
+    """Starts of the row blocks of at most ``_BLOCK_CELLS`` cells (at least one row each)."""
+    return range(0, num_rows, max(1, _BLOCK_CELLS // max(1, num_cols)))
+
+
+def _candidate_range(mat: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """The smallest and largest value of ``mat`` over ``candidates``, one row block at a time (none listed)."""
+    block = max(1, _BLOCK_CELLS // max(1, mat.shape[1]))
+    lows, highs = [], []
+    for start in _row_blocks(*mat.shape):
+        part, keep = mat[start : start + block], candidates[start : start + block]
+        lows.append(torch.where(keep, part, float("inf")).amin())
+        highs.append(torch.where(keep, part, float("-inf")).amax())
+    return torch.stack(lows).amin(), torch.stack(highs).amax()
 
 
 def _draw_ranks(per_bin_total: Tensor, per_bin: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
@@ -55,34 +71,37 @@ def sample_by_histogram(
     The bins split ``[min, max]`` of the candidate values into ``num_bins`` equal intervals, closed on the
     left and open on the right except the last, which is closed. Returns the (row, column) of every draw,
     bin by bin in increasing order; the draw of rank ``r`` in a bin is the bin's ``r``-th candidate in
-    row-major order. Sparse candidates are listed; dense ones are never listed: cells are counted per
-    (row, bin) in blocks of rows, and each draw is located by its rank within its bin.
+    row-major order. Sparse candidates are listed; dense ones are never listed: their range is found and
+    their cells are counted per (row, bin) in blocks of rows, and each draw is located by its rank within its
+    bin, again in blocks of rows.
     """
     device = mat.device
-    values = mat[candidates]
-    if values.numel() == 0:
+    total = int(torch.count_nonzero(candidates))
+    if total == 0:
         empty = torch.empty(0, dtype=torch.long, device=device)
         return empty, empty.clone()
-    low, high = torch.aminmax(values)
-    edges = torch.linspace(low, high, num_bins + 1, dtype=mat.dtype, device=device)
-    if values.numel() * _SPARSE_RATIO <= mat.numel():
+    if total * _SPARSE_RATIO <= mat.numel():
         rows, cols = torch.nonzero(candidates, as_tuple=True)
+        values = mat[rows, cols]
+        low, high = torch.aminmax(values)
+        edges = torch.linspace(low, high, num_bins + 1, dtype=mat.dtype, device=device)
         bins = _bin_index(values, edges, torch.ones_like(values, dtype=torch.bool))
         bin_counts = torch.bincount(bins, minlength=num_bins + 1)
         draw_bin, rank = _draw_ranks(bin_counts[:num_bins], per_bin, generator)
         order = torch.sort(bins, stable=True).indices
         picked = order[(torch.cumsum(bin_counts, 0) - bin_counts)[draw_bin] + rank]
         return rows[picked], cols[picked]
-    del values
+    low, high = _candidate_range(mat, candidates)
+    edges = torch.linspace(low, high, num_bins + 1, dtype=mat.dtype, device=device)
     num_rows, num_cols = mat.shape
     width = num_bins + 1
-    counts = torch.empty(num_rows, width, dtype=torch.long, device=device)
     block = max(1, _BLOCK_CELLS // max(1, num_cols))
-    for start_row in range(0, num_rows, block):
-        stop = min(start_row + block, num_rows)
-        bins = _bin_index(mat[start_row:stop], edges, candidates[start_row:stop])
-        keys = bins + width * torch.arange(stop - start_row, device=device).unsqueeze(1)
-        counts[start_row:stop] = torch.bincount(keys.flatten(), minlength=(stop - start_row) * width).view(-1, width)
+    counts = torch.empty(num_rows, width, dtype=torch.long, device=device)
+    for start in _row_blocks(num_rows, num_cols):
+        stop = min(start + block, num_rows)
+        bins = _bin_index(mat[start:stop], edges, candidates[start:stop])
+        keys = bins.long() + width * torch.arange(stop - start, device=device).unsqueeze(1)
+        counts[start:stop] = torch.bincount(keys.flatten(), minlength=(stop - start) * width).view(-1, width)
     counts = counts[:, :num_bins]
     draw_bin, rank = _draw_ranks(counts.sum(dim=0), per_bin, generator)
     # rank within the bin -> (row, rank within the row) through counts laid out bin-major, row-minor
@@ -91,15 +110,19 @@ def sample_by_histogram(
     position = (cumulative - bin_major)[draw_bin * num_rows] + rank
     cell = torch.searchsorted(cumulative, position, right=True)
     rows = cell % num_rows
-    rank_in_row = position - (cumulative[cell] - bin_major[cell])
-    # locate each draw in its row: the (rank_in_row + 1)-th cell of its bin
+    rank_in_row = (position - (cumulative[cell] - bin_major[cell]) + 1).to(torch.int32)
+    # locate each draw in its row: the rank_in_row-th cell of its bin, counted along the row
     unique_rows, which = torch.unique(rows, return_inverse=True)
-    row_bins = _bin_index(mat[unique_rows], edges, candidates[unique_rows])
+    row_bins = torch.empty(len(unique_rows), num_cols, dtype=torch.int32, device=device)
+    for start in _row_blocks(len(unique_rows), num_cols):
+        chosen = unique_rows[start : start + block]
+        row_bins[start : start + block] = _bin_index(mat[chosen], edges, candidates[chosen])
     cols = torch.empty_like(rows)
-    for start in range(0, rows.numel(), block):
+    for start in _row_blocks(rows.numel(), num_cols):
         part = slice(start, start + block)
-        seen = torch.cumsum(row_bins[which[part]] == draw_bin[part].unsqueeze(1), dim=1)
-        cols[part] = torch.searchsorted(seen, (rank_in_row[part] + 1).unsqueeze(1)).squeeze(1)
+        wanted = draw_bin[part].to(torch.int32).unsqueeze(1)  # int32 like row_bins: no promoted copy of the gather
+        seen = torch.cumsum(row_bins[which[part]] == wanted, dim=1, dtype=torch.int32)
+        cols[part] = torch.searchsorted(seen, rank_in_row[part].unsqueeze(1)).squeeze(1)
     return rows, cols
 
 
