@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances import CosineSimilarity, DotProductSimilarity, LpDistance, SNRDistance
+from dmlkit.indices import select_in_place
 from dmlkit.losses import tiled
 from dmlkit.losses.tiled import (
     AffineStat,
@@ -289,3 +290,22 @@ def test_check_chunk_size_messages() -> None:
         check_chunk_size("NTXentLoss", -1)
     with pytest.raises(TypeError, match=re.escape("NTXentLoss: `chunk_size` must be an integer, got 2.5.")):
         check_chunk_size("NTXentLoss", 2.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fill", [0.0, -0.0, float("-inf"), 3.5])
+def test_select_in_place_is_bit_exact_torch_where(dtype: torch.dtype, fill: float) -> None:
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}.get(dtype, torch.int16)
+    g = torch.Generator().manual_seed(0)
+    values = torch.randn(37, 41, generator=g).to(dtype)
+    values[0, 0], values[1, 1], values[2, 2], values[3, 3] = float("nan"), float("inf"), -0.0, float("-inf")
+    mask = torch.rand(37, 41, generator=g) > 0.4
+    for v, m in ((values, mask), (values.t(), mask.t())):  # contiguous and transposed views
+        expected = torch.where(m, v, fill)
+        got = select_in_place(m, v.clone(), fill)
+        assert torch.equal(got.view(bits), expected.view(bits))
+
+
+def test_select_in_place_falls_back_to_where_for_a_broadcast_mask() -> None:
+    values, mask = torch.arange(6.0).view(2, 3), torch.tensor([True, False, True])
+    assert torch.equal(select_in_place(mask, values, -1.0), torch.tensor([[0.0, -1.0, 2.0], [3.0, -1.0, 5.0]]))

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .._validation import Described, message
 from ..distances import BaseDistance
+from ..indices import select_in_place
 from ..reducers import AvgNonZeroReducer, BaseReducer, MeanReducer, SumReducer
 from ..reducers.base import zero_loss
 from ..types import TermKind, Terms
@@ -316,7 +317,7 @@ class _MaskedHinge(torch.autograd.Function):
         for block, mask in zip(mat.split(rows), keep.split(rows), strict=True):
             excess = block - threshold if above else threshold - block
             excess.clamp_min_(0)
-            excess = torch.where(mask, excess, excess.new_zeros(()))
+            excess = select_in_place(mask, excess, 0.0)
             total += excess.sum()
             count += chunk_count(excess, mask, reduction)
         ctx.save_for_backward(mat, keep)

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance, DotProductSimilarity
-from ..indices import convert_to_pairs, list_label_pairs, ref_is_query
+from ..indices import convert_to_pairs, list_label_pairs, ref_is_query, select_in_place
 from ..types import LabelPairs
 from .functional import segment_logsumexp
 
@@ -459,7 +459,7 @@ def masked_log(values: Tensor, mask: Mask) -> Tensor:
         values.diagonal(mask.offset).fill_(float("-inf"))
         return values
     if mask.dtype == torch.bool:
-        return torch.where(mask, values, float("-inf"))
+        return select_in_place(mask, values, float("-inf"))
     return values.add_(mask.log())
 
 
@@ -471,7 +471,7 @@ def masked(values: Tensor, mask: Mask) -> Tensor:
         values.diagonal(mask.offset).fill_(0.0)
         return values
     if mask.dtype == torch.bool:
-        return torch.where(mask, values, 0.0)
+        return select_in_place(mask, values, 0.0)
     return values.mul_(mask)
 
 

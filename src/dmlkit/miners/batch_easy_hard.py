@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_choice, message
-from ..indices import all_pairs, label_masks
+from ..indices import all_pairs, label_masks, select_in_place
 from ..types import Pairs
 from .base import BaseMiner
 
@@ -75,7 +75,7 @@ def pick_per_row(
     if mat.shape[1] == 0:
         values = torch.full((mat.shape[0],), nothing, dtype=mat.dtype, device=mat.device)
         return values, torch.zeros(mat.shape[0], dtype=torch.long, device=mat.device), found
-    masked = mat.masked_fill(~keep, nothing)
+    masked = select_in_place(keep, mat.clone(), nothing)
     values, columns = masked.max(dim=1) if largest else masked.min(dim=1)
     return values, columns, found
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_range, check_type
-from ..indices import label_masks
+from ..indices import label_masks, select_in_place
 from ..types import Pairs
 from .base import BaseMiner
 
@@ -47,8 +47,8 @@ def _candidate_range(mat: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
     lows, highs = [], []
     for start in _row_blocks(*mat.shape):
         part, keep = mat[start : start + block], candidates[start : start + block]
-        lows.append(torch.where(keep, part, float("inf")).amin())
-        highs.append(torch.where(keep, part, float("-inf")).amax())
+        lows.append(select_in_place(keep, part.clone(), float("inf")).amin())
+        highs.append(select_in_place(keep, part.clone(), float("-inf")).amax())
     return torch.stack(lows).amin(), torch.stack(highs).amax()
 
 
