@@ -317,6 +317,10 @@ _SAME_SIZE_INT = {
 }
 
 
+#: the most cells :func:`select_in_place` handles at once (its integer copy of the mask has this many words)
+_SELECT_CELLS = 1 << 20
+
+
 def select_in_place(mask: Tensor, values: Tensor, fill: float) -> Tensor:
     """``torch.where(mask, values, fill)``, written into ``values`` on the CPU.
 
@@ -332,6 +336,12 @@ def select_in_place(mask: Tensor, values: Tensor, fill: float) -> Tensor:
     bits_type = _SAME_SIZE_INT.get(values.dtype)
     if bits_type is None or values.device.type != "cpu" or mask.shape != values.shape or values.requires_grad:
         return torch.where(mask, values, fill)
+    if values.numel() > _SELECT_CELLS and values.shape[0] > 1:
+        # in slices along the first dimension, so the integer copy of the mask stays small
+        step = max(1, _SELECT_CELLS // max(1, values[0].numel()))
+        for start in range(0, values.shape[0], step):
+            select_in_place(mask[start : start + step], values[start : start + step], fill)
+        return values
     keep = mask.view(torch.uint8).to(bits_type).neg_()  # all bits set where the mask holds
     bits = values.view(bits_type)
     bits.bitwise_and_(keep)

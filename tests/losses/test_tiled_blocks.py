@@ -306,6 +306,15 @@ def test_select_in_place_is_bit_exact_torch_where(dtype: torch.dtype, fill: floa
         assert torch.equal(got.view(bits), expected.view(bits))
 
 
+def test_select_in_place_in_slices_equals_where(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dmlkit import indices
+
+    monkeypatch.setattr(indices, "_SELECT_CELLS", 7)  # slices of one row of 5 cells
+    g = torch.Generator().manual_seed(1)
+    values, mask = torch.randn(9, 5, generator=g), torch.rand(9, 5, generator=g) > 0.5
+    assert torch.equal(select_in_place(mask, values.clone(), float("-inf")), torch.where(mask, values, float("-inf")))
+
+
 def test_select_in_place_falls_back_to_where_for_a_broadcast_mask() -> None:
     values, mask = torch.arange(6.0).view(2, 3), torch.tensor([True, False, True])
     assert torch.equal(select_in_place(mask, values, -1.0), torch.tensor([[0.0, -1.0, 2.0], [3.0, -1.0, 5.0]]))
