@@ -232,7 +232,7 @@ class _CenterLogits(torch.autograd.Function):
         size = w.shape[0]
         norms = w.square().sum(dim=0).sqrt_()  # a column reduction, faster than vector_norm along dim 0
         scaled_inverse = norms.clamp_min(NORM_FLOOR).reciprocal().mul_(scale)
-        one_product = sub_centers == 1 or len(x) * w.shape[1] <= ONE_PRODUCT_CELLS
+        one_product = len(x) * w.shape[1] <= ONE_PRODUCT_CELLS
         if sub_centers == 1:
             logits, winner = x @ (w * scaled_inverse), x.new_empty(0, dtype=torch.uint8)
         elif one_product:

@@ -36,17 +36,17 @@ def _bin_index(values: Tensor, edges: Tensor, inside: Tensor) -> Tensor:
     return guess.masked_fill_(~(inside & (values >= low) & (values <= high)), num_bins)
 
 
-def _row_blocks(num_rows: int, num_cols: int) -> range:
-    """Starts of the row blocks of at most ``_BLOCK_CELLS`` cells (at least one row each)."""
-    return range(0, num_rows, max(1, _BLOCK_CELLS // max(1, num_cols)))
+def _row_blocks(num_rows: int, num_cols: int) -> list[slice]:
+    """The row blocks of at most ``_BLOCK_CELLS`` cells (at least one row each)."""
+    step = max(1, _BLOCK_CELLS // max(1, num_cols))
+    return [slice(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
 
 def _candidate_range(mat: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
     """The smallest and largest value of ``mat`` over ``candidates``, one row block at a time (none listed)."""
-    block = max(1, _BLOCK_CELLS // max(1, mat.shape[1]))
     lows, highs = [], []
-    for start in _row_blocks(*mat.shape):
-        part, keep = mat[start : start + block], candidates[start : start + block]
+    for rows in _row_blocks(*mat.shape):
+        part, keep = mat[rows], candidates[rows]
         lows.append(select_in_place(keep, part.clone(), float("inf")).amin())
         highs.append(select_in_place(keep, part.clone(), float("-inf")).amax())
     return torch.stack(lows).amin(), torch.stack(highs).amax()
@@ -95,13 +95,12 @@ def sample_by_histogram(
     edges = torch.linspace(low, high, num_bins + 1, dtype=mat.dtype, device=device)
     num_rows, num_cols = mat.shape
     width = num_bins + 1
-    block = max(1, _BLOCK_CELLS // max(1, num_cols))
     counts = torch.empty(num_rows, width, dtype=torch.long, device=device)
-    for start in _row_blocks(num_rows, num_cols):
-        stop = min(start + block, num_rows)
-        bins = _bin_index(mat[start:stop], edges, candidates[start:stop])
-        keys = bins.long() + width * torch.arange(stop - start, device=device).unsqueeze(1)
-        counts[start:stop] = torch.bincount(keys.flatten(), minlength=(stop - start) * width).view(-1, width)
+    for block in _row_blocks(num_rows, num_cols):
+        size = block.stop - block.start
+        bins = _bin_index(mat[block], edges, candidates[block])
+        keys = bins.long() + width * torch.arange(size, device=device).unsqueeze(1)
+        counts[block] = torch.bincount(keys.flatten(), minlength=size * width).view(-1, width)
     counts = counts[:, :num_bins]
     draw_bin, rank = _draw_ranks(counts.sum(dim=0), per_bin, generator)
     # rank within the bin -> (row, rank within the row) through counts laid out bin-major, row-minor
@@ -114,12 +113,11 @@ def sample_by_histogram(
     # locate each draw in its row: the rank_in_row-th cell of its bin, counted along the row
     unique_rows, which = torch.unique(rows, return_inverse=True)
     row_bins = torch.empty(len(unique_rows), num_cols, dtype=torch.int32, device=device)
-    for start in _row_blocks(len(unique_rows), num_cols):
-        chosen = unique_rows[start : start + block]
-        row_bins[start : start + block] = _bin_index(mat[chosen], edges, candidates[chosen])
+    for block in _row_blocks(len(unique_rows), num_cols):
+        chosen = unique_rows[block]
+        row_bins[block] = _bin_index(mat[chosen], edges, candidates[chosen])
     cols = torch.empty_like(rows)
-    for start in _row_blocks(rows.numel(), num_cols):
-        part = slice(start, start + block)
+    for part in _row_blocks(rows.numel(), num_cols):
         wanted = draw_bin[part].to(torch.int32).unsqueeze(1)  # int32 like row_bins: no promoted copy of the gather
         seen = torch.cumsum(row_bins[which[part]] == wanted, dim=1, dtype=torch.int32)
         cols[part] = torch.searchsorted(seen, rank_in_row[part].unsqueeze(1)).squeeze(1)
