@@ -447,7 +447,11 @@ INTRO = """# Benchmarks
 These benchmarks compare dmlkit and pytorch-metric-learning (PML) on the same inputs, side by side. Each
 (case, library, size) combination runs in its own process:
 
-- **Time** is the median of up to five forward+backward passes, not counting the first pass.
+- **Time** is the median of the forward+backward passes after the first: at least five, and for short calls
+  as many as fill one second. A case whose calls take under 50 ms in both libraries is measured in three
+  rounds of fresh processes, the libraries alternating, and each library keeps its fastest round: at a few
+  milliseconds per call, one process can run a few percent slower than the next for its whole life, more than
+  the differences being measured.
 - **Peak extra** of the loss, miner, class-loss and memory-efficient tables is the largest amount of tensor
   memory allocated during one forward+backward and held at once, summed from the torch profiler's allocation
   events (after a warm-up call on a small batch, on top of the inputs already built). It is exactly repeatable:

@@ -22,6 +22,7 @@ __all__ = [
     "ref_is_query",
     "label_masks",
     "select_in_place",
+    "pair_counts",
     "all_pairs",
     "list_label_pairs",
     "all_triplets",
@@ -319,6 +320,27 @@ _SAME_SIZE_INT = {
 
 #: the most cells :func:`select_in_place` handles at once (its integer copy of the mask has this many words)
 _SELECT_CELLS = 1 << 20
+
+
+def pair_counts(shape: tuple[int, ...], rows: Tensor, cols: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A ``shape`` matrix of ``dtype`` counting how often each cell ``(rows[k], cols[k])`` is listed.
+
+    The same as ``zeros(shape).index_put_((rows, cols), ones, accumulate=True)``, but accumulating
+    ``index_put_`` is slow on the CPU: the cells are set to one, and only when fewer cells are set than listed
+    (a repeated pair) are they counted with ``bincount``.
+
+    Example:
+        >>> pair_counts((2, 3), torch.tensor([0, 1, 1]), torch.tensor([2, 0, 0]))
+        tensor([[0., 0., 1.],
+                [2., 0., 0.]])
+    """
+    counts = torch.zeros(shape, dtype=dtype, device=rows.device)
+    if rows.numel() == 0:
+        return counts
+    counts[rows, cols] = 1
+    if int(torch.count_nonzero(counts)) == rows.numel():
+        return counts
+    return torch.bincount(rows * shape[1] + cols, minlength=shape[0] * shape[1]).view(shape).to(dtype)
 
 
 def select_in_place(mask: Tensor, values: Tensor, fill: float) -> Tensor:

@@ -107,8 +107,10 @@ def test_written_out_gradient_equals_autograd_of_the_formula(case: str) -> None:
     emb, labels = random_batch(5, n=9, d=6)
     if case == "clamped":  # rows parallel to class columns: cos rounds to just above 1 or below -1
         columns = fast.weight.detach().t()
-        emb = torch.cat([columns[[0, 1, 3]] * 3.0, -columns[[4]] * 7.0, emb[:5]])
-        labels = torch.tensor([0, 1, 3, 0, *labels[:5].tolist()])
+        # several scales of one column, so that at least one rounds past -1 whatever the normalisation's rounding
+        scales = torch.tensor([[3.0], [5.0], [7.0]], dtype=columns.dtype)
+        emb = torch.cat([columns[[0, 1, 3]] * 3.0, -columns[[4, 4, 4]] * scales, emb[:3]])
+        labels = torch.tensor([0, 1, 3, 0, 2, 4, *labels[:3].tolist()])
         assert bool((slow.get_logits(emb).abs() > 1).any())  # the clamp is active on some cell
     if case == "tiny_norms":
         emb = emb.clone()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from dmlkit.distances import CosineSimilarity, DotProductSimilarity, LpDistance, SNRDistance
-from dmlkit.indices import select_in_place
+from dmlkit.indices import pair_counts, select_in_place
 from dmlkit.losses import tiled
 from dmlkit.losses.tiled import (
     AffineStat,
@@ -318,3 +318,25 @@ def test_select_in_place_in_slices_equals_where(monkeypatch: pytest.MonkeyPatch)
 def test_select_in_place_falls_back_to_where_for_a_broadcast_mask() -> None:
     values, mask = torch.arange(6.0).view(2, 3), torch.tensor([True, False, True])
     assert torch.equal(select_in_place(mask, values, -1.0), torch.tensor([[0.0, -1.0, 2.0], [3.0, -1.0, 5.0]]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32])
+@pytest.mark.parametrize("repeated", [False, True])
+def test_pair_counts_counts_every_listed_cell(dtype: torch.dtype, repeated: bool) -> None:
+    generator = torch.Generator().manual_seed(3)
+    cells = torch.randperm(7 * 9, generator=generator)[:30]
+    if repeated:
+        cells = torch.cat([cells, cells[:5], cells[:2]])
+    rows, cols = cells // 9, cells % 9
+    expected = torch.zeros(7, 9, dtype=torch.float64)
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        expected[r, c] += 1
+    counts = pair_counts((7, 9), rows, cols, dtype)
+    assert counts.dtype == dtype
+    assert torch.equal(counts.double(), expected)
+    assert int(counts.max()) == (3 if repeated else 1)
+
+
+def test_pair_counts_of_no_pair_is_zero() -> None:
+    empty = torch.zeros(0, dtype=torch.long)
+    assert torch.equal(pair_counts((3, 4), empty, empty), torch.zeros(3, 4))

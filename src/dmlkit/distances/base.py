@@ -93,13 +93,12 @@ class BaseDistance(nn.Module):
         return torch.min(*args, **kwargs) if self.is_inverted else torch.max(*args, **kwargs)
 
     def normalize(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
-        """``F.normalize(embeddings, p, dim)``: norms below ``eps`` (1e-12) count as ``eps``. Computed as one
-        reciprocal per row and a multiplication, whose backward is lighter than a broadcast division's."""
+        """``F.normalize(embeddings, p, dim)``: norms below ``eps`` (1e-12) count as ``eps``. For ``p = 2``, one
+        autograd node with its backward written out (fewer, lighter steps than autograd's four)."""
         eps = kwargs.pop("eps", 1e-12)
-        if kwargs:
+        if kwargs or self.p != 2:
             return nn.functional.normalize(embeddings, p=self.p, dim=dim, eps=eps, **kwargs)
-        norms = torch.linalg.vector_norm(embeddings, ord=self.p, dim=dim, keepdim=True)
-        return embeddings * norms.clamp_min(eps).reciprocal()
+        return _UnitNorm.apply(embeddings, dim, eps)
 
     def maybe_normalize(self, embeddings: Tensor, dim: int = 1, **kwargs: Any) -> Tensor:
         return self.normalize(embeddings, dim=dim, **kwargs) if self.normalize_embeddings else embeddings
@@ -109,3 +108,30 @@ class BaseDistance(nn.Module):
 
     def extra_repr(self) -> str:
         return f"normalize_embeddings={self.normalize_embeddings}, p={self.p}, power={self.power}"
+
+
+class _UnitNorm(torch.autograd.Function):
+    """``x / max(||x||_2, eps)`` along ``dim``. With ``u`` the output and ``n`` the clamped norm, the gradient
+    is ``(g - u <g, u>) / n``; where the norm was clamped to ``eps`` the division is by a constant, so the
+    projection term is dropped there. Under ``create_graph`` the backward recomputes ``u`` and ``n`` from ``x``
+    so that it is itself differentiable."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, dim: int, eps: float) -> Tensor:
+        norms = torch.linalg.vector_norm(x, ord=2, dim=dim, keepdim=True).clamp_min_(eps)
+        unit = x / norms
+        ctx.dim, ctx.eps = dim, eps
+        ctx.save_for_backward(x, unit, norms)
+        return unit
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        x, unit, norms = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            norms = torch.linalg.vector_norm(x, ord=2, dim=ctx.dim, keepdim=True).clamp_min(ctx.eps)
+            unit = x / norms
+        dot = (grad * unit).sum(dim=ctx.dim, keepdim=True)
+        clamped = norms <= ctx.eps
+        if bool(clamped.any()):
+            dot = dot.masked_fill(clamped, 0)
+        return (grad - unit * dot) / norms, None, None

@@ -26,9 +26,6 @@ from .tiled import (
 
 __all__ = ["InstanceLoss"]
 
-#: batches from this size on take the hand-written backward; below it autograd's is as fast (fewer launches).
-FUSED_FROM_BATCH = 1024
-
 
 class InstanceLoss(BaseMetricLossFunction):
     """Instance loss (Zheng et al., 2020, "Dual-Path Convolutional Image-Text Embeddings with Instance Loss",
@@ -106,8 +103,7 @@ class InstanceLoss(BaseMetricLossFunction):
             return {"loss": Terms(lse - target_logits, rows, TermKind.ELEMENT)}
         plain_cosine = type(d) is CosineSimilarity and d.power == 1 and d.normalize_embeddings
         reduction = fused_reduction(self.reducer)
-        fused = reduction in (FusedReduction.MEAN, FusedReduction.SUM) and len(rows) >= FUSED_FROM_BATCH
-        if plain_cosine and fused:
+        if plain_cosine and reduction in (FusedReduction.MEAN, FusedReduction.SUM):
             scale = 1.0 / len(rows) if reduction is FusedReduction.MEAN else 1.0
             total = _BatchInstanceCrossEntropy.apply(d.normalize(embeddings), float(self.gamma), targets, scale)
             return {"loss": Terms.reduced(total)}
@@ -143,4 +139,4 @@ class _BatchInstanceCrossEntropy(torch.autograd.Function):
         weights = torch.exp(log_probs)
         weights.scatter_add_(1, targets.unsqueeze(1), torch.full_like(targets, -1, dtype=weights.dtype).unsqueeze(1))
         weights.mul_(grad * (ctx.scale * ctx.gamma))
-        return weights @ unit + weights.T @ unit, None, None, None
+        return torch.addmm(weights @ unit, weights.T, unit), None, None, None

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .._validation import check_range
-from ..indices import convert_to_pairs, label_masks
+from ..indices import convert_to_pairs, label_masks, pair_counts
 from ..types import TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import masked_logsumexp, pair_values
@@ -77,7 +77,7 @@ class LiftedStructureLoss(BaseMetricLossFunction):
             a, p, a2, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
             # A negative pair listed c times weighs c in the sum: add log(c) to its exponent (log 1 = 0 elsewhere
             # keeps unlisted cells finite, they are masked out anyway).
-            counts = mat.new_zeros(mat.shape).index_put_((a2, n), mat.new_ones(n.shape), accumulate=True)
+            counts = pair_counts(mat.shape, a2, n, mat.dtype)
             keep = counts > 0
             neg_logits = mat * -sign + counts.clamp_(min=1).log_()
         has_negative = keep.any(dim=1)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import CosineSimilarity
-from ..indices import convert_to_pairs, label_masks
+from ..indices import convert_to_pairs, label_masks, pair_counts
 from ..types import LabelPairs, TermKind, Terms
 from .base import BaseMetricLossFunction
 from .functional import pair_values, row_logsumexp
@@ -53,12 +53,11 @@ def positive_pair_terms(
         negative_lse = row_logsumexp(logits, negative)
     else:
         a, p, a_neg, n = convert_to_pairs(indices_tuple, labels, ref_labels)  # type: ignore[arg-type]
-        counts = logits.new_zeros(logits.shape).index_put_((a_neg, n), logits.new_ones(n.shape), accumulate=True)
+        counts = pair_counts(logits.shape, a_neg, n, logits.dtype)
         # sum_n k_n exp(x_n) = sum_n exp(x_n + log k_n); the clamp keeps cells that are not kept finite.
         negative_lse = row_logsumexp(logits + counts.clamp(min=1).log(), counts > 0)
         del counts
-        ones = torch.ones(a.shape, dtype=torch.int32, device=a.device)
-        pos_counts = torch.zeros(logits.shape, dtype=torch.int32, device=a.device).index_put_((a, p), ones, True)
+        pos_counts = pair_counts(logits.shape, a, p, torch.int32)
         a, p = torch.nonzero(pos_counts, as_tuple=True)
         repeats = pos_counts[a, p]
         if bool((repeats == 1).all()):

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance, DotProductSimilarity
-from ..indices import convert_to_pairs, list_label_pairs, ref_is_query, select_in_place
+from ..indices import convert_to_pairs, list_label_pairs, pair_counts, ref_is_query, select_in_place
 from ..types import LabelPairs
 from .functional import segment_logsumexp
 
@@ -334,8 +334,7 @@ class ListedBlocks(PairBlocks):
         r, c = bucket[0][lo:hi] - rows[0], bucket[1][lo:hi] - cols[0]
         shape = (rows[1] - rows[0], cols[1] - cols[0])
         if weighted:
-            mask = torch.zeros(shape, dtype=self.dtype, device=r.device)
-            return mask.index_put_((r, c), mask.new_ones(()).expand(r.shape), accumulate=True)
+            return pair_counts(shape, r, c, self.dtype)
         mask = torch.zeros(shape, dtype=torch.bool, device=r.device)
         mask[r, c] = True
         return mask
@@ -416,11 +415,11 @@ class MaskBlocks(PairBlocks):
 def _pair_mask(shape: tuple[int, int], pairs: tuple[Tensor, Tensor] | None, dtype: torch.dtype) -> Tensor | None:
     if pairs is None or pairs[0].numel() == 0:
         return None
+    if dtype != torch.bool:
+        return pair_counts(shape, pairs[0], pairs[1], dtype)
     mask = torch.zeros(shape, dtype=dtype, device=pairs[0].device)
-    if dtype == torch.bool:
-        mask[pairs[0], pairs[1]] = True
-        return mask
-    return mask.index_put_(pairs, mask.new_ones(()).expand(pairs[0].shape), accumulate=True)
+    mask[pairs[0], pairs[1]] = True
+    return mask
 
 
 def listed_blocks(
