@@ -256,3 +256,31 @@ def test_normalize_equals_torch_normalize_with_zero_rows_in_value_and_gradient(p
     (out * weights).sum().backward()
     (torch.nn.functional.normalize(theirs, p=p, dim=1) * weights).sum().backward()
     assert torch.allclose(ours.grad, theirs.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_l2_normalize_equals_torch_in_value_and_gradient(dim: int) -> None:
+    """The written-out backward against autograd of ``F.normalize``, with a zero row and a row below eps."""
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(5, 4, dtype=torch.float64, generator=generator)
+    if dim == 1:
+        x[2] = 0.0
+        x[3] *= 1e-14
+    else:
+        x[:, 1] = 0.0
+    grad = torch.randn(5, 4, dtype=torch.float64, generator=generator)
+    results = []
+    for normalize in (CosineSimilarity().normalize, torch.nn.functional.normalize):
+        leaf = x.clone().requires_grad_(True)
+        out = normalize(leaf, dim=dim)
+        (leaf_grad,) = torch.autograd.grad(out, leaf, grad)
+        results.append((out.detach(), leaf_grad))
+    assert torch.equal(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-12)
+
+
+def test_l2_normalize_has_first_and_second_derivatives() -> None:
+    x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5)).requires_grad_(True)
+    normalize = CosineSimilarity().normalize
+    assert torch.autograd.gradcheck(normalize, (x,))
+    assert torch.autograd.gradgradcheck(normalize, (x,))

@@ -372,9 +372,14 @@ def test_masked_negative_reduction_equals_the_listed_path(reducer_name: str, dis
 
 
 @pytest.mark.parametrize("repeat", [False, True])
-def test_many_mined_negative_pairs_reduced_under_a_mask_equal_the_listed_path(repeat: bool) -> None:
+def test_many_mined_negative_pairs_reduced_under_a_mask_equal_the_listed_path(
+    repeat: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Distinct mined negatives covering much of the matrix take the mask path; repeated ones stay listed."""
+    import dmlkit.losses.contrastive as contrastive_module
     import dmlkit.reducers as reducers
+
+    monkeypatch.setattr(contrastive_module, "MASK_FROM_CELLS", 1)  # the mask path from the smallest matrix on
 
     listed_cls = type("ListedAvgNonZeroReducer", (reducers.AvgNonZeroReducer,), {})
     emb, labels = _batch(9, n=16, classes=4)

@@ -134,4 +134,7 @@ class _UnitNorm(torch.autograd.Function):
         clamped = norms <= ctx.eps
         if bool(clamped.any()):
             dot = dot.masked_fill(clamped, 0)
-        return (grad - unit * dot) / norms, None, None
+        if torch.is_grad_enabled():
+            return (grad - unit * dot) / norms, None, None
+        out = unit * dot  # then in place: one (batch, dim) buffer besides the incoming gradient
+        return out.neg_().add_(grad).div_(norms), None, None

@@ -33,6 +33,9 @@ from .tiled import (
 
 __all__ = ["ContrastiveLoss", "contrastive_terms", "pair_entries"]
 
+#: matrices from this many cells on hold many mined negative pairs as a mask rather than as a list of values
+MASK_FROM_CELLS = 1 << 20
+
 
 class ContrastiveLoss(BaseMetricLossFunction):
     """Contrastive loss (Hadsell, Chopra and LeCun, 2006, "Dimensionality Reduction by Learning an Invariant
@@ -220,6 +223,8 @@ def _negative_mask(
         return masks[1] if masks is not None else None
     if len(indices_tuple) != 4 or indices_tuple[2].numel() * 8 < mat.numel():
         return None  # triplets list each (a, n) once per positive: repeats a mask cannot hold
+    if mat.numel() < MASK_FROM_CELLS:
+        return None  # reading the listed pairs is faster; the mask only pays off in memory, at large batches
     a2, n = indices_tuple[2], indices_tuple[3]
     negative = torch.zeros(mat.shape, dtype=torch.bool, device=mat.device)
     negative[a2, n] = True
