@@ -80,13 +80,15 @@ def measure(step: Callable[[], Any], repeats: int = 5, budget_s: float = 20.0) -
     rss = max_rss_mib() - before
     peak = tensor_peak_mib(step)
     times = [first]
+    timed_total = 0.0
     begin = time.perf_counter()
-    while len(times) <= repeats or sum(times[1:]) < MIN_TIMED_S:
+    while len(times) <= repeats or timed_total < MIN_TIMED_S:
         if time.perf_counter() - begin > budget_s:
             break
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+        timed_total += times[-1]
     timed = times[1:] or times
     return {"seconds": statistics.median(timed), "peak_extra_mib": peak, "rss_extra_mib": rss}
 
@@ -212,10 +214,10 @@ def run_both(module: str, case: dict[str, Any], args: argparse.Namespace, pml: b
             result = run_case_in_subprocess(
                 module, {**case, "lib": lib}, timeout_s=args.timeout, memory_limit_gib=args.memory_limit_gib
             )
-            best = results.get(lib, result) if round_number else result
-            if "error" not in result and "error" not in best and result["seconds"] < best["seconds"]:
-                best = result
-            results[lib] = {**best, "rounds": round_number + 1} if "error" not in best else best
+            kept = results.get(lib) if round_number else None  # an earlier round (never an error: it stops them)
+            if kept is None or ("error" not in result and result["seconds"] < kept["seconds"]):
+                kept = result
+            results[lib] = kept if "error" in kept else {**kept, "rounds": round_number + 1}
         if any("error" in results[lib] or results[lib]["seconds"] >= SHORT_CALL_S for lib in libs):
             break
     return results

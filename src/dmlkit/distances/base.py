@@ -127,14 +127,15 @@ class _UnitNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         x, unit, norms = ctx.saved_tensors
-        if torch.is_grad_enabled():
+        differentiable = torch.is_grad_enabled()  # under create_graph
+        if differentiable:
             norms = torch.linalg.vector_norm(x, ord=2, dim=ctx.dim, keepdim=True).clamp_min(ctx.eps)
             unit = x / norms
         dot = (grad * unit).sum(dim=ctx.dim, keepdim=True)
         clamped = norms <= ctx.eps
         if bool(clamped.any()):
             dot = dot.masked_fill(clamped, 0)
-        if torch.is_grad_enabled():
+        if differentiable:
             return (grad - unit * dot) / norms, None, None
         out = unit * dot  # then in place: one (batch, dim) buffer besides the incoming gradient
         return out.neg_().add_(grad).div_(norms), None, None

@@ -190,7 +190,7 @@ def contrastive_terms(
 
     With a chunkable ``reduction``, the (millions of) negative pairs are reduced in row blocks of ``mat`` under a
     mask instead of being listed: the label mask, or the mask of a miner's negative pairs when they are distinct
-    and many (at least an eighth of the matrix).
+    and many (at least an eighth of the matrix) and the matrix has at least ``MASK_FROM_CELLS`` cells.
     """
 
     def pos_term(values: Tensor) -> Tensor:
