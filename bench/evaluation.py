@@ -6,8 +6,9 @@ Each (library, N, metric set) runs in its own subprocess (bench/_harness.py): wa
 Data: 100 Gaussian classes in d = 128 (centres ~ N(0, 1), noise sigma 2), query = reference, float32,
 ``k="max_bin_count"`` for both libraries (pytorch-metric-learning's ``k=None`` would ask faiss for N - 1
 neighbours per query). The compute floor is ``2 * N^2 * d`` FLOPs at the matrix-product speed measured in
-the same way on the same machine. ``--projection`` also times dmlkit on the first queries of an N = 1,000,000
-set (all references searched) and extrapolates linearly in the number of queries.
+the same way on the same machine. ``--projection`` also times dmlkit on the first queries of an N = ``--large-n``
+set (default 1,000,000; all references searched) and extrapolates linearly in the number of queries;
+``--million`` runs that set to the end.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[10000, 50000, 100000])
     parser.add_argument("--metrics", nargs="+", default=["retrieval", "all"], choices=["retrieval", "all"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--projection", action="store_true", help="time 2048 queries of N = 1,000,000")
-    parser.add_argument("--million", action="store_true", help="run N = 1,000,000 to the end (dmlkit; over an hour)")
+    parser.add_argument("--projection", action="store_true", help="time 2048 queries of N = --large-n")
+    parser.add_argument("--million", action="store_true", help="run N = --large-n to the end (dmlkit; over an hour)")
+    parser.add_argument("--large-n", type=int, default=1_000_000, help="N of --projection and --million")
     parser.add_argument("--out", default=None, help="append the markdown section to this file")
     parser.add_argument("--json", default=None, help="also write the raw results (JSON) here")
     parser.add_argument("--memory-limit-gib", type=float, default=20.0)
@@ -153,33 +155,33 @@ def main() -> None:
                 values_lines.append(f"- {metrics}, N = {n:,}: {shown}")
     lines += ["", "Values (dmlkit):", "", *values_lines]
     if args.projection:
-        n, queries = 1_000_000, 2048
+        n, queries = args.large_n, min(2048, args.large_n)
         part = run({"lib": "dmlkit", "n": n, "metrics": "retrieval", "queries": queries})
         raw["projection"] = {"n": n, "queries": queries, **part}
         if "error" in part:
-            lines += ["", f"N = 1,000,000 projection failed: {part['error']}"]
+            lines += ["", f"N = {n:,} projection failed: {part['error']}"]
         else:
             projected = part["seconds"] * n / queries
             floor = 2 * n * n * DIM / (gflops * 1e9)
             lines += [
                 "",
-                f"N = 1,000,000 (retrieval metrics, exact): {queries} queries against all 1,000,000 references took "
+                f"N = {n:,} (retrieval metrics, exact): {queries} queries against all {n:,} references took "
                 f"{part['seconds']:.1f} s with {part['peak_extra_mib']:.0f} MiB peak extra memory; every query does "
                 f"the same work, so the full run projects to {projected / 60:.0f} min "
                 f"({projected / floor:.1f}x the {floor / 60:.0f} min compute floor). Projection, not a measured run.",
             ]
     if args.million:
-        n = 1_000_000
+        n = args.large_n
         whole = run({"lib": "dmlkit", "n": n, "metrics": "retrieval"})
         raw["million"] = {"n": n, **whole}
         if "error" in whole:
-            lines += ["", f"N = 1,000,000 run failed: {whole['error']}"]
+            lines += ["", f"N = {n:,} run failed: {whole['error']}"]
         else:
             floor = 2 * n * n * DIM / (gflops * 1e9)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(whole["values"].items()))
             lines += [
                 "",
-                "N = 1,000,000 (retrieval metrics, exact, query = reference), run to the end: "
+                f"N = {n:,} (retrieval metrics, exact, query = reference), run to the end: "
                 f"{whole['seconds'] / 60:.1f} min with {whole['peak_extra_mib']:.0f} MiB peak extra memory "
                 f"({whole['seconds'] / floor:.1f}x the {floor / 60:.0f} min compute floor); {shown}.",
             ]

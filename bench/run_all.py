@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +84,11 @@ def _machine(meta: dict[str, Any], threads: int) -> str:
 
 
 def _head(bench: Benchmark, meta: dict[str, Any]) -> list[str]:
+    """Title with the day, command, machine and versions; then the run's ``note`` (conditions of the run) if any."""
     day = meta["finished"][:10]
-    return [f"## {bench.title} (measured on {day})", "", "```bash", meta["command"], "```", "",
-            _machine(meta, _threads_of(meta, bench)), ""]
+    lines = [f"## {bench.title} (measured on {day})", "", "```bash", meta["command"], "```", "",
+             _machine(meta, _threads_of(meta, bench)), ""]
+    return [*lines, meta["note"], ""] if meta.get("note") else lines
 
 
 def _threads_of(meta: dict[str, Any], bench: Benchmark) -> int:
@@ -226,9 +228,12 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
     lines += [
         "`AccuracyCalculator.get_accuracy` of dmlkit against pytorch-metric-learning's with faiss (its default "
         "`FaissKNN` / `FaissKMeans`), on the same data: 100 Gaussian classes in d = 128 (centres ~ N(0, 1), noise "
-        'sigma 2), query = reference, float32, `k="max_bin_count"` for both. "retrieval" is precision@1, '
-        'R-precision and MAP@R; "all" adds MAP, MRR, NMI and AMI. Each cell is one call in a fresh process: wall '
-        "time and the rise of the resident-set high-water mark during the call. The compute floor is "
+        'sigma 2), query = reference, float32, `k="max_bin_count"` for both (PML\'s default `k=None` asks faiss for '
+        'N - 1 neighbours per query: 30 GB at N = 50,000). "retrieval" is precision@1, R-precision and MAP@R; "all" '
+        "adds MAP, MRR, NMI and AMI. Each cell is one call in a fresh process, the two libraries' cases interleaved, "
+        "with the same number of threads for torch and faiss: wall time and the rise of the resident-set high-water "
+        "mark during the call. \"Max value difference\" is the largest difference between the two libraries' values "
+        "over all metrics (float32 rounding of near-tied distances). The compute floor is "
         f"`2 * N^2 * d` FLOPs at the block-product speed measured on the same machine ({gflops:.0f} GFLOP/s).",
         "",
         "| metrics | N | dmlkit (time / peak extra) | PML + faiss (time / peak extra) | speed-up | memory ratio | "
@@ -254,7 +259,7 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
         if "values" in ours:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(ours["values"].items()))
             values_lines.append(f"- {r['metrics']}, N = {n:,}: {shown}")
-    lines += ["", "Values (dmlkit):", "", *values_lines]
+    lines += ["", "Values (dmlkit):", "", *values_lines, "", *_evaluation_targets(raw["rows"], gflops, dim)]
     projection = raw.get("projection")
     if projection:
         n, queries = projection["n"], projection["queries"]
@@ -273,6 +278,36 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
     png = f"{stem}_{bench.name}.png"
     _evaluation_plot(raw["rows"], out / png)
     return [*lines, "", f"![Evaluation time and memory versus N]({png})", ""]
+
+
+EXACT_SEARCH = (
+    "How the exact search works: per block of 256 queries, a per-query bound on the distance of the R-th neighbour "
+    "comes from a fixed sample of the references; the references are then streamed in blocks (one matrix "
+    "product, a subtract-clamp-cast to a bit mask, only the non-zero mask words kept), and the surviving "
+    "candidates are packed as (row, key, index) into one int64 and sorted once per query block (ties go to the "
+    "lower index by construction); a row with fewer than R candidates redoes its block without the bound. Memory "
+    "stays O(block size x N) however large N grows: no (N, k) neighbour table is ever built."
+)
+
+
+def _evaluation_targets(rows: list[dict[str, Any]], gflops: float, dim: int) -> list[str]:
+    """The speed, memory and compute-floor targets at N >= 50,000, each stated as met or not with its numbers."""
+    large = [r for r in rows if r["n"] >= 50_000 and "error" not in r["dmlkit"]]
+    if not large:
+        return []
+    both = [r for r in large if "error" not in r["pml"]]
+    lines = [EXACT_SEARCH, "", "Against the targets at N >= 50,000 (every row of the table at those sizes):", ""]
+    if both:
+        speed = [r["pml"]["seconds"] / r["dmlkit"]["seconds"] for r in both]
+        memory = [r["pml"]["peak_extra_mib"] / max(r["dmlkit"]["peak_extra_mib"], 1) for r in both]
+        lines.append(f"- speed >= 2x PML: {'met' if min(speed) >= 2 else 'not met'} "
+                     f"({min(speed):.2f}x to {max(speed):.2f}x);")
+        lines.append(f"- peak extra memory <= 1/2 of PML's: {'met' if min(memory) >= 2 else 'not met'} "
+                     f"(1/{min(memory):.0f} to 1/{max(memory):.0f});")
+    floors = [r["dmlkit"]["seconds"] / (2 * r["n"] ** 2 * dim / (gflops * 1e9)) for r in large]
+    lines.append(f"- within 2x of the compute floor: {'met' if max(floors) <= 2 else 'not met'} "
+                 f"({min(floors):.1f}x to {max(floors):.1f}x the floor).")
+    return lines
 
 
 def _eval_cell(result: dict[str, Any]) -> str:
@@ -305,6 +340,129 @@ def _evaluation_plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render_evaluation_million(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Path, stem: str) -> list[str]:
+    whole, gflops, dim = raw.get("million"), raw["gflops"], 128
+    lines = _head(bench, meta)
+    if not whole:
+        return [*lines, "The raw results hold no run to the end (`--million`).", ""]
+    n = whole["n"]
+    if "error" in whole:
+        return [*lines, f"N = {n:,}: the run failed: {whole['error']}", ""]
+    floor = 2 * n * n * dim / (gflops * 1e9)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(whole["values"].items()))
+    threads = _threads_of(meta, bench)
+    return [
+        *lines,
+        f"dmlkit's exact `get_accuracy` (retrieval metrics, query = reference) on N = {n:,} of the evaluation "
+        f"data (d = {dim}), run to the end in one process: **{whole['seconds'] / 60:.1f} min with "
+        f"{whole['peak_extra_mib']:,.0f} MiB peak extra memory** (the {n:,} x {dim} float32 embeddings themselves, "
+        f"{n * dim * 4 / 1e6:,.0f} MB, are built before the call and not counted). The block product ran at "
+        f"{gflops:.0f} GFLOP/s on {threads} thread{'s' if threads != 1 else ''}, so the compute floor "
+        f"`2 * N^2 * d` is {floor / 60:.0f} min and the run took {whole['seconds'] / floor:.1f}x the floor. "
+        f"PML is not run at this size: with k = max_bin_count its neighbour table alone holds N x N/100 = "
+        f"{n * (n // 100):.1e} entries.",
+        "",
+        f"Values: {shown}.",
+        "",
+        f"- Exact at N = {n:,} within 4 GiB extra memory: "
+        f"{'met' if whole['peak_extra_mib'] <= 4096 else 'not met'} ({whole['peak_extra_mib']:,.0f} MiB).",
+        f"- Within 2x of the compute floor: {'met' if whole['seconds'] <= 2 * floor else 'not met'} "
+        f"({whole['seconds'] / floor:.1f}x).",
+        "",
+    ]
+
+
+def render_reality_check(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Path, stem: str) -> list[str]:
+    from dmlkit.training.protocol import control_pairs
+
+    runs: list[dict[str, Any]] = raw["runs"]
+    key = "mean_average_precision_at_r"
+    config = runs[0]["config"]
+    lines = _head(bench, meta)
+    lines += [
+        "`dmlkit benchmark` (the protocol of Musgrave et al., 2020; every fold, the concatenated-embedding scores, "
+        "R-precision, precision@1 and per-cell timings are in each run's `results.md`, see "
+        "[reality_check.md](reality_check.md)). Class-disjoint halves, "
+        f"{config['folds']} class-disjoint folds, {len(config['seeds'])} seeds, the same network "
+        f"({config['model']['name']}, embedding {config['model']['embedding_size']}), batch "
+        f"{config['sampler']['batch_size']} ({config['sampler']['m']} per class) and "
+        f"{config['epochs'] * config['iterations_per_epoch']} iterations per fold for every loss, in dmlkit and with "
+        "PML's class of the same name as a control. Separate-fold MAP@R (%, mean over seeds) on the unseen classes:",
+        "",
+    ]
+    pairs_of = [control_pairs(run["entries"]) for run in runs]
+    labels = list(dict.fromkeys(dm["label"] for pairs in pairs_of for dm, _ in pairs))
+    shown = {dm["label"]: _entry_label(dm) for pairs in pairs_of for dm, _ in pairs}
+    header = "| loss | " + " | ".join(f"{run['title']} dmlkit | {run['title']} PML" for run in runs) + " |"
+    lines += [header, "|---|" + "---|---|" * len(runs)]
+    for label in labels:
+        cells = []
+        for pairs in pairs_of:
+            found = [(dm, pml) for dm, pml in pairs if dm["label"] == label]
+            cells += ([f"{100 * e['separate'][key]['mean']:.1f}" for e in found[0]] if found else ["-", "-"])
+        lines.append(f"| {shown[label]} | " + " | ".join(cells) + " |")
+    untrained = [f"{100 * run['references']['untrained']['separate'][key]['mean']:.1f} | " for run in runs]
+    raw_input = [f"{100 * run['references']['raw_input'][key]:.1f} | " for run in runs]
+    lines.append("| untrained network (reference) | " + " | ".join(untrained) + " |")
+    lines.append("| raw pixels (reference) | " + " | ".join(raw_input) + " |")
+    lines.append("")
+    for run, pairs in zip(runs, pairs_of, strict=True):
+        outside = []
+        largest = 0.0
+        for dm, pml in pairs:
+            a, b = dm["separate"][key], pml["separate"][key]
+            gap = abs(a["mean"] - b["mean"])
+            largest = max(largest, gap)
+            if gap > min(a["half_width"], b["half_width"]):
+                outside.append(f"{dm['label']} ({100 * gap:.2f} points)")
+        verdict = ("every dmlkit/PML difference lies inside both 95 % intervals" if not outside
+                   else "outside a 95 % interval: " + "; ".join(outside))
+        lines.append(f"- {run['title']}: {verdict} (largest difference {100 * largest:.2f} points); training of "
+                     f"all {sum(len(e.get('cells', [])) for e in run['entries'])} fold models took "
+                     f"{run['cell_seconds'] / 60:.1f} min (`{run['command']}`, finished {run['finished'][:16]}).")
+    png = f"{stem}_{bench.name}.png"
+    _reality_check_plot(runs, pairs_of, out / png)
+    return [*lines, "", f"![Reality check: separate-fold MAP@R with 95 % intervals]({png})", ""]
+
+
+def _entry_label(entry: Mapping[str, Any]) -> str:
+    """The entry's label, with the miner's kind of triplets when it names one (e.g. semihard)."""
+    kind = (entry.get("miner") or {}).get("type_of_triplets")
+    return f"{entry['label']} ({kind})" if kind else entry["label"]
+
+
+def _reality_check_plot(runs: list[dict[str, Any]], pairs_of: list[Any], path: Path) -> None:
+    """One panel per data set: MAP@R of each loss in both libraries with its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "mean_average_precision_at_r"
+    fig, axes = plt.subplots(1, len(runs), figsize=(7 * len(runs), 4.5), squeeze=False)
+    for ax, run, pairs in zip(axes[0], runs, pairs_of, strict=True):
+        for offset, side, name in ((-0.15, 0, "dmlkit"), (0.15, 1, "PML")):
+            ys = [i + offset for i in range(len(pairs))]
+            means = [100 * pair[side]["separate"][key]["mean"] for pair in pairs]
+            widths = [100 * pair[side]["separate"][key]["half_width"] for pair in pairs]
+            ax.errorbar(means, ys, xerr=widths, fmt="o", capsize=3, label=name)
+        for ref, style in (("untrained", ":"), ("raw_input", "--")):
+            value = run["references"][ref]
+            value = value["separate"][key]["mean"] if ref == "untrained" else value[key]
+            ax.axvline(100 * value, color="grey", linestyle=style,
+                       label="untrained network" if ref == "untrained" else "raw pixels")
+        ax.set_yticks(range(len(pairs)))
+        ax.set_yticklabels([_entry_label(pair[0]) for pair in pairs], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("separate-fold MAP@R (%) on unseen classes")
+        ax.set_title(run["title"])
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -360,6 +518,12 @@ BENCHMARKS = [
         render=render_losses,
     ),
     Benchmark(
+        "reality_check", "bench/reality_check.py", "Reality check: losses under one protocol",
+        [],
+        ["--configs", "examples/benchmarks/digits_tiny.yaml", "--quick"],
+        threads=1, render=render_reality_check,
+    ),
+    Benchmark(
         "class_losses", "bench/class_losses.py", "Classification and proxy losses",
         ["--sizes", "256", "1024", "4096", "--classes", "100", "10000", "--timeout", "60", "--memory-limit-gib", "8"],
         ["--sizes", "64", "--classes", "10", "--only", "ArcFaceLoss", "ProxyAnchorLoss", "--timeout", "60",
@@ -371,6 +535,12 @@ BENCHMARKS = [
         ["--threads", "1", "--sizes", "10000", "50000", "100000", "--projection"],
         ["--threads", "1", "--sizes", "2000", "--metrics", "retrieval", "--timeout", "120"],
         threads=1, render=render_evaluation,
+    ),
+    Benchmark(
+        "evaluation_million", "bench/evaluation.py", "Evaluation at N = 1,000,000",
+        ["--threads", "2", "--sizes", "--metrics", "retrieval", "--million", "--timeout", "9000"],
+        ["--threads", "1", "--sizes", "--metrics", "retrieval", "--million", "--large-n", "5000", "--timeout", "120"],
+        render=render_evaluation_million,
     ),
     Benchmark(
         "memory_efficient", "bench/memory_efficient.py", "Memory-efficient (tiled) losses",

@@ -72,6 +72,7 @@ __all__ = [
     "FoldRun",
     "load_benchmark_config",
     "quick_config",
+    "control_pairs",
     "make_protocol_data",
     "load_protocol_data",
     "confidence_interval",
@@ -1580,8 +1581,17 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _control_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
-    """dmlkit against the pytorch-metric-learning control, for entries built the same way from both."""
+def control_pairs(entries: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """``(dmlkit entry, PML entry)`` for each recipe (loss, miner, learning rate, parameters) run in both libraries.
+
+    Entries that failed are left out.
+
+    Example:
+        >>> a = {"library": "dmlkit", "loss": {"name": "contrastive"}, "label": "C"}
+        >>> b = {"library": "pml", "loss": {"name": "contrastive"}, "label": "C (PML)"}
+        >>> [(x["label"], y["label"]) for x, y in control_pairs([a, b, {**b, "loss": {"name": "ntxent"}}])]
+        [('C', 'C (PML)')]
+    """
 
     def same_recipe(entry: Mapping[str, Any]) -> str:
         return json.dumps(
@@ -1589,11 +1599,16 @@ def _control_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
         )
 
     ours = {same_recipe(e): e for e in entries if e.get("library") == "dmlkit" and not e.get("error")}
-    pairs = [
+    return [
         (ours[same_recipe(e)], e)
         for e in entries
         if e.get("library") == "pml" and not e.get("error") and same_recipe(e) in ours
     ]
+
+
+def _control_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """dmlkit against the pytorch-metric-learning control, for entries built the same way from both."""
+    pairs = control_pairs(entries)
     if not pairs:
         return []
     lines = [
