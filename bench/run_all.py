@@ -70,6 +70,14 @@ _mib = harness.fmt_mib
 _ratio = harness.ratio
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
 def _geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -359,11 +367,11 @@ def render_evaluation_million(bench: Benchmark, raw: Any, meta: dict[str, Any], 
     return [
         *lines,
         f"dmlkit's exact `get_accuracy` (retrieval metrics, query = reference) on N = {n:,} of the evaluation "
-        f"data (d = {dim}), run to the end in one process: **{whole['seconds'] / 60:.1f} min with "
+        f"data (d = {dim}), run to the end in one process: **{_duration(whole['seconds'])} with "
         f"{whole['peak_extra_mib']:,.0f} MiB peak extra memory** (the {n:,} x {dim} float32 embeddings themselves, "
         f"{n * dim * 4 / 1e6:,.0f} MB, are built before the call and not counted). The block product ran at "
         f"{gflops:.0f} GFLOP/s on {threads} thread{'s' if threads != 1 else ''}, so the compute floor "
-        f"`2 * N^2 * d` is {floor / 60:.0f} min and the run took {whole['seconds'] / floor:.1f}x the floor. "
+        f"`2 * N^2 * d` is {_duration(floor)} and the run took {whole['seconds'] / floor:.1f}x the floor. "
         f"PML is not run at this size: with k = max_bin_count its neighbour table alone holds N x N/100 = "
         f"{n * (n // 100):.1e} entries.",
         "",
@@ -388,7 +396,7 @@ def render_reality_check(bench: Benchmark, raw: Any, meta: dict[str, Any], out: 
         "`dmlkit benchmark` (the protocol of Musgrave et al., 2020; every fold, the concatenated-embedding scores, "
         "R-precision, precision@1 and per-cell timings are in each run's `results.md`, see "
         "[reality_check.md](reality_check.md)). Class-disjoint halves, "
-        f"{config['folds']} class-disjoint folds, {len(config['seeds'])} seeds, the same network "
+        f"{config['folds']} class-disjoint folds, {_count(len(config['seeds']), 'seed')}, the same network "
         f"({config['model']['name']}, embedding {config['model']['embedding_size']}), batch "
         f"{config['sampler']['batch_size']} ({config['sampler']['m']} per class) and "
         f"{config['epochs'] * config['iterations_per_epoch']} iterations per fold for every loss, in dmlkit and with "
@@ -424,7 +432,7 @@ def render_reality_check(bench: Benchmark, raw: Any, meta: dict[str, Any], out: 
                    else "outside a 95 % interval: " + "; ".join(outside))
         lines.append(f"- {run['title']}: {verdict} (largest difference {100 * largest:.2f} points); training of "
                      f"all {sum(len(e.get('cells', [])) for e in run['entries'])} fold models took "
-                     f"{run['cell_seconds'] / 60:.1f} min (`{run['command']}`, finished {run['finished'][:16]}).")
+                     f"{_duration(run['cell_seconds'])} (`{run['command']}`, finished {run['finished'][:16]}).")
     png = f"{stem}_{bench.name}.png"
     _reality_check_plot(runs, pairs_of, out / png)
     return [*lines, "", f"![Reality check: separate-fold MAP@R with 95 % intervals]({png})", ""]
