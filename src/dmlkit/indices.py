@@ -34,6 +34,7 @@ __all__ = [
     "check_indices_tuple",
     "pair_masks",
     "triplets_from_selection",
+    "order_within_rows",
 ]
 
 
@@ -307,6 +308,21 @@ def triplets_from_selection(
         filled = end
     selected.clear()
     return out
+
+
+def order_within_rows(rows: Tensor, values: Tensor, descending: bool = False) -> Tensor:
+    """The permutation that orders pairs by ``rows`` and, within a row, by ``values``; ties keep their order.
+
+    ``rows`` must already be ascending (as ``nonzero`` lists them). This is the order in which
+    pytorch-metric-learning's miners that sort each row of the distance matrix list their pairs.
+
+    Example:
+        >>> order_within_rows(torch.tensor([0, 0, 0, 1, 1]), torch.tensor([0.5, 0.1, 0.5, 0.9, 0.2]))
+        tensor([1, 0, 2, 4, 3])
+    """
+    by_value = torch.sort(values, descending=descending, stable=True).indices
+    by_row = torch.sort(rows.index_select(0, by_value), stable=True).indices
+    return by_value.index_select(0, by_row)
 
 
 #: the integer type of each float type's size, for selecting on bit patterns

@@ -45,10 +45,12 @@ def test_matches_brute_force(distance: str, epsilon: float, with_ref: bool) -> N
         out = miner(emb, labels, ref_emb, ref_labels) if with_ref else miner(emb, labels)
         assert isinstance(out, Pairs)
         mat = distance_matrix(to_lists(emb), to_lists(ref_emb), spec)
-        expected = ref.multi_similarity(
+        pos, neg = ref.multi_similarity(
             mat, labels.tolist(), epsilon, spec.is_similarity, ref_labels.tolist() if with_ref else None
         )
-        assert _split(out) == expected
+        # positives by anchor, then by increasing value (the oracle lists them by index; Python's sort is
+        # stable); negatives by index
+        assert _split(out) == (sorted(pos, key=lambda pair: (pair[0], mat[pair[0]][pair[1]])), neg)
 
 
 def test_hand_computed_example() -> None:
@@ -82,7 +84,10 @@ def test_invariants(with_ref: bool) -> None:
             assert bool((a1 != p).all())
         pos, neg = _split((a1, p, a2, n))
         assert len(set(pos)) == len(pos) and len(set(neg)) == len(neg)
-        assert pos == sorted(pos) and neg == sorted(neg)
+        assert neg == sorted(neg)
+        values = MultiSimilarityMiner(0.2).distance(emb, ref_emb)[a1, p]
+        same_anchor = a1[1:] == a1[:-1]
+        assert bool((a1[1:] >= a1[:-1]).all()) and bool((values[1:][same_anchor] >= values[:-1][same_anchor]).all())
 
 
 def test_larger_epsilon_mines_a_superset() -> None:
@@ -109,8 +114,8 @@ def test_negative_epsilon_is_rejected() -> None:
 
 @pytest.mark.parametrize("distance", list(DISTANCES))
 @pytest.mark.parametrize("epsilon", EPSILONS)
-def test_equal_to_pml_up_to_order_within_an_anchor(distance: str, epsilon: float) -> None:
-    """PML lists an anchor's pairs by increasing value (it sorts each row); ours come by index."""
+def test_equal_to_pml_with_positives_in_the_same_order(distance: str, epsilon: float) -> None:
+    """PML lists an anchor's pairs by increasing value (it sorts each row); our positives come that way too."""
     pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
     pml_distances = pytest.importorskip("pytorch_metric_learning.distances")
     factory, _, pml_name = DISTANCES[distance]
@@ -121,8 +126,9 @@ def test_equal_to_pml_up_to_order_within_an_anchor(distance: str, epsilon: float
         ref_emb, ref_labels = _batch(seed + 70, n=9, classes=4)
         for args in [(emb, labels), (emb, labels, ref_emb, ref_labels)]:
             mine, other = ours(*args), theirs(*args)
-            assert torch.equal(mine[0], other[0]) and torch.equal(mine[2], other[2])  # same anchors, same counts
-            assert tuple(sorted(x) for x in _split(mine)) == tuple(sorted(x) for x in _split(other))
+            assert torch.equal(mine[0], other[0]) and torch.equal(mine[1], other[1])
+            assert torch.equal(mine[2], other[2])  # the same negatives per anchor, by index here
+            assert sorted(_split(mine)[1]) == sorted(_split(other)[1])
 
 
 def test_mined_pairs_fed_to_the_triplet_loss_match_pml() -> None:
@@ -150,3 +156,16 @@ def test_mined_pairs_fed_to_the_multi_similarity_loss_match_pml(with_ref: bool) 
         theirs = pml_losses.MultiSimilarityLoss()(emb, labels, mined, *extra)
         assert ours > 0
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+def test_mined_pairs_fed_to_npairs_loss_match_pml() -> None:
+    """NPairsLoss keeps the first mined pair of each class, so the order of the pairs sets its value."""
+    from dmlkit.losses import NPairsLoss
+
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
+    for seed in range(5):
+        emb, labels = _batch(seed, n=33, d=16, classes=5)
+        ours = NPairsLoss()(emb, labels, MultiSimilarityMiner(0.1)(emb, labels))
+        theirs = pml_losses.NPairsLoss()(emb, labels, pml_miners.MultiSimilarityMiner(0.1)(emb, labels))
+        assert ours.item() == pytest.approx(theirs.item(), rel=1e-12)

@@ -38,8 +38,10 @@ class AngularMiner(BaseMiner):
     with an angle strictly above the threshold is returned, in lexicographic (a, p, n) order.
 
     Embeddings are L2-normalised before the angles are measured, as the angular loss does (the required
-    distance normalises). Work is done in blocks of positive pairs against the reference set, so memory
-    grows with the output, never with ``batch_size ** 3``.
+    distance normalises). pytorch-metric-learning (2.9.0) requires the same distance but measures the angles
+    on the embeddings as given; the two mine the same triplets from unit-norm embeddings. Work is done in
+    blocks of positive pairs against the reference set, so memory grows with the output, never with
+    ``batch_size ** 3``.
 
     Args:
         angle: the threshold in degrees, in ``[0, 90]`` (angles at the negative lie in that range).

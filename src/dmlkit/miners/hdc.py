@@ -79,8 +79,14 @@ class HDCMiner(BaseMiner):
     hardest positive pairs (largest distances, or smallest similarities) and, separately, the hardest
     negative pairs (smallest distances, or largest similarities). Candidates are every pair of the batch,
     or the pairs given with :meth:`set_idx_externally` (e.g. the previous stage's output), which are used
-    for every call until :meth:`reset_idx`. Pairs are returned in the order of the candidates (row-major
-    for all pairs); among equally hard pairs at the cut, the earlier ones are kept.
+    for every call until :meth:`reset_idx`. Among equally hard pairs at the cut, the earlier candidates
+    (row-major for all pairs) are kept. Positive pairs come hardest first, as pytorch-metric-learning's
+    ``topk`` lists them (:class:`~dmlkit.losses.NPairsLoss` reads the first positive pair of each class);
+    negative pairs, possibly millions, in the order of the candidates.
+
+    ``ceil(filter_percentage * count)`` is taken of the decimal fraction as written: 0.3 of 10 pairs keeps 3.
+    pytorch-metric-learning computes the product in binary floating point, where ``0.3 * 10`` is slightly above
+    3, and keeps 4.
 
     Args:
         filter_percentage: the fraction of pairs kept, in ``[0, 1]``.
@@ -124,7 +130,8 @@ class HDCMiner(BaseMiner):
             a1, p, a2, n = checked
             keep_pos = keep_hardest(mat[a1, p], self.filter_percentage, largest=pos_largest)
             keep_neg = keep_hardest(mat[a2, n], self.filter_percentage, largest=not pos_largest)
-            return Pairs(a1[keep_pos], p[keep_pos], a2[keep_neg], n[keep_neg])
+            positives = _hardest_first(mat, a1[keep_pos], p[keep_pos], pos_largest)
+            return Pairs(*positives, a2[keep_neg], n[keep_neg])
         out: list[Tensor] = []
         masks = label_masks(labels, ref_labels)
         for mask, largest in zip(masks, (pos_largest, not pos_largest), strict=True):
@@ -141,4 +148,12 @@ class HDCMiner(BaseMiner):
                 key = (mat.neg_() if largest else mat) if last else (-mat if largest else mat.clone())
                 key.masked_fill_(~mask, math.inf)
                 out.extend(torch.nonzero(smallest(key, k), as_tuple=True))
+            if mask is masks[0]:  # the positives, ordered before the negatives' pass may overwrite the matrix
+                out[:2] = _hardest_first(mat, out[0], out[1], pos_largest)
         return Pairs(*out)
+
+
+def _hardest_first(mat: Tensor, rows: Tensor, cols: Tensor, largest: bool) -> tuple[Tensor, Tensor]:
+    """The pairs ordered from the hardest (largest value if ``largest``), equal values in their given order."""
+    order = torch.sort(mat[rows, cols], descending=largest, stable=True).indices
+    return rows[order], cols[order]

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .._validation import check_range
 from ..distances import BaseDistance, CosineSimilarity
-from ..indices import label_masks
+from ..indices import label_masks, order_within_rows
 from ..types import Pairs
 from .base import BaseMiner
 
@@ -31,7 +31,11 @@ class MultiSimilarityMiner(BaseMiner):
 
     With a distance the comparisons mirror: a negative is kept when ``d - epsilon`` is below the farthest
     positive, a positive when ``d + epsilon`` exceeds the closest negative. If the batch has no positive
-    pair or no negative pair at all, nothing is returned. Pairs come in row-major order.
+    pair or no negative pair at all, nothing is returned. Positive pairs come by anchor and, within an anchor,
+    by increasing value of the distance or similarity (equal values by index), in pytorch-metric-learning's
+    order: :class:`~dmlkit.losses.NPairsLoss` takes the first positive pair of each class, so the order sets
+    its value. Negative pairs, which no loss reads in order and which can number millions, come in row-major
+    order (pytorch-metric-learning also sorts them by value within an anchor).
 
     Args:
         epsilon: the margin ``epsilon >= 0``.
@@ -72,4 +76,5 @@ class MultiSimilarityMiner(BaseMiner):
             negative &= mat - eps < easiest_pos
         a1, p = torch.nonzero(positive, as_tuple=True)
         a2, n = torch.nonzero(negative, as_tuple=True)
-        return Pairs(a1, p, a2, n)
+        pos_order = order_within_rows(a1, mat[a1, p])
+        return Pairs(a1[pos_order], p[pos_order], a2, n)
