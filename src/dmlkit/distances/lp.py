@@ -38,6 +38,8 @@ class LpDistance(BaseDistance):
         return super().compute_powered_mat(query_emb, ref_emb)
 
     def pairwise_distance(self, query_emb: Tensor, ref_emb: Tensor) -> Tensor:
+        """``||query_emb[i] - ref_emb[i]||_p`` per row, exactly: pytorch-metric-learning's
+        (``torch.nn.functional.pairwise_distance``) adds ``1e-6`` to every difference first."""
         return torch.linalg.vector_norm(query_emb - ref_emb, ord=self.p, dim=1)
 
 
