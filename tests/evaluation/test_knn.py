@@ -354,11 +354,37 @@ def test_thresholded_path_matches_streamed_path_on_continuous_data(threads: int)
     # the same float32 keys either way, so the same neighbours and bitwise the same distances
     x = torch.randn(1500, 16, generator=torch.Generator().manual_seed(22))
     got = knn(x, 20, block_size=128)
-    q = knn_module._Operand.queries(x, KnnDistance.EUCLIDEAN, torch.float32)
-    prepared = knn_module._Operand.references(x, KnnDistance.EUCLIDEAN, torch.float32)
+    center = knn_module._Operand.center(x, KnnDistance.EUCLIDEAN, torch.float32)
+    q = knn_module._Operand.queries(x, KnnDistance.EUCLIDEAN, torch.float32, center)
+    prepared = knn_module._Operand.references(x, KnnDistance.EUCLIDEAN, torch.float32, center)
     keys, idx = knn_module._sorted(*knn_module._topk_streamed(q, prepared, 0, 20, True, KnnDistance.EUCLIDEAN, 128))
     assert torch.equal(got.indices, idx)
-    assert torch.equal(got.distances, knn_module._keys_to_values(keys, x, KnnDistance.EUCLIDEAN))
+    assert torch.equal(got.distances, knn_module._keys_to_values(keys, x, KnnDistance.EUCLIDEAN, center))
+
+
+@pytest.mark.parametrize("d", [1, 2, 8, 32])
+def test_float32_points_far_from_the_origin_find_their_nearest_neighbours(d: int) -> None:
+    # 1 + 0.01 * randn: without the shift to the centre, ||r||^2 - 2 q.r in float32 cannot tell the
+    # neighbours apart (at d = 1, 180 of 300 nearest neighbours came out wrong)
+    x = 1 + 0.01 * torch.randn(300, d, generator=torch.Generator().manual_seed(d))
+    got = knn(x, 3)
+    want_dist, want_idx = brute_force(x.double(), 3, x.double(), ref_includes_query=True)
+    # distances near 0 keep the float32 rounding of ||q - c||^2 (about 1e-7 * 0.01^2) under the square root
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-5)
+    # a swap is allowed only between neighbours whose float64 distances agree to float32 precision
+    swapped = (got.indices != want_idx).any(1)
+    gaps = (want_dist[:, 1:] - want_dist[:, :-1]).min(1).values
+    assert bool((gaps[swapped] < 1e-6).all()), int(swapped.sum())
+
+
+def test_centre_keeps_integer_points_on_their_grid() -> None:
+    x = integer_points(500, 3, seed=5) + 1000.0
+    center = knn_module._Operand.center(x, KnnDistance.EUCLIDEAN, torch.float32)
+    assert center is not None and bool((center == center.round()).all())
+    assert bool(((x - center) == (x - center).round()).all())
+    same = torch.full((10, 2), 7.5)
+    assert torch.equal(knn_module._Operand.center(same, KnnDistance.EUCLIDEAN, torch.float32), torch.full((2,), 7.5))
+    assert knn_module._Operand.center(x, KnnDistance.COSINE, torch.float32) is None
 
 
 def test_rows_below_k_hits_redo_the_block(monkeypatch: pytest.MonkeyPatch) -> None:

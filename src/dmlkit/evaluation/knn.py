@@ -47,24 +47,48 @@ class _Operand:
     query's own ``||q||^2``, which does not change the ranking of a row. Appending a column of ones to the
     queries and ``||r||^2`` to the scaled references folds the whole key into one matrix product, so no
     separate pass adds the norms, clamps or takes square roots over the block.
+
+    Both sides are first shifted by the same ``center`` (near the references' mean), which leaves every
+    distance as it is. Without it, points close together but far from the origin (say ``1 + 0.01 * randn``)
+    lose their differences in float32: ``||r||^2`` and ``2 q.r`` are both near ``||r||^2`` and their
+    difference, which is what ranks the references, falls below the rounding of either.
     """
 
     @staticmethod
-    def queries(x: Tensor, measure: KnnDistance, dtype: torch.dtype) -> Tensor:
+    def center(reference: Tensor, measure: KnnDistance, dtype: torch.dtype) -> Tensor | None:
+        """The point both sides are shifted by, for the Euclidean distance (None for the others).
+
+        Per dimension, the references' mean rounded to a multiple of the largest power of two not above
+        their standard deviation (the mean itself where they are all equal). The shift removes the common
+        offset, and data on a grid at least that coarse (integers, say) stay on it, so keys that tie
+        exactly before the shift still tie after it and are still ordered by index.
+        """
+        if measure is not KnnDistance.EUCLIDEAN or reference.shape[0] == 0:
+            return None
+        values = reference if reference.dtype == dtype else reference.to(dtype)
+        std, mean = torch.std_mean(values, dim=0, correction=0)
+        grid = torch.exp2(torch.floor(torch.log2(std)))
+        return torch.where(std > 0, torch.round(mean / grid) * grid, mean)
+
+    @staticmethod
+    def queries(x: Tensor, measure: KnnDistance, dtype: torch.dtype, center: Tensor | None = None) -> Tensor:
         x = x.to(dtype)
         if measure is KnnDistance.COSINE:
             return F.normalize(x, dim=1)
         if measure is KnnDistance.EUCLIDEAN:
+            x = x if center is None else x - center.to(dtype)
             return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
         return x
 
     @staticmethod
-    def references(x: Tensor, measure: KnnDistance, dtype: torch.dtype) -> Tensor:
+    def references(x: Tensor, measure: KnnDistance, dtype: torch.dtype, center: Tensor | None = None) -> Tensor:
         x = x.to(dtype)
         if measure is KnnDistance.COSINE:
             return F.normalize(x, dim=1).neg_()
         if measure is KnnDistance.EUCLIDEAN:
-            return torch.cat([x * -2, (x * x).sum(1, keepdim=True)], dim=1)
+            shifted = x.clone() if center is None else x - center.to(dtype)
+            norms = (shifted * shifted).sum(1, keepdim=True)
+            return torch.cat([shifted.mul_(-2), norms], dim=1)
         return x.neg()
 
 
@@ -374,9 +398,10 @@ def _search_block(
     panel: bool,
     sample_idx: Tensor | None = None,
     sample: Tensor | None = None,
+    center: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sorted (keys, indices) of one query block; falls back to a safe float64 pass if a key overflowed."""
-    q = _Operand.queries(query_block, measure, dtype)
+    q = _Operand.queries(query_block, measure, dtype, center)
     found = None
     if sample is not None and sample_idx is not None:
         bound = _sample_threshold(q, sample, sample_idx, qs, own, k, reference.shape[0] - int(own))
@@ -392,16 +417,17 @@ def _search_block(
     if bool((idx < 0).any()) or not bool(torch.isfinite(keys).all()):
         # Keys overflowed to inf (embeddings beyond ~1e19 in float32): redo this block in float64, where
         # every real key is finite and ranks below the +inf of an excluded row.
-        q = _Operand.queries(query_block, measure, torch.float64)
-        prepared = _Operand.references(raw_reference, measure, torch.float64)
+        q = _Operand.queries(query_block, measure, torch.float64, center)
+        prepared = _Operand.references(raw_reference, measure, torch.float64, center)
         keys, idx = _sorted(*_topk_panel(q, prepared, qs, k, own, measure, block_size))
         keys = torch.nan_to_num(keys, posinf=torch.finfo(torch.float64).max)
     return keys, idx
 
 
-def _keys_to_values(keys: Tensor, query_block: Tensor, measure: KnnDistance) -> Tensor:
+def _keys_to_values(keys: Tensor, query_block: Tensor, measure: KnnDistance, center: Tensor | None) -> Tensor:
     if measure is KnnDistance.EUCLIDEAN:
         q = query_block.to(keys.dtype)
+        q = q if center is None else q - center.to(keys.dtype)
         return (keys + (q * q).sum(1, keepdim=True)).clamp_(min=0).sqrt_()
     return keys.neg()
 
@@ -454,7 +480,8 @@ def _iter_checked(
     rows = max(1, min(_QUERY_ROWS, block_size**2 // max(num_ref, 1))) if panel else min(_QUERY_ROWS, block_size)
     with torch.no_grad():
         # Prepared once: for float32 Euclidean search, a (Nr, d + 1) copy of the references.
-        prepared = _Operand.references(reference, measure, dtype)
+        center = _Operand.center(reference, measure, dtype)
+        prepared = _Operand.references(reference, measure, dtype, center)
         # A threshold from a fixed random sample of references lets one pass keep only the few references
         # that can be among the k nearest, instead of merging a running top-k block after block.
         size = min(_SAMPLE_SIZE, num_ref // 8)
@@ -479,8 +506,9 @@ def _iter_checked(
                 panel,
                 sample_idx,
                 sample,
+                center,
             )
-            yield qs, Neighbors(_keys_to_values(keys, block, measure), idx)
+            yield qs, Neighbors(_keys_to_values(keys, block, measure, center), idx)
 
 
 def iter_knn(
