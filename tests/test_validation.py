@@ -252,3 +252,34 @@ def test_check_reference_errors() -> None:
         check_reference("O", emb, labels, torch.zeros(4, 2), labels)
     with pytest.raises(ValueError, match=re.escape("O: `ref_emb` must be a 2-D tensor")):
         check_reference("O", emb, labels, torch.zeros(4), labels)
+
+
+def test_numpy_scalars_are_numbers_and_numpy_booleans_are_not() -> None:
+    import numpy as np
+
+    from dmlkit._validation import check_range
+
+    check_range("X", "margin", np.float32(0.5), low=0)
+    check_range("X", "size", np.int64(3), low=1, integer=True)
+    with pytest.raises(TypeError, match="must be an integer"):
+        check_range("X", "size", np.float64(3.0), low=1, integer=True)
+    with pytest.raises(TypeError, match="must be a number"):
+        check_range("X", "margin", np.bool_(True))
+
+
+def test_hyperparameters_from_numpy_build_working_losses() -> None:
+    """Grids of hyperparameters often come from numpy: they are accepted wherever Python numbers are."""
+    import numpy as np
+
+    from dmlkit.evaluation import AccuracyCalculator
+    from dmlkit.losses import ArcFaceLoss, MultipleLosses, TripletMarginLoss
+
+    emb = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    triplet = TripletMarginLoss(margin=np.float64(0.2))
+    assert torch.equal(triplet(emb, labels), TripletMarginLoss(margin=0.2)(emb, labels))
+    arcface = ArcFaceLoss(np.int64(4), np.int64(4), margin=np.float32(28.6))
+    assert arcface.num_classes == 4 and type(arcface.num_classes) is int and arcface.W.shape == (4, 4)
+    combined = MultipleLosses([triplet], weights=[np.float32(0.5)])
+    torch.testing.assert_close(combined(emb, labels), 0.5 * triplet(emb, labels))
+    assert AccuracyCalculator(k=np.int64(3)).k == 3

@@ -9,9 +9,11 @@ from __future__ import annotations
 import difflib
 import enum
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -69,9 +71,13 @@ def check_range(
     high_inclusive: bool = True,
     integer: bool = False,
 ) -> None:
-    """Check that a number lies in ``[low, high]`` (or the open variant), raising ValueError otherwise."""
+    """Check that a number lies in ``[low, high]`` (or the open variant), raising ValueError otherwise.
+
+    Any real number is accepted, numpy's scalars included (hyperparameters often come from numpy grids);
+    booleans are not numbers here.
+    """
     kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, (int, float) if not integer else int):
+    if not is_real_number(value, integer=integer):
         raise TypeError(message(owner, arg, kind, value))
     if not integer and math.isnan(value):
         raise ValueError(message(owner, arg, "a number, not NaN", value))
@@ -85,6 +91,19 @@ def check_range(
         raise ValueError(message(owner, arg, rule, value))
     if high is not None and (value > high or (not high_inclusive and value == high)):
         raise ValueError(message(owner, arg, rule, value))
+
+
+def is_real_number(value: Any, integer: bool = False) -> bool:
+    """Whether ``value`` is a real (or integral) number: Python's or numpy's, but not a boolean.
+
+    Example:
+        >>> import numpy as np
+        >>> is_real_number(np.float32(0.5)), is_real_number(np.int64(3), integer=True), is_real_number(True)
+        (True, True, False)
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, numbers.Integral if integer else numbers.Real)
 
 
 def at_least(owner: str, arg: str, value: T, low: float) -> T:

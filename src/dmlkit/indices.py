@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._validation import message
+from ._validation import is_real_number, message
 from .types import LabelPairs, Pairs, Triplets
 
 __all__ = [
@@ -142,7 +142,7 @@ def random_triplets(
     Positives and negatives are drawn uniformly, with replacement, from the anchor's own positives and
     negatives. Pass a seeded ``generator`` for reproducible draws.
     """
-    if isinstance(t_per_anchor, bool) or not isinstance(t_per_anchor, int) or t_per_anchor < 1:
+    if not is_real_number(t_per_anchor, integer=True) or t_per_anchor < 1:
         raise ValueError(message("random_triplets", "t_per_anchor", "a positive integer", t_per_anchor))
     positive, negative = label_masks(labels, ref_labels)
     valid = positive.any(1) & negative.any(1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -114,6 +114,32 @@ class Terms:
     @property
     def is_empty(self) -> bool:
         return self.kind is not TermKind.ALREADY_REDUCED and self.values.numel() == 0
+
+    def __getitem__(self, key: str) -> Any:
+        """pytorch-metric-learning's keys for a loss group, for code written against its ``DoNothingReducer``.
+
+        ``"losses"`` is ``values``, ``"reduction_type"`` the kind's name (``"element"``, ``"pos_pair"``...), and
+        ``"indices"`` the elements of element terms. Pair and triplet terms keep only their anchors (in
+        ``anchors``), not the full index tuples that pytorch-metric-learning lists there, so ``"indices"``
+        raises a ``KeyError`` that says so.
+
+        Example:
+            >>> terms = Terms(torch.tensor([0.5, 0.0]), torch.tensor([3, 1]))
+            >>> terms["losses"], terms["reduction_type"], terms["indices"]
+            (tensor([0.5000, 0.0000]), 'element', tensor([3, 1]))
+        """
+        if key == "losses":
+            return self.values
+        if key == "reduction_type":
+            return self.kind.value
+        if key == "indices":
+            if self.kind in (TermKind.ELEMENT, TermKind.ALREADY_REDUCED):
+                return self.anchors
+            raise KeyError(
+                f"Terms: {self.kind.value} terms keep only their anchors (`terms.anchors`), not the "
+                "(anchor, other...) index tuple that pytorch-metric-learning returns under 'indices'."
+            )
+        raise KeyError(f"Terms: no key {key!r}; the keys are 'losses', 'indices' and 'reduction_type'.")
 
 
 class Neighbors(NamedTuple):

@@ -239,6 +239,27 @@ def test_loss_gives_finite_scalar_with_gradient(package: str, key: str, cls: typ
     assert emb.grad is not None and bool(torch.isfinite(emb.grad).all())
 
 
+@_of("losses")
+def test_loss_of_an_empty_batch_is_a_connected_zero(package: str, key: str, cls: type) -> None:
+    loss_fn = _construct(cls)
+    emb = torch.zeros(0, DIM, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.long)
+    if hasattr(cls, "batch_rule"):  # batch statistics (VICReg, Barlow Twins): two rows at least, a clear error
+        with pytest.raises(ValueError, match="at least 2 rows"):
+            loss_fn(emb, ref_emb=torch.zeros(0, DIM))
+        return
+    if cls.requires_labels:
+        out = loss_fn(emb, labels)
+    elif cls.supports_ref_emb:
+        out = loss_fn(emb, ref_emb=torch.zeros(0, DIM))
+    else:
+        out = loss_fn(emb)
+    assert out.ndim == 0 and out.item() == 0.0 and out.requires_grad
+    out.backward()
+    assert emb.grad is not None and emb.grad.shape == (0, DIM)
+    assert all(p.grad is not None and not bool(p.grad.any()) for p in loss_fn.parameters())
+
+
 @_of("miners")
 def test_miner_gives_valid_indices(package: str, key: str, cls: type) -> None:
     miner = _construct(cls)

@@ -39,3 +39,20 @@ def test_pml_parity() -> None:
     out = DoNothingReducer()({"loss": g.terms}, g.embeddings, g.labels)
     assert torch.equal(out["loss"].values, loss_dict["loss"]["losses"])
     assert torch.equal(out["loss"].anchors, loss_dict["loss"]["indices"][0])
+
+
+def test_groups_answer_pml_keys_from_a_loss() -> None:
+    """Code written for PML reads out[name]["losses"] and out[name]["reduction_type"]."""
+    from dmlkit.losses import ContrastiveLoss, NormalizedSoftmaxLoss
+
+    emb = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    out = ContrastiveLoss(reducer=DoNothingReducer())(emb, labels)
+    assert out["pos_loss"]["reduction_type"] == "pos_pair" and out["neg_loss"]["reduction_type"] == "neg_pair"
+    assert torch.equal(out["pos_loss"]["losses"], out["pos_loss"].values)
+    with pytest.raises(KeyError, match="keep only their anchors"):
+        out["pos_loss"]["indices"]
+    element = NormalizedSoftmaxLoss(3, 3, reducer=DoNothingReducer())(emb, labels)["loss"]
+    assert element["reduction_type"] == "element" and torch.equal(element["indices"], torch.arange(8))
+    with pytest.raises(KeyError, match="no key 'loss'"):
+        element["loss"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import message
+from .._validation import is_real_number, message
 from .clustering import KMeans, adjusted_mutual_info, normalized_mutual_info
 from .knn import ExactKNN, _iter_checked
 
@@ -216,7 +216,8 @@ class AccuracyCalculator:
         self.device = None if device is None else torch.device(device)
         self.knn_func = ExactKNN() if knn_func is None else knn_func
         self.kmeans_func = KMeans(niter=20) if kmeans_func is None else kmeans_func
-        valid_int = isinstance(k, int) and not isinstance(k, bool) and k > 0
+        valid_int = is_real_number(k, integer=True) and int(k) > 0  # type: ignore[arg-type]
+        k = int(k) if valid_int else k  # type: ignore[arg-type]
         if not valid_int and k is not None and k != "max_bin_count":
             raise ValueError(message(_OWNER, "k", "an integer >= 1, None or 'max_bin_count'", k))
         self.k = k
@@ -238,9 +239,9 @@ class AccuracyCalculator:
     @staticmethod
     def _check_at_k(at_k: Sequence[int]) -> tuple[int, ...]:
         values = tuple(at_k) if isinstance(at_k, (list, tuple)) else None
-        if values is None or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        if values is None or any(not is_real_number(v, integer=True) or v < 1 for v in values):
             raise ValueError(message(_OWNER, "at_k", "a list of integers >= 1", at_k))
-        return tuple(sorted(set(values)))
+        return tuple(sorted({int(v) for v in values}))
 
     def get_function_dict(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> dict[str, Any]:
         """The metric functions named by ``include`` (all when empty) minus ``exclude``."""

@@ -109,6 +109,9 @@ class BaseMetricLossFunction(nn.Module):
             checked = self._label_pairs(indices_tuple, labels, ref_labels, ref_emb.shape[0])
         else:
             checked = check_indices_tuple(name, indices_tuple, embeddings.shape[0], ref_emb.shape[0], embeddings.device)
+        if embeddings.shape[0] == 0:
+            # an empty batch compares nothing: 0, connected to the inputs and to the loss's own parameters
+            return sum((p.sum() * 0 for p in self.parameters()), zero_loss(embeddings))
         self._warn_if_single_class(labels, ref_labels, checked)
         groups = dict(self.compute_terms(embeddings, labels, checked, ref_emb, ref_labels))
         groups.update(self.regularization_terms(embeddings))

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._validation import check_range, message
+from .._validation import check_range, is_real_number, message
 from ..regularizers import BaseRegularizer
 from ..types import Terms
 from .base import BaseMetricLossFunction
@@ -53,7 +53,7 @@ class BaseClassWeightLoss(BaseMetricLossFunction):
         super().__init__(**kwargs)
         name = type(self).__name__
         for arg, value in (("num_classes", num_classes), ("embedding_size", embedding_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_real_number(value, integer=True) or value < 1:
                 raise ValueError(message(name, arg, "a positive integer", value))
         if weight_regularizer is not None and not isinstance(weight_regularizer, BaseRegularizer):
             rule = "a dmlkit regularizer (e.g. RegularFaceRegularizer())"
@@ -62,8 +62,8 @@ class BaseClassWeightLoss(BaseMetricLossFunction):
         if weight_init_func is not None and not callable(weight_init_func):
             rule = "a callable that fills a tensor in place"
             raise TypeError(message(name, "weight_init_func", rule, weight_init_func))
-        self.num_classes = num_classes
-        self.embedding_size = embedding_size
+        self.num_classes = int(num_classes)
+        self.embedding_size = int(embedding_size)
         self.weight_regularizer = weight_regularizer
         self.weight_reg_weight = weight_reg_weight
         self.weight_init_func = weight_init_func if weight_init_func is not None else type(self).default_weight_init

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .._validation import message
+from .._validation import is_real_number, message
 from ..distances import CosineSimilarity
 from ..types import Terms
 from .class_weights import BaseClassWeightLoss
@@ -19,8 +19,8 @@ __all__ = ["LargeMarginSoftmaxLoss", "check_angle_multiplier"]
 
 def check_angle_multiplier(owner: str, margin: Any) -> int:
     """The integer ``m >= 1`` of ``cos(m theta)``; ``4`` and ``4.0`` are accepted, ``2.5`` is not."""
-    integral = isinstance(margin, int) or (isinstance(margin, float) and margin.is_integer())
-    if isinstance(margin, bool) or not integral or margin < 1:
+    integral = is_real_number(margin, integer=True) or (is_real_number(margin) and float(margin).is_integer())
+    if not integral or margin < 1:
         raise ValueError(message(owner, "margin", "a positive integer (the angle multiplier m)", margin))
     return int(margin)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import Described, check_range, message
+from .._validation import Described, check_range, is_real_number, message
 from ..indices import label_masks, ref_is_query
 from ..reducers import DivisorReducer
 from ..types import TermKind, Terms, empty_index
@@ -82,11 +82,11 @@ class MarginLoss(BaseMetricLossFunction):
         check_range(name, "margin", margin, low=0)
         check_range(name, "nu", nu, low=0)
         check_range(name, "beta", beta)
-        valid_count = isinstance(triplets_per_anchor, int) and not isinstance(triplets_per_anchor, bool)
+        valid_count = is_real_number(triplets_per_anchor, integer=True)
         if triplets_per_anchor != "all" and not (valid_count and triplets_per_anchor >= 1):  # type: ignore[operator]
             raise ValueError(message(name, "triplets_per_anchor", '"all" or a positive integer', triplets_per_anchor))
         if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+            not is_real_number(num_classes, integer=True) or num_classes < 1
         ):
             raise ValueError(message(name, "num_classes", "None or a positive integer", num_classes))
         self.margin = margin

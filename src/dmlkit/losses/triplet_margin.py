@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._validation import check_range, message
+from .._validation import check_range, is_real_number, message
 from ..indices import label_masks, pair_masks
 from ..reducers import AvgNonZeroReducer
 from ..types import LabelPairs, TermKind, Terms
@@ -100,7 +100,7 @@ class TripletMarginLoss(BaseMetricLossFunction):
         name = type(self).__name__
         check_range(name, "margin", margin, low=0)
         check_chunk_size(name, chunk_size)
-        valid_count = isinstance(triplets_per_anchor, int) and not isinstance(triplets_per_anchor, bool)
+        valid_count = is_real_number(triplets_per_anchor, integer=True)
         if triplets_per_anchor != "all" and not (valid_count and triplets_per_anchor >= 1):  # type: ignore[operator]
             raise ValueError(message(name, "triplets_per_anchor", '"all" or a positive integer', triplets_per_anchor))
         self.margin = margin

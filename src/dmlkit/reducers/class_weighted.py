@@ -18,6 +18,11 @@ class ClassWeightedReducer(BaseReducer):
     A value whose anchor (the element itself, or the first index of a pair or triplet) has label ``c``
     counts ``weights[c]`` times: ``mean(values * weights[labels[anchors]])``. Useful to up-weight rare classes.
 
+    pytorch-metric-learning (2.9.0) gives the same on losses with one value per element, pair or triplet. The
+    losses that it returns as an ``(N, 1)`` column (MultiSimilarity, Circle, LiftedStructure,
+    GeneralizedLiftedStructure, TupletMargin) broadcast there against the ``(N,)`` weights, which yields
+    ``mean(values) * mean(weights[labels])`` instead.
+
     Args:
         weights: one weight per class, indexed by label (a 1-D tensor or a sequence of numbers). It is kept
             as a buffer and cast to the values' device and dtype when reducing.

@@ -15,7 +15,8 @@ class DoNothingReducer(BaseReducer):
 
     Called with a mapping ``{name: Terms}`` (as a loss does) it returns that same mapping; called with one
     ``Terms`` group it returns that group. A loss built with it therefore returns its named groups of
-    ``Terms`` instead of a scalar.
+    ``Terms`` instead of a scalar. Each group also answers pytorch-metric-learning's keys: ``out[name]["losses"]``
+    and ``out[name]["reduction_type"]`` (see :meth:`~dmlkit.types.Terms.__getitem__`).
 
     Example:
         >>> from dmlkit.types import Terms

@@ -24,7 +24,9 @@ class PerAnchorReducer(BaseReducer):
     Element groups go straight to ``reducer``.
 
     The per-anchor mean is a scatter-add over the values (memory linear in their number). Repeated
-    ``(anchor, other)`` pairs each count, as every other reducer counts them.
+    ``(anchor, other)`` pairs each count, as every other reducer counts them. (pytorch-metric-learning writes
+    the pairs into an (anchor, other) matrix, so a repeated pair counts once in its value, yet each copy
+    still receives that entry's gradient; the two agree wherever no pair repeats.)
 
     Args:
         reducer: reduces the per-anchor values; a fresh ``MeanReducer()`` when ``None``.

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .._validation import Described, message
+from .._validation import Described, is_real_number, message
 
 __all__ = ["MultipleLosses"]
 
@@ -78,7 +78,7 @@ class MultipleLosses(nn.Module):
         else:
             self._check_keys(weights, "weights", names, exact=True)
             for name, weight in self._entries(weights):
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                if not is_real_number(weight):
                     raise TypeError(
                         message(_NAME, f"weights[{name!r}]", "a real number", Described(type(weight).__name__))
                     )
