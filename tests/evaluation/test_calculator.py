@@ -269,6 +269,15 @@ def test_nmi_ami_use_the_kmeans_func() -> None:
     assert got["AMI"] == pytest.approx(sklearn_metrics.adjusted_mutual_info_score(labels, clusters), abs=1e-12)
 
 
+def test_nmi_ami_need_one_label_per_query() -> None:
+    query, labels = clustered(30, 3, seed=12)
+    two_columns = torch.stack([labels, labels % 2], dim=1)
+    with pytest.raises(ValueError, match=r"`query_labels` must be 1-D \(or one column\) for NMI and AMI"):
+        AccuracyCalculator(include=("NMI",), kmeans_func=lambda x, n: labels).get_accuracy(query, two_columns)
+    one_column = AccuracyCalculator(include=("AMI",), kmeans_func=lambda x, n: labels)
+    assert one_column.get_accuracy(query, labels[:, None]) == pytest.approx({"AMI": 1.0})
+
+
 def test_default_kmeans_separates_clear_clusters() -> None:
     g = torch.Generator().manual_seed(11)
     labels = torch.arange(4).repeat_interleave(30)

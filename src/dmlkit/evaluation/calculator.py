@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import is_real_number, message
+from .._validation import Described, is_real_number, message
 from .clustering import KMeans, adjusted_mutual_info, normalized_mutual_info
 from .knn import ExactKNN, _iter_checked
 
@@ -124,6 +124,14 @@ def _average_precision_sum(rel: Tensor) -> Tensor:
     ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
     hits = rel.cumsum(1).to(torch.float64)
     return (hits / ranks * rel).sum(1)
+
+
+def _one_label_per_query(query_labels: Tensor) -> Tensor:
+    """The labels as one column: NMI and AMI compare one cluster with one class per query."""
+    if query_labels.ndim == 2 and query_labels.shape[1] != 1:
+        rule = "1-D (or one column) for NMI and AMI, which compare one class per query with its cluster"
+        raise ValueError(message(_OWNER, "query_labels", rule, Described(f"shape {tuple(query_labels.shape)}")))
+    return query_labels.flatten()
 
 
 class AccuracyCalculator:
@@ -295,16 +303,18 @@ class AccuracyCalculator:
 
     def get_cluster_labels(self, query: Tensor, query_labels: Tensor, **kwargs: Any) -> Tensor:
         """k-means cluster labels of the queries, as many clusters as query labels."""
-        num_clusters = len(torch.unique(query_labels.flatten()))
+        num_clusters = len(torch.unique(_one_label_per_query(query_labels)))
         return self.kmeans_func(query, num_clusters)
 
     # ------------------------------------------------------------------ metrics, callable with PML's kwargs
 
     def calculate_NMI(self, query_labels: Tensor, cluster_labels: Tensor, **kwargs: Any) -> float:
-        return normalized_mutual_info(query_labels.flatten().cpu(), torch.as_tensor(cluster_labels).flatten().cpu())
+        labels = _one_label_per_query(query_labels).cpu()
+        return normalized_mutual_info(labels, torch.as_tensor(cluster_labels).flatten().cpu())
 
     def calculate_AMI(self, query_labels: Tensor, cluster_labels: Tensor, **kwargs: Any) -> float:
-        return adjusted_mutual_info(query_labels.flatten().cpu(), torch.as_tensor(cluster_labels).flatten().cpu())
+        labels = _one_label_per_query(query_labels).cpu()
+        return adjusted_mutual_info(labels, torch.as_tensor(cluster_labels).flatten().cpu())
 
     def calculate_precision_at_1(self, **kwargs: Any) -> float | list[float]:
         return self._from_table("precision_at_1", **kwargs)
