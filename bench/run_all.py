@@ -289,7 +289,9 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
 
 
 EXACT_SEARCH = (
-    "How the exact search works: per block of 256 queries, a per-query bound on the distance of the R-th neighbour "
+    "How the exact search works: both sides are shifted to a centre near the references' mean (distances unchanged, "
+    "float32 keys precise for data far from the origin); per block of 256 queries, a per-query bound on the "
+    "distance of the R-th neighbour "
     "comes from a fixed sample of the references; the references are then streamed in blocks (one matrix "
     "product, a subtract-clamp-cast to a bit mask, only the non-zero mask words kept), and the surviving "
     "candidates are packed as (row, key, index) into one int64 and sorted once per query block (ties go to the "
