@@ -190,8 +190,11 @@ def test_loss_weights_and_classifier_mode() -> None:
         progress=False,
     )
     trainer.train(num_epochs=1)
-    assert all(set(s) == {"classifier_loss"} for s in seen) and len(seen) == 6
+    assert all(set(s) == {"classifier_loss", "total_loss"} for s in seen) and len(seen) == 6
+    # "total_loss" is the weighted sum, as in pytorch-metric-learning's trainer.losses
+    assert all(s["total_loss"] == pytest.approx(0.5 * s["classifier_loss"]) for s in seen)
     assert trainer.history[0]["loss"] == pytest.approx(0.5 * trainer.history[0]["classifier_loss"])
+    assert "total_loss" not in trainer.history[0]
 
 
 def test_frozen_models_and_batchnorm_are_not_updated() -> None:
@@ -466,3 +469,80 @@ def test_loss_parameters_get_their_own_optimizer_and_are_checkpointed(tmp_path: 
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert torch.equal(saved["loss_funcs"]["metric_loss"]["proxies"], loss.proxies)
     assert set(saved["optimizers"]) == {"trunk_optimizer", "metric_loss_optimizer"}
+
+
+def _metric_trainer(trunk: nn.Module, **kwargs: Any) -> MetricLossOnly:
+    return MetricLossOnly(
+        models={"trunk": trunk},
+        optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.1)},
+        batch_size=16,
+        loss_funcs={"metric_loss": ContrastiveLoss()},
+        dataset=_data(),
+        progress=False,
+        **kwargs,
+    )
+
+
+def test_without_a_seed_the_callers_global_seed_decides_and_is_not_reset() -> None:
+    def run(global_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        trunk = nn.Sequential(_net(0), nn.Dropout(0.5))
+        torch.manual_seed(global_seed)
+        _metric_trainer(trunk).train(num_epochs=1)
+        return trunk[0][0].weight.detach().clone(), torch.rand(1)
+
+    (w1, after1), (w1_again, after1_again), (w2, _) = run(1), run(1), run(2)
+    assert torch.equal(w1, w1_again) and torch.equal(after1, after1_again)  # reproducible from the caller's seed
+    assert not torch.equal(w1, w2)  # and the seed matters: several seeds are several runs
+
+
+def test_parameters_frozen_by_the_caller_stay_frozen() -> None:
+    trunk = _net(0)
+    first = trunk[0]
+    first.weight.requires_grad_(False)
+    before = first.weight.detach().clone()
+    _metric_trainer(trunk).train(num_epochs=2)
+    assert not first.weight.requires_grad and torch.equal(first.weight, before)
+    assert first.bias.requires_grad
+
+
+def test_models_without_an_optimizer_do_not_accumulate_gradients() -> None:
+    trunk, embedder = _net(0), nn.Linear(4, 3)
+    norms: list[float] = []
+    trainer = MetricLossOnly(
+        models={"trunk": trunk, "embedder": embedder},
+        optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.0)},
+        batch_size=16,
+        loss_funcs={"metric_loss": ContrastiveLoss()},
+        dataset=_data(),
+        sampler=torch.utils.data.SequentialSampler(_data()),
+        end_of_iteration_hook=lambda t: norms.append(float(embedder.weight.grad.norm())),
+        progress=False,
+    )
+    trainer.train(num_epochs=2)
+    # nothing moves (lr 0) and the data order repeats, so each epoch's gradients are the same, not summed
+    assert norms[:6] == pytest.approx(norms[6:])
+
+
+def test_pml_hook_methods() -> None:
+    trunk = _net(0)
+    optimizer = torch.optim.SGD(trunk.parameters(), lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0, factor=0.5)
+    calls: list[int] = []
+
+    def end_of_epoch(trainer: Trainer) -> None:
+        calls.append(trainer.get_global_iteration())
+        trainer.step_lr_plateau_schedulers(1.0)
+
+    trainer = MetricLossOnly(
+        models={"trunk": trunk},
+        optimizers={"trunk_optimizer": optimizer},
+        batch_size=16,
+        loss_funcs={"metric_loss": ContrastiveLoss()},
+        dataset=_data(),
+        lr_schedulers={"trunk_scheduler_by_plateau": plateau},
+        end_of_epoch_hook=end_of_epoch,
+        progress=False,
+    )
+    trainer.train(num_epochs=3)
+    assert calls == [6, 12, 18]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)  # no improvement after the first

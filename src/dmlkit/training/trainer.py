@@ -156,7 +156,10 @@ class Trainer:
             CPU, ``torch.float16`` on GPU); None: full precision. With ``torch.float16`` the loss is scaled by a
             ``torch.amp.GradScaler`` (Micikevicius et al., 2018, arXiv:1710.03740) so that small gradients do not
             flush to zero; steps whose gradients overflow are skipped and the scale lowered.
-        seed: seeds the loader order, :attr:`generator` and torch's global generator at the first epoch.
+        seed: seeds the loader order and :attr:`generator`; given, it also seeds torch's global generator at the
+            first epoch. None (the default): drawn from torch's global generator when the trainer is built, so
+            ``torch.manual_seed`` before building it sets every random choice, as with pytorch-metric-learning's
+            trainers, and the global generator is left to the caller. The seed is kept in checkpoints.
         checkpoint_dir: write ``last.pt`` after every epoch and ``best.pt`` at each validation improvement.
         logger: receives ``log("train", record)`` per iteration and ``log("eval", record)`` per evaluation
             (e.g. :class:`~dmlkit.training.logs.RunLogger`).
@@ -205,7 +208,7 @@ class Trainer:
         validation: Validation | None = None,
         max_grad_norm: float | None = None,
         autocast_dtype: torch.dtype | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         logger: _Logger | None = None,
         progress: bool = True,
@@ -236,7 +239,9 @@ class Trainer:
         self.validation = validation
         self.max_grad_norm = None if max_grad_norm is None else at_least(_OWNER, "max_grad_norm", max_grad_norm, 0.0)
         self.autocast_dtype = autocast_dtype
-        self.seed = at_least(_OWNER, "seed", seed, 0)
+        #: whether train() seeds torch's global generator (only when a seed was given)
+        self._seeds_global = seed is not None
+        self.seed = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else at_least(_OWNER, "seed", seed, 0)
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.logger = logger
         self.progress = progress
@@ -264,6 +269,9 @@ class Trainer:
         self.stopped_early = False
         self.losses: dict[str, float] = {}
         self._frozen: set[str] = set(self.freeze_these)
+        # each parameter's requires_grad as the caller left it: unfreezing restores it, never forces True
+        modules = {**self.models, **self.loss_funcs}
+        self._requires_grad = {name: [p.requires_grad for p in module.parameters()] for name, module in modules.items()}
 
     # Set-up ----------------------------------------------------------------------------------------
 
@@ -286,6 +294,18 @@ class Trainer:
         for name, module in {**self.models, **self.loss_funcs}.items():
             if not isinstance(module, nn.Module):
                 raise TypeError(message(_OWNER, name, "an nn.Module", type(module).__name__))
+
+    # pytorch-metric-learning's trainer methods that hooks call --------------------------------------
+
+    def get_global_iteration(self) -> int:
+        """Iterations run so far, over all epochs (pytorch-metric-learning's name for :attr:`global_step`)."""
+        return self.global_step
+
+    def step_lr_plateau_schedulers(self, validation_info: float) -> None:
+        """Step every ``*_scheduler_by_plateau`` with ``validation_info`` (e.g. from an end-of-epoch hook)."""
+        for name, scheduler in self.lr_schedulers.items():
+            if name.endswith(_SCHEDULER_SUFFIXES["plateau"]):
+                scheduler.step(validation_info)
 
     # Pieces a step calls ---------------------------------------------------------------------------
 
@@ -327,7 +347,7 @@ class Trainer:
             start_epoch = self.epoch + 1
         else:
             at_least(_OWNER, "start_epoch", start_epoch, 1)
-            if start_epoch == 1:
+            if start_epoch == 1 and self._seeds_global:
                 torch.manual_seed(self.seed)
         if self.stopped_early:
             return
@@ -360,7 +380,7 @@ class Trainer:
                         "step": self.global_step,
                         "epoch": epoch,
                         "loss": total,
-                        **self.losses,
+                        **{name: value for name, value in self.losses.items() if name != "total_loss"},
                         "samples_per_second": count / max(time.perf_counter() - started, 1e-9),
                     }
                     self.history.append(record)
@@ -413,6 +433,8 @@ class Trainer:
     def _forward_backward(self, batch: Any) -> tuple[float, int]:
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
+        for module in {**self.models, **self.loss_funcs}.values():  # also those without an optimizer
+            module.zero_grad(set_to_none=True)
         if rank_and_world_size()[1] > 1:
             self._broadcast_model_buffers()
         data, labels = self.data_and_label_getter(batch)
@@ -428,6 +450,7 @@ class Trainer:
                 term = weight * value.float()
                 total = term if total is None else total + term
         self.losses = {name: float(value.detach()) for name, value in losses.items()}
+        self.losses["total_loss"] = 0.0 if total is None else float(total.detach())
         if total is None:
             return 0.0, _batch_length(data)
         if not torch.isfinite(total):
@@ -499,7 +522,12 @@ class Trainer:
         choice for this epoch), which get eval mode and no gradient; done at the start of each epoch."""
         self._frozen = set(self.freeze_these) | set(self.step.frozen_models(self.epoch))
         for name, module in {**self.models, **self.loss_funcs}.items():
-            module.requires_grad_(name not in self._frozen)
+            flags = self._requires_grad.get(name)
+            if name in self._frozen or flags is None:
+                module.requires_grad_(name not in self._frozen)
+            else:
+                for param, flag in zip(module.parameters(), flags, strict=False):
+                    param.requires_grad_(flag)
             module.train(name not in self._frozen)
         self._freeze_batchnorm()
 
@@ -637,6 +665,7 @@ class Trainer:
             "lr_schedulers": {k: v.state_dict() for k, v in self.lr_schedulers.items()},
             "loss_weights": dict(self.loss_weights),
             "generator": self.generator.get_state(),
+            "seed": self.seed,
             "torch_rng": torch.get_rng_state(),
             "sampler": sampler_state,
             "history": list(self.history),
@@ -707,6 +736,7 @@ class Trainer:
         if state["sampler"] is not None and callable(load_sampler):
             load_sampler(state["sampler"])
         self.generator.set_state(state["generator"])
+        self.seed = int(state.get("seed", self.seed))
         torch.set_rng_state(state["torch_rng"])
         self.loss_weights = dict(state["loss_weights"])
         self.epoch = int(state["epoch"])
