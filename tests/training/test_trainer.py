@@ -405,9 +405,21 @@ def test_label_mapping_and_hierarchy_levels() -> None:
         mining_funcs={},
         label_hierarchy_level=1,
         dataset_labels=torch.stack([coarse, fine], dim=1),
+        set_min_label_to_zero=True,
     )
     trainer.train(num_epochs=1)
     assert set(torch.cat(seen).tolist()) == {0, 1, 2, 3}
+    # as in pytorch-metric-learning, dataset_labels alone maps nothing
+    seen.clear()
+    _trainer(
+        0,
+        dataset=TensorDataset(features, torch.stack([coarse, fine], dim=1)),
+        loss_funcs={"metric_loss": Spy()},
+        mining_funcs={},
+        label_hierarchy_level=1,
+        dataset_labels=torch.stack([coarse, fine], dim=1),
+    ).train(num_epochs=1)
+    assert set(torch.cat(seen).tolist()) == {7, 17, 27, 37}
 
 
 def test_same_weights_as_pml_metric_loss_only_for_one_epoch() -> None:
@@ -546,3 +558,48 @@ def test_pml_hook_methods() -> None:
     trainer.train(num_epochs=3)
     assert calls == [6, 12, 18]
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)  # no improvement after the first
+
+
+def _first_rows(trainer_kwargs: dict[str, Any], epochs: int, **train_kwargs: Any) -> list[float]:
+    """The first feature of the first row of every batch the trainer trains on."""
+    firsts: list[float] = []
+    trunk = _net(0)
+    trainer = MetricLossOnly(
+        models={"trunk": trunk},
+        optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.0)},
+        batch_size=16,
+        loss_funcs={"metric_loss": ContrastiveLoss()},
+        dataset=_data(),
+        data_and_label_getter=lambda batch: (firsts.append(float(batch[0][0, 0])) or batch[0], batch[1]),
+        progress=False,
+        **trainer_kwargs,
+    )
+    trainer.train(num_epochs=epochs, **train_kwargs)
+    return firsts
+
+
+def test_an_epoch_shorter_than_the_loader_leaves_off_where_the_next_goes_on() -> None:
+    data = _data()
+    sequential = torch.utils.data.SequentialSampler(data)
+    firsts = _first_rows({"sampler": sequential, "iterations_per_epoch": 4}, epochs=2)
+    rows = data.tensors[0][:, 0].tolist()
+    # 6 batches of 16 per pass: epoch 1 takes batches 0-3, epoch 2 batches 4, 5 and then 0, 1 of the next pass
+    assert firsts == pytest.approx([rows[16 * b] for b in (0, 1, 2, 3, 4, 5, 0, 1)])
+
+
+def test_resuming_mid_pass_continues_the_same_stream(tmp_path: Path) -> None:
+    kwargs = {"iterations_per_epoch": 4, "seed": 3, "checkpoint_dir": tmp_path}
+    whole = _first_rows(kwargs, epochs=3)
+    assert len(set(whole[:6])) == 6  # a shuffled pass of 6 distinct batches
+    first_part = _first_rows(kwargs, epochs=1)  # its last.pt is written after epoch 1, mid-pass
+    assert whole[:4] == first_part
+    resumed = _first_rows({**kwargs, "checkpoint_dir": tmp_path / "second"}, epochs=3, resume=tmp_path / "last.pt")
+    assert resumed == whole[4:]
+
+
+def test_a_batch_sampler_given_as_sampler_makes_the_batches() -> None:
+    data = _data()
+    batches = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(data), 20, drop_last=True)
+    firsts = _first_rows({"sampler": batches}, epochs=1)
+    rows = data.tensors[0][:, 0].tolist()
+    assert firsts == pytest.approx([rows[20 * b] for b in range(4)])

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Subset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, Subset
 
 from .._atomic import atomic_write
 from .._validation import at_least, close_matches_hint, message
@@ -106,8 +106,10 @@ class Trainer:
     (``<name>_grad_clipper``: callables). The ``step`` decides the mode (default: metric loss only). Unknown
     or missing keys raise ``KeyError`` naming the allowed ones.
 
-    Reproducibility and resuming: batches come from a loader whose sampler is re-seeded from ``(seed, epoch)``
-    at the start of every epoch (``set_epoch`` on samplers that have it; a seeded shuffle otherwise), and random
+    Reproducibility and resuming: batches come from one stream over the whole run, pass ``k`` over the loader
+    ordered from ``(seed, k)`` (``set_epoch(k + 1)`` on samplers that have it; a seeded shuffle otherwise).
+    An epoch of ``iterations_per_epoch`` batches shorter than the loader leaves off where the next goes on, as
+    in pytorch-metric-learning; a ``BatchSampler`` given as ``sampler`` makes the batches itself. Random
     choices inside a step use :attr:`generator`. A checkpoint written at the end of an epoch holds the models,
     optimizers, schedulers, losses (their parameters: proxies), the generator and torch's global random state,
     the validation state and the history, so ``train(..., resume=path)`` after an interruption ends with the
@@ -145,7 +147,7 @@ class Trainer:
         label_hierarchy_level: which column of 2-D labels to train on.
         dataloader_num_workers: loader worker processes.
         data_and_label_getter: ``batch -> (data, labels)`` (default: the step's own unpacking).
-        dataset_labels: all labels of the dataset; labels are then mapped to ``0..C-1`` in sorted order.
+        dataset_labels: all labels of the dataset, which ``set_min_label_to_zero`` maps to ``0..C-1`` in sorted order.
         set_min_label_to_zero: map labels to ``0..C-1`` (from ``dataset_labels`` or from ``dataset.labels``).
         end_of_iteration_hook: ``hook(trainer)`` after every iteration.
         end_of_epoch_hook: ``hook(trainer)`` after every epoch; returning ``False`` stops training.
@@ -365,11 +367,13 @@ class Trainer:
         if world > 1:
             self._broadcast_from_rank_0()
         bar = tqdm(total=total_batches, desc="train", unit="batch", disable=not self.progress or rank != 0)
+        # one stream of batches for the whole run: an epoch shorter than the loader leaves off where the next
+        # one goes on, as in pytorch-metric-learning; a resumed run picks the stream up at its position
+        batches = self._batches(loader, self.global_step)
         with bar:
             for epoch in range(start_epoch, num_epochs + 1):
                 self.epoch = epoch
                 self._set_to_train()
-                batches = self._batches(loader, epoch)
                 for iteration in range(iterations):
                     self.iteration = iteration
                     batch = next(batches)
@@ -406,6 +410,13 @@ class Trainer:
                     break
 
     def _loader(self) -> DataLoader[Any]:
+        if isinstance(self.sampler, BatchSampler):  # it makes the batches itself, as pytorch-metric-learning allows
+            return DataLoader(
+                self.dataset,
+                batch_sampler=self.sampler,
+                num_workers=self.dataloader_num_workers,
+                collate_fn=self.collate_fn,
+            )
         sampler = self.sampler if self.sampler is not None else RandomSampler(self.dataset, generator=torch.Generator())  # type: ignore[arg-type]
         rank, world = rank_and_world_size()
         if world > 1 and not hasattr(sampler, "num_replicas"):
@@ -419,16 +430,28 @@ class Trainer:
             collate_fn=self.collate_fn,
         )
 
-    def _batches(self, loader: DataLoader[Any], epoch: int) -> Iterator[Any]:
-        """Batches of ``epoch``, the loader re-seeded from ``(seed, epoch, pass)`` before each pass over it."""
-        for pass_number in itertools.count():
-            order_seed = ((self.seed * 1_000_003 + epoch) * 1_000_033 + pass_number) % 2**31
-            sampler = loader.sampler.base if isinstance(loader.sampler, _ProcessShard) else loader.sampler
+    def _batches(self, loader: DataLoader[Any], consumed: int) -> Iterator[Any]:
+        """Batches from the ``consumed``-th on: pass ``k`` over the loader is ordered from ``(seed, k)``.
+
+        A seedable sampler is re-seeded before each pass (``set_epoch(k + 1)`` on samplers that have it, the
+        generator of a shuffling ``RandomSampler`` otherwise), so the stream is the same however the run is cut
+        into epochs or resumed. When the loader's length equals the epoch, pass ``k`` is epoch ``k + 1``.
+        """
+        length = len(loader)
+        first_pass, skip = divmod(consumed, length)
+        for pass_number in itertools.count(first_pass):
+            order_seed = ((self.seed * 1_000_003 + pass_number + 1) * 1_000_033) % 2**31
+            sampler = self.sampler.sampler if isinstance(self.sampler, BatchSampler) else loader.sampler
+            if isinstance(sampler, _ProcessShard):
+                sampler = sampler.base
             if isinstance(sampler, RandomSampler) and sampler.generator is not None:
                 sampler.generator.manual_seed(order_seed)
             elif hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch if pass_number == 0 else order_seed)
-            yield from loader
+                sampler.set_epoch(pass_number + 1)
+            for index, batch in enumerate(loader):
+                if pass_number == first_pass and index < skip:
+                    continue
+                yield batch
 
     def _forward_backward(self, batch: Any) -> tuple[float, int]:
         for optimizer in self.optimizers.values():
@@ -770,8 +793,10 @@ def _device_of(module: nn.Module) -> torch.device:
 def _label_map(
     dataset: Any, dataset_labels: Any, set_min_label_to_zero: bool, level: int
 ) -> Callable[[Tensor], Tensor] | None:
-    """Map labels to ``0..C-1`` in sorted order when asked (PML's ``set_min_label_to_zero``/``dataset_labels``)."""
-    if dataset_labels is None and not set_min_label_to_zero:
+    """Map labels to ``0..C-1`` in sorted order when ``set_min_label_to_zero`` asks for it; ``dataset_labels`` (or
+    the dataset's ``labels``) lists the labels there are. As in pytorch-metric-learning, ``dataset_labels``
+    alone maps nothing."""
+    if not set_min_label_to_zero:
         return None
     source = dataset_labels if dataset_labels is not None else getattr(dataset, "labels", None)
     if source is None:
