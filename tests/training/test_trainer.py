@@ -603,3 +603,32 @@ def test_a_batch_sampler_given_as_sampler_makes_the_batches() -> None:
     firsts = _first_rows({"sampler": batches}, epochs=1)
     rows = data.tensors[0][:, 0].tolist()
     assert firsts == pytest.approx([rows[20 * b] for b in range(4)])
+
+
+def test_a_pml_style_subclass_overriding_calculate_loss_is_used() -> None:
+    calls: list[int] = []
+
+    class HalfMetric(MetricLossOnly):
+        def calculate_loss(self, curr_batch: tuple[Any, torch.Tensor]) -> None:
+            data, labels = curr_batch
+            calls.append(len(labels))
+            embeddings = self.compute_embeddings(data)
+            indices_tuple = self.maybe_mine_embeddings(embeddings, labels)
+            self.losses["metric_loss"] = 0.5 * self.maybe_get_metric_loss(embeddings, labels, indices_tuple)
+            self.losses["extra_loss"] = embeddings.pow(2).mean()  # a name without a weight counts once
+
+    trunk, twin = _net(0), _net(0)
+    seen: list[dict[str, float]] = []
+    HalfMetric(
+        models={"trunk": trunk},
+        optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.1)},
+        batch_size=16,
+        loss_funcs={"metric_loss": ContrastiveLoss()},
+        dataset=_data(),
+        seed=0,
+        end_of_iteration_hook=lambda t: seen.append(dict(t.losses)),
+        progress=False,
+    ).train(num_epochs=1)
+    assert calls == [16] * 6
+    assert all(s["total_loss"] == pytest.approx(s["metric_loss"] + s["extra_loss"]) for s in seen)
+    assert not torch.equal(trunk[0].weight, twin[0].weight)

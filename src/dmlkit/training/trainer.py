@@ -333,6 +333,38 @@ class Trainer:
         miner = self.mining_funcs.get(name)
         return None if miner is None else miner(embeddings, labels)
 
+    # pytorch-metric-learning's subclassing seam ------------------------------------------------------
+
+    def calculate_loss(self, curr_batch: tuple[Any, Tensor]) -> None:
+        """Fill :attr:`losses` with the named loss tensors of one ``(data, labels)`` batch; the trainer then
+        adds them up, each times its weight (1 for a name missing from ``loss_weights``), and steps.
+
+        By default the ``step`` computes them. A subclass may override this method, as pytorch-metric-learning's
+        trainers are extended, with the helpers below (:meth:`compute_embeddings`,
+        :meth:`maybe_mine_embeddings`, :meth:`maybe_get_metric_loss`...); a ``step`` is the way without a
+        subclass.
+        """
+        data, labels = curr_batch
+        self.losses = dict(self.step(self, data, labels))  # type: ignore[arg-type]
+
+    def get_trunk_output(self, data: Any) -> Tensor:
+        """pytorch-metric-learning's name for :meth:`trunk_output`."""
+        return self.trunk_output(data)
+
+    def get_final_embeddings(self, base_output: Tensor) -> Tensor:
+        """pytorch-metric-learning's name for :meth:`final_embeddings`."""
+        return self.final_embeddings(base_output)
+
+    def maybe_mine_embeddings(self, embeddings: Tensor, labels: Tensor) -> Any:
+        """The ``tuple_miner``'s tuples, or None without one."""
+        return self.mine("tuple_miner", embeddings, labels)
+
+    def maybe_get_metric_loss(self, embeddings: Tensor, labels: Tensor, indices_tuple: Any) -> Tensor | float:
+        """``metric_loss(embeddings, labels, indices_tuple)``, or 0 when its weight is 0."""
+        if self.weight_of("metric_loss") <= 0:
+            return 0
+        return self.loss_funcs["metric_loss"](embeddings, labels, indices_tuple)
+
     # The loop --------------------------------------------------------------------------------------
 
     def train(self, start_epoch: int = 1, num_epochs: int = 1, resume: str | os.PathLike[str] | None = None) -> None:
@@ -464,15 +496,19 @@ class Trainer:
         labels = self._process_labels(labels)
         data, labels = self._subset_batch(data, labels)
         frozen = self._frozen
+        self.losses = {}  # type: ignore[assignment]
         with self._autocast():
-            losses = self.step(self, data, labels)
+            self.calculate_loss((data, labels))
+        losses: dict[str, Any] = dict(self.losses)
         total: Tensor | None = None
         for name, value in losses.items():
-            weight = self.weight_of(name)
+            if not isinstance(value, Tensor):  # a plain 0 from maybe_get_metric_loss: nothing to add
+                continue
+            weight = self.loss_weights.get(name, 1.0)
             if weight > 0:
                 term = weight * value.float()
                 total = term if total is None else total + term
-        self.losses = {name: float(value.detach()) for name, value in losses.items()}
+        self.losses = {name: float(v.detach() if isinstance(v, Tensor) else v) for name, v in losses.items()}
         self.losses["total_loss"] = 0.0 if total is None else float(total.detach())
         if total is None:
             return 0.0, _batch_length(data)
