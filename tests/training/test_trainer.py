@@ -632,3 +632,33 @@ def test_a_pml_style_subclass_overriding_calculate_loss_is_used() -> None:
     assert calls == [16] * 6
     assert all(s["total_loss"] == pytest.approx(s["metric_loss"] + s["extra_loss"]) for s in seen)
     assert not torch.equal(trunk[0].weight, twin[0].weight)
+
+
+def test_two_stream_with_a_pair_miner_matches_pml() -> None:
+    """The pair miner's pairs reach the loss as pairs, shifted into the second stream, as in PML."""
+    pml_trainers = pytest.importorskip("pytorch_metric_learning.trainers")
+    pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
+    pml_miners = pytest.importorskip("pytorch_metric_learning.miners")
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(8).repeat(6)
+    anchors = torch.randn(48, 6, generator=g, dtype=torch.float64) + labels[:, None] * 0.1
+    others = torch.randn(48, 6, generator=g, dtype=torch.float64) + labels[:, None] * 0.1
+    data = TensorDataset(anchors, others, labels)
+    weights = []
+    for trainer_cls, loss, miner in (
+        (TwoStreamMetricLoss, ContrastiveLoss(), MultiSimilarityMiner(0.5)),
+        (pml_trainers.TwoStreamMetricLoss, pml_losses.ContrastiveLoss(), pml_miners.MultiSimilarityMiner(0.5)),
+    ):
+        trunk = _net(0).double()
+        trainer_cls(
+            models={"trunk": trunk},
+            optimizers={"trunk_optimizer": torch.optim.SGD(trunk.parameters(), lr=0.1)},
+            batch_size=16,
+            loss_funcs={"metric_loss": loss},
+            mining_funcs={"tuple_miner": miner},
+            dataset=data,
+            sampler=torch.utils.data.SequentialSampler(data),
+            dataloader_num_workers=0,
+        ).train(num_epochs=1)
+        weights.append(trunk[0].weight.detach().clone())
+    torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-10)

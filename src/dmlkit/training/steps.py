@@ -210,14 +210,17 @@ class TwoStreamStep(TrainingStep):
         # a separate labels object marks the second stream as a reference set: no anchor pairs with itself
         other_labels = labels.clone()
         miner = trainer.mining_funcs.get("tuple_miner")
-        if miner is not None:
-            a, p, n = convert_to_triplets(miner(anchors, labels, others, other_labels), labels, other_labels)
-        else:
-            a, p, n = convert_to_triplets(None, labels, other_labels)
+        mined = None if miner is None else miner(anchors, labels, others, other_labels)
         shift = len(anchors)
-        triplets = Triplets(a, p + shift, n + shift)
+        tuples: Pairs | Triplets
+        if mined is not None and len(mined) == 4:  # a pair miner's pairs stay pairs, as in PML
+            a1, p, a2, n = mined
+            tuples = Pairs(a1, p + shift, a2, n + shift)
+        else:
+            a, p, n = convert_to_triplets(mined, labels, other_labels)
+            tuples = Triplets(a, p + shift, n + shift)
         both = torch.cat([anchors, others])
-        return {"metric_loss": trainer.loss_funcs["metric_loss"](both, torch.cat([labels, labels]), triplets)}
+        return {"metric_loss": trainer.loss_funcs["metric_loss"](both, torch.cat([labels, labels]), tuples)}
 
 
 class SelfSupervisedStep(TrainingStep):
