@@ -269,6 +269,8 @@ class Trainer:
         self.best_epoch: int | None = None
         self.evaluations_since_best = 0
         self.stopped_early = False
+        #: the last batch's losses as numbers: each named loss before its weight, and "total_loss", the weighted
+        #: sum that was back-propagated (pytorch-metric-learning keeps the weighted tensors under the names)
         self.losses: dict[str, float] = {}
         self._frozen: set[str] = set(self.freeze_these)
         # each parameter's requires_grad as the caller left it: unfreezing restores it, never forces True
