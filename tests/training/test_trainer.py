@@ -662,3 +662,18 @@ def test_two_stream_with_a_pair_miner_matches_pml() -> None:
         ).train(num_epochs=1)
         weights.append(trunk[0].weight.detach().clone())
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=1e-10)
+
+
+def test_the_default_embedder_is_added_to_the_callers_models_as_in_pml() -> None:
+    models = {"trunk": _net(0)}
+    trainer = _metric_trainer(models["trunk"])
+    assert "embedder" in trainer.models
+    MetricLossOnly(
+        models=models,
+        optimizers={},
+        batch_size=16,
+        loss_funcs={"metric_loss": ContrastiveLoss()},
+        dataset=_data(),
+        progress=False,
+    )
+    assert isinstance(models["embedder"], nn.Identity)

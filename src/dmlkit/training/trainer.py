@@ -128,7 +128,8 @@ class Trainer:
     miner in ``DistributedMinerWrapper``); unwrapped, each process's loss sees its own batch.
 
     Args:
-        models: ``nn.Module`` s by name; ``embedder`` defaults to the identity.
+        models: ``nn.Module`` s by name; ``embedder`` defaults to the identity (added to the given dict too,
+            as pytorch-metric-learning does, so ``models["embedder"]`` works afterwards).
         optimizers: optimizers by ``<name>_optimizer``.
         batch_size: batch size of the training loader.
         loss_funcs: losses by name.
@@ -216,6 +217,8 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.step: TrainingStep = MetricLossStep() if step is None else step
+        if "embedder" not in models and isinstance(models, dict):
+            models["embedder"] = nn.Identity()  # also in the caller's dict, as PML does: scripts read it back
         self.models: dict[str, nn.Module] = dict(models)
         self.models.setdefault("embedder", nn.Identity())
         self.optimizers = dict(optimizers)
