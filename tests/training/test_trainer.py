@@ -677,3 +677,28 @@ def test_the_default_embedder_is_added_to_the_callers_models_as_in_pml() -> None
         progress=False,
     )
     assert isinstance(models["embedder"], nn.Identity)
+
+
+def test_adversarial_mode_takes_every_triplet_and_a_subset_batch_miner() -> None:
+    """PML's DeepAdversarialMetricLearning accepts g_triplets_per_anchor="all" and a subset_batch_miner."""
+    trunk, generator, embedder = _net(0, out=8), nn.Linear(24, 8), nn.Linear(8, 4)
+    seen: list[dict[str, float]] = []
+    DeepAdversarialMetricLearning(
+        g_triplets_per_anchor="all",
+        models={"trunk": trunk, "embedder": embedder, "generator": generator},
+        optimizers={"generator_optimizer": torch.optim.SGD(generator.parameters(), lr=0.05)},
+        batch_size=16,
+        loss_funcs={
+            "metric_loss": TripletMarginLoss(),
+            "synth_loss": TripletMarginLoss(),
+            "g_adv_loss": TripletMarginLoss(),
+        },
+        mining_funcs={"subset_batch_miner": lambda emb, labels: torch.arange(12)},
+        dataset=_data(),
+        end_of_iteration_hook=lambda t: seen.append(dict(t.losses)),
+        progress=False,
+    ).train(num_epochs=1)
+    assert len(seen) == 6 and all(s["g_adv_loss"] != 0 for s in seen)
+    with pytest.raises(ValueError, match="g_triplets_per_anchor"):
+        DeepAdversarialMetricLearning(g_triplets_per_anchor=0, models={"trunk": trunk}, optimizers={},
+                                      batch_size=16, loss_funcs={}, dataset=_data())

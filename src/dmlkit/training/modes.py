@@ -59,7 +59,7 @@ class DeepAdversarialMetricLearning(Trainer):
         self,
         metric_alone_epochs: int = 0,
         g_alone_epochs: int = 0,
-        g_triplets_per_anchor: int = 100,
+        g_triplets_per_anchor: int | str = 100,
         *args: Any,
         **kwargs: Any,
     ) -> None:

@@ -275,7 +275,8 @@ class AdversarialStep(TrainingStep):
     Args:
         metric_alone_epochs: leading epochs without the generator, ``>= 0``.
         g_alone_epochs: following epochs that train only the generator, ``>= 0``.
-        g_triplets_per_anchor: real triplets drawn per anchor to feed the generator, ``>= 1``.
+        g_triplets_per_anchor: real triplets drawn per anchor to feed the generator, ``>= 1``, or ``"all"``
+            (every triplet of the batch).
 
     Example:
         >>> AdversarialStep(metric_alone_epochs=1).phase(1)
@@ -286,13 +287,19 @@ class AdversarialStep(TrainingStep):
     required_models = ("trunk", "generator")
     losses = ("metric_loss", "classifier_loss", "synth_loss", "g_adv_loss")
     required_losses = ("synth_loss", "g_adv_loss")
-    miners = ("tuple_miner",)
+    miners = ("tuple_miner", "subset_batch_miner")
     extra_losses = ("g_hard_loss", "g_reg_loss")
 
-    def __init__(self, metric_alone_epochs: int = 0, g_alone_epochs: int = 0, g_triplets_per_anchor: int = 100):
+    def __init__(
+        self, metric_alone_epochs: int = 0, g_alone_epochs: int = 0, g_triplets_per_anchor: int | str = 100
+    ) -> None:
         self.metric_alone_epochs = at_least("AdversarialStep", "metric_alone_epochs", metric_alone_epochs, 0)
         self.g_alone_epochs = at_least("AdversarialStep", "g_alone_epochs", g_alone_epochs, 0)
-        self.g_triplets_per_anchor = at_least("AdversarialStep", "g_triplets_per_anchor", g_triplets_per_anchor, 1)
+        self.g_triplets_per_anchor = (
+            g_triplets_per_anchor
+            if g_triplets_per_anchor == "all"
+            else at_least("AdversarialStep", "g_triplets_per_anchor", g_triplets_per_anchor, 1)
+        )
 
     def phase(self, epoch: int) -> str:
         """``"metric"``, ``"generator"`` or ``"both"``: what epoch ``epoch`` (counted from 1) trains."""
