@@ -95,3 +95,19 @@ def test_errors() -> None:
         KMeans()(torch.randn(3, 2), 4)
     with pytest.raises(ValueError, match=re.escape("clustering: `labels_pred` must be of length 3 like `labels_true`")):
         normalized_mutual_info(torch.tensor([0, 1, 1]), torch.tensor([0, 1]))
+
+
+def test_faiss_kmeans_takes_pml_keywords_and_clusters_like_pml() -> None:
+    from dmlkit.utils.inference import FaissKMeans
+
+    g = torch.Generator().manual_seed(4)
+    labels = torch.arange(3).repeat_interleave(40)
+    x = torch.eye(3)[labels] * 10 + torch.randn(120, 3, generator=g)
+    ours = FaissKMeans(niter=10, verbose=False)(x, 3)
+    assert normalized_mutual_info(labels, ours) == pytest.approx(1.0)
+    with pytest.raises(TypeError, match=r"unsupported faiss.Kmeans option\(s\) \['gpu'\]"):
+        FaissKMeans(gpu=True)
+    pml_inference = pytest.importorskip("pytorch_metric_learning.utils.inference")
+    pytest.importorskip("faiss")
+    theirs = pml_inference.FaissKMeans(niter=10)(x, 3)
+    assert torch.equal(ours.cpu().long(), theirs.cpu().long())

@@ -44,9 +44,12 @@ def inputs(n: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tenso
 
 def test_pml_import_path() -> None:
     module = importlib.import_module("dmlkit.utils.inference")
-    assert module.__all__ == ["CustomKNN", "FaissKNN", "InferenceModel", "MatchFinder"]
+    assert module.__all__ == ["CustomKNN", "FaissKMeans", "FaissKNN", "InferenceModel", "MatchFinder"]
     assert module.InferenceModel is InferenceModel and module.MatchFinder is MatchFinder
     assert module.CustomKNN is CustomKNN and module.FaissKNN is FaissKNN
+    from dmlkit.evaluation import FaissKMeans
+
+    assert module.FaissKMeans is FaissKMeans
 
 
 METHODS = {
@@ -399,3 +402,13 @@ def test_save_and_load_knn_func(tmp_path: Path) -> None:
     l2 = InferenceModel(trunk, embedder, match_finder=MatchFinder(LpDistance(), 0.5))
     with pytest.raises(ValueError, match=re.escape("EmbeddingIndex.load: `metric` must be the metric")):
         l2.load_knn_func(tmp_path / "knn.index")
+
+
+def test_custom_knn_takes_a_batched_distance_for_its_distance() -> None:
+    from dmlkit.distances import BatchedDistance, LpDistance
+    from dmlkit.utils.inference import CustomKNN
+
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(2))
+    batched = CustomKNN(BatchedDistance(LpDistance(), batch_size=3))(x, 2, x, True)
+    plain = CustomKNN(LpDistance())(x, 2, x, True)
+    assert all(torch.equal(a, b) for a, b in zip(batched, plain, strict=True))

@@ -8,7 +8,7 @@ them, and ``KNNClassifier`` (a scikit-learn estimator) is imported on first acce
 from __future__ import annotations
 
 from .calculator import AccuracyCalculator
-from .clustering import KMeans, KMeansBackend, adjusted_mutual_info, normalized_mutual_info
+from .clustering import FaissKMeans, KMeans, KMeansBackend, adjusted_mutual_info, normalized_mutual_info
 from .faiss_backend import FaissIndex, FaissKNN, FaissMetric
 from .knn import ExactKNN, KnnDistance, iter_knn, knn
 from .retrieval import (
@@ -32,6 +32,7 @@ __all__ = [
     "ExactKNN",
     "FaissKNN",
     "FaissIndex",
+    "FaissKMeans",
     "FaissMetric",
     "KMeans",
     "KMeansBackend",

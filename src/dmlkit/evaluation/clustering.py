@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -19,7 +20,7 @@ from .._validation import check_choice, check_embeddings, check_range, message
 from ..errors import MissingDependencyError
 from .knn import knn
 
-__all__ = ["KMeansBackend", "KMeans", "normalized_mutual_info", "adjusted_mutual_info"]
+__all__ = ["KMeansBackend", "KMeans", "FaissKMeans", "normalized_mutual_info", "adjusted_mutual_info"]
 
 _EPS = float(torch.finfo(torch.float64).eps)
 
@@ -288,3 +289,33 @@ class KMeans:
 
     def __repr__(self) -> str:
         return f"KMeans(niter={self.niter}, seed={self.seed}, backend={self.backend.value!r})"
+
+
+class FaissKMeans(KMeans):
+    """pytorch-metric-learning's ``FaissKMeans(**kwargs)``: :class:`KMeans` with faiss's defaults (25
+    iterations, seed 1234, at most 256 training points per centroid), on faiss when it is installed.
+
+    pytorch-metric-learning hands every keyword to ``faiss.Kmeans``. The ones with a meaning here are taken:
+    ``niter``, ``seed``, ``max_points_per_centroid``, and ``verbose`` (faiss's progress output, not printed
+    here); any other raises a ``TypeError`` that lists them.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+        >>> labels = FaissKMeans(niter=10)(x, 2)
+        >>> bool(labels[0] == labels[1]) and bool(labels[0] != labels[2])
+        True
+    """
+
+    _OPTIONS = ("niter", "seed", "max_points_per_centroid", "verbose")
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = sorted(set(kwargs) - set(self._OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"FaissKMeans: unsupported faiss.Kmeans option(s) {unknown}; supported: {', '.join(self._OPTIONS)}."
+            )
+        super().__init__(
+            niter=kwargs.get("niter", 25),
+            seed=kwargs.get("seed", 1234),
+            max_points_per_centroid=kwargs.get("max_points_per_centroid", 256),
+        )

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._validation import Described, check_choice, check_embeddings, check_range, check_type, message
-from ..distances import BaseDistance, CosineSimilarity, DotProductSimilarity, LpDistance
+from ..distances import BaseDistance, BatchedDistance, CosineSimilarity, DotProductSimilarity, LpDistance
 from ..errors import CorruptFileError
 from ..evaluation.faiss_backend import import_faiss
 from .embedding_index import EmbeddingIndex, IndexBackend, IndexMetric
@@ -408,7 +408,8 @@ class CustomKNN:
     without ``reference`` searches, so it also serves as ``InferenceModel``'s ``knn_func``.
 
     Args:
-        distance: a dmlkit distance.
+        distance: a dmlkit distance (a ``BatchedDistance`` is accepted for its distance; ``batch_size`` sets
+            the blocks here).
         batch_size: query rows per block, ``>= 1``; None computes the whole matrix at once.
 
     Example:
@@ -422,7 +423,9 @@ class CustomKNN:
                 [1]]))
     """
 
-    def __init__(self, distance: BaseDistance, batch_size: int | None = None) -> None:
+    def __init__(self, distance: BaseDistance | BatchedDistance, batch_size: int | None = None) -> None:
+        if isinstance(distance, BatchedDistance):  # accepted, as by pytorch-metric-learning: its distance is used
+            distance = distance.distance
         check_type("CustomKNN", "distance", distance, BaseDistance, "a dmlkit distance (e.g. LpDistance())")
         if batch_size:
             check_range("CustomKNN", "batch_size", batch_size, low=1, integer=True)

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+from ..evaluation.clustering import FaissKMeans
 from ..index.inference import CustomKNN, FaissKNN, InferenceModel, MatchFinder
 
-__all__ = ["CustomKNN", "FaissKNN", "InferenceModel", "MatchFinder"]
+__all__ = ["CustomKNN", "FaissKMeans", "FaissKNN", "InferenceModel", "MatchFinder"]
