@@ -555,8 +555,9 @@ def test_pml_hook_methods() -> None:
         end_of_epoch_hook=end_of_epoch,
         progress=False,
     )
+    assert trainer.iterations_per_epoch is None
     trainer.train(num_epochs=3)
-    assert calls == [6, 12, 18]
+    assert calls == [6, 12, 18] and trainer.iterations_per_epoch == 6
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)  # no improvement after the first
 
 

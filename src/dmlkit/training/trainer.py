@@ -135,7 +135,7 @@ class Trainer:
         loss_funcs: losses by name.
         dataset: the training set; items ``(data, label)`` (``label`` may be a row of hierarchy levels).
         mining_funcs: miners by name.
-        iterations_per_epoch: batches per epoch (default: one pass of the loader).
+        iterations_per_epoch: batches per epoch (default: one pass of the loader, set when training starts).
         data_device: device the batches are moved to (default: the trunk's device).
         dtype: floating dtype the data are cast to (default: unchanged).
         loss_weights: weight of each named loss (default 1); a loss of weight 0 is not computed.
@@ -398,7 +398,9 @@ class Trainer:
                 f"Trainer: the loader yields no batch (dataset of {len(self.dataset)} items, "  # type: ignore[arg-type]
                 f"batch_size {self.batch_size}, incomplete batches dropped); lower batch_size."
             )
-        iterations = self.iterations_per_epoch or len(loader)
+        if self.iterations_per_epoch is None:  # one pass of the loader, readable by hooks (as in PML)
+            self.iterations_per_epoch = len(loader)
+        iterations = self.iterations_per_epoch
         total_batches = max(0, num_epochs - start_epoch + 1) * iterations
         rank, world = rank_and_world_size()
         if world > 1:
