@@ -512,9 +512,31 @@ def test_parameters_frozen_by_the_caller_stay_frozen() -> None:
     first = trunk[0]
     first.weight.requires_grad_(False)
     before = first.weight.detach().clone()
-    _metric_trainer(trunk).train(num_epochs=2)
+    trainer = _metric_trainer(trunk)
+    first.bias.requires_grad_(False)  # frozen after the trainer was built: also respected
+    bias = first.bias.detach().clone()
+    trainer.train(num_epochs=2)
     assert not first.weight.requires_grad and torch.equal(first.weight, before)
-    assert first.bias.requires_grad
+    assert not first.bias.requires_grad and torch.equal(first.bias, bias)
+    assert trunk[2].weight.requires_grad
+
+
+def test_freeze_these_and_phases_switch_back_on_only_what_they_switched_off() -> None:
+    trunk, generator, embedder = _net(0, out=8), nn.Linear(24, 8), nn.Linear(8, 4)
+    embedder.bias.requires_grad_(False)  # the caller's choice
+    DeepAdversarialMetricLearning(
+        metric_alone_epochs=1,
+        g_alone_epochs=1,
+        g_triplets_per_anchor=2,
+        models={"trunk": trunk, "embedder": embedder, "generator": generator},
+        optimizers={"embedder_optimizer": torch.optim.SGD(embedder.parameters(), lr=0.05)},
+        batch_size=16,
+        loss_funcs={"metric_loss": TripletMarginLoss(), "synth_loss": TripletMarginLoss(),
+                    "g_adv_loss": TripletMarginLoss()},
+        dataset=_data(),
+        progress=False,
+    ).train(num_epochs=3)  # epoch 2 freezes the embedder, epoch 3 unfreezes it
+    assert embedder.weight.requires_grad and not embedder.bias.requires_grad
 
 
 def test_models_without_an_optimizer_do_not_accumulate_gradients() -> None:

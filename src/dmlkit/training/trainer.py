@@ -276,9 +276,9 @@ class Trainer:
         #: sum that was back-propagated (pytorch-metric-learning keeps the weighted tensors under the names)
         self.losses: dict[str, float] = {}
         self._frozen: set[str] = set(self.freeze_these)
-        # each parameter's requires_grad as the caller left it: unfreezing restores it, never forces True
-        modules = {**self.models, **self.loss_funcs}
-        self._requires_grad = {name: [p.requires_grad for p in module.parameters()] for name, module in modules.items()}
+        # the parameters this trainer switched off, by module: unfreezing switches back on only these, so
+        # parameters the caller froze stay frozen
+        self._switched_off: dict[str, list[nn.Parameter]] = {}
 
     # Set-up ----------------------------------------------------------------------------------------
 
@@ -588,12 +588,13 @@ class Trainer:
         choice for this epoch), which get eval mode and no gradient; done at the start of each epoch."""
         self._frozen = set(self.freeze_these) | set(self.step.frozen_models(self.epoch))
         for name, module in {**self.models, **self.loss_funcs}.items():
-            flags = self._requires_grad.get(name)
-            if name in self._frozen or flags is None:
-                module.requires_grad_(name not in self._frozen)
+            if name in self._frozen:
+                if name not in self._switched_off:
+                    self._switched_off[name] = [p for p in module.parameters() if p.requires_grad]
+                    module.requires_grad_(False)
             else:
-                for param, flag in zip(module.parameters(), flags, strict=False):
-                    param.requires_grad_(flag)
+                for param in self._switched_off.pop(name, []):
+                    param.requires_grad_(True)
             module.train(name not in self._frozen)
         self._freeze_batchnorm()
 
