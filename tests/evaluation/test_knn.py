@@ -385,6 +385,8 @@ def test_centre_keeps_integer_points_on_their_grid() -> None:
     same = torch.full((10, 2), 7.5)
     assert torch.equal(knn_module._Operand.center(same, KnnDistance.EUCLIDEAN, torch.float32), torch.full((2,), 7.5))
     assert knn_module._Operand.center(x, KnnDistance.COSINE, torch.float32) is None
+    denormal = torch.tensor([[0.0], [1e-44]])  # a spread in the denormals still gives a finite centre
+    assert bool(torch.isfinite(knn_module._Operand.center(denormal, KnnDistance.EUCLIDEAN, torch.float32)).all())
 
 
 def test_rows_below_k_hits_redo_the_block(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,7 +68,9 @@ class _Operand:
         values = reference if reference.dtype == dtype else reference.to(dtype)
         std, mean = torch.std_mean(values, dim=0, correction=0)
         grid = torch.exp2(torch.floor(torch.log2(std)))
-        return torch.where(std > 0, torch.round(mean / grid) * grid, mean)
+        rounded = torch.round(mean / grid) * grid
+        # a constant dimension keeps its mean (and any non-finite rounding, which float data cannot reach)
+        return torch.where((std > 0) & torch.isfinite(rounded), rounded, mean)
 
     @staticmethod
     def queries(x: Tensor, measure: KnnDistance, dtype: torch.dtype, center: Tensor | None = None) -> Tensor:
