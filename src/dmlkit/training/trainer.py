@@ -274,7 +274,7 @@ class Trainer:
         self.stopped_early = False
         #: the last batch's losses as numbers: each named loss before its weight, and "total_loss", the weighted
         #: sum that was back-propagated (pytorch-metric-learning keeps the weighted tensors under the names)
-        self.losses: dict[str, float] = {}
+        self.losses: dict[str, Any] = {}
         self._frozen: set[str] = set(self.freeze_these)
         # the parameters this trainer switched off, by module: unfreezing switches back on only these, so
         # parameters the caller froze stay frozen
@@ -350,7 +350,7 @@ class Trainer:
         subclass.
         """
         data, labels = curr_batch
-        self.losses = dict(self.step(self, data, labels))  # type: ignore[arg-type]
+        self.losses = dict(self.step(self, data, labels))
 
     def get_trunk_output(self, data: Any) -> Tensor:
         """pytorch-metric-learning's name for :meth:`trunk_output`."""
@@ -503,7 +503,7 @@ class Trainer:
         labels = self._process_labels(labels)
         data, labels = self._subset_batch(data, labels)
         frozen = self._frozen
-        self.losses = {}  # type: ignore[assignment]
+        self.losses = {}
         with self._autocast():
             self.calculate_loss((data, labels))
         losses: dict[str, Any] = dict(self.losses)
