@@ -33,6 +33,11 @@ RETRIEVAL = ("precision_at_1", "r_precision", "mean_average_precision_at_r")
 ALL = (*RETRIEVAL, "mean_average_precision", "mean_reciprocal_rank", "NMI", "AMI")
 
 
+def compute_floor_seconds(n: int, gflops: float) -> float:
+    """The compute floor of an exact search with query = reference: ``2 * N^2 * d`` FLOPs at ``gflops``."""
+    return 2 * n * n * DIM / (gflops * 1e9)
+
+
 def make_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, CLASSES, (n,), generator=g)
@@ -139,7 +144,7 @@ def main() -> None:
             ours = run({"lib": "dmlkit", "n": n, "metrics": metrics})
             pml = run({"lib": "pml", "n": n, "metrics": metrics})
             raw["rows"].append({"metrics": metrics, "n": n, "dmlkit": ours, "pml": pml})
-            floor = 2 * n * n * DIM / (gflops * 1e9)
+            floor = compute_floor_seconds(n, gflops)
             both = "error" not in ours and "error" not in pml
             speed = f"{pml['seconds'] / ours['seconds']:.2f}x" if both else "-"
             memory = f"{pml['peak_extra_mib'] / max(ours['peak_extra_mib'], 1):.2f}x" if both else "-"
@@ -162,7 +167,7 @@ def main() -> None:
             lines += ["", f"N = {n:,} projection failed: {part['error']}"]
         else:
             projected = part["seconds"] * n / queries
-            floor = 2 * n * n * DIM / (gflops * 1e9)
+            floor = compute_floor_seconds(n, gflops)
             lines += [
                 "",
                 f"N = {n:,} (retrieval metrics, exact): {queries} queries against all {n:,} references took "
@@ -177,7 +182,7 @@ def main() -> None:
         if "error" in whole:
             lines += ["", f"N = {n:,} run failed: {whole['error']}"]
         else:
-            floor = 2 * n * n * DIM / (gflops * 1e9)
+            floor = compute_floor_seconds(n, gflops)
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(whole["values"].items()))
             lines += [
                 "",

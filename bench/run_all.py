@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from bench import _harness as harness  # noqa: E402
 from bench import memory_efficient as memory_bench  # noqa: E402
 from bench import training as training_bench  # noqa: E402
+from bench.evaluation import DIM, compute_floor_seconds  # noqa: E402
 from dmlkit._atomic import atomic_write  # noqa: E402
 from dmlkit.training.protocol import environment_info  # noqa: E402
 
@@ -231,7 +232,7 @@ def render_class_losses(bench: Benchmark, raw: Any, meta: dict[str, Any], out: P
 
 
 def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Path, stem: str) -> list[str]:
-    gflops, dim = raw["gflops"], 128
+    gflops = raw["gflops"]
     lines = _head(bench, meta)
     lines += [
         "`AccuracyCalculator.get_accuracy` of dmlkit against pytorch-metric-learning's with faiss (its default "
@@ -252,7 +253,7 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
     for r in raw["rows"]:
         ours, pml, n = r["dmlkit"], r["pml"], r["n"]
         both = "error" not in ours and "error" not in pml
-        floor = 2 * n * n * dim / (gflops * 1e9)
+        floor = compute_floor_seconds(n, gflops)
         diff = "-"
         if both and "values" in ours and "values" in pml:
             diff = f"{max(abs(ours['values'][k] - pml['values'][k]) for k in ours['values']):.1e}"
@@ -267,7 +268,7 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
         if "values" in ours:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(ours["values"].items()))
             values_lines.append(f"- {r['metrics']}, N = {n:,}: {shown}")
-    lines += ["", "Values (dmlkit):", "", *values_lines, "", *_evaluation_targets(raw["rows"], gflops, dim)]
+    lines += ["", "Values (dmlkit):", "", *values_lines, "", *_evaluation_targets(raw["rows"], gflops)]
     projection = raw.get("projection")
     if projection:
         n, queries = projection["n"], projection["queries"]
@@ -275,7 +276,7 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
             lines += ["", f"N = {n:,} projection failed: {projection['error']}"]
         else:
             projected = projection["seconds"] * n / queries
-            floor = 2 * n * n * dim / (gflops * 1e9)
+            floor = compute_floor_seconds(n, gflops)
             lines += [
                 "",
                 f"N = {n:,} (retrieval metrics, exact): {queries:,} queries against all {n:,} references took "
@@ -300,7 +301,7 @@ EXACT_SEARCH = (
 )
 
 
-def _evaluation_targets(rows: list[dict[str, Any]], gflops: float, dim: int) -> list[str]:
+def _evaluation_targets(rows: list[dict[str, Any]], gflops: float) -> list[str]:
     """The speed, memory and compute-floor targets at N >= 50,000, each stated as met or not with its numbers."""
     large = [r for r in rows if r["n"] >= 50_000 and "error" not in r["dmlkit"]]
     if not large:
@@ -314,7 +315,7 @@ def _evaluation_targets(rows: list[dict[str, Any]], gflops: float, dim: int) -> 
                      f"({min(speed):.2f}x to {max(speed):.2f}x);")
         lines.append(f"- peak extra memory <= 1/2 of PML's: {'met' if min(memory) >= 2 else 'not met'} "
                      f"(1/{min(memory):.0f} to 1/{max(memory):.0f});")
-    floors = [r["dmlkit"]["seconds"] / (2 * r["n"] ** 2 * dim / (gflops * 1e9)) for r in large]
+    floors = [r["dmlkit"]["seconds"] / compute_floor_seconds(r["n"], gflops) for r in large]
     lines.append(f"- within 2x of the compute floor: {'met' if max(floors) <= 2 else 'not met'} "
                  f"({min(floors):.1f}x to {max(floors):.1f}x the floor).")
     return lines
@@ -356,23 +357,23 @@ def _evaluation_plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def render_evaluation_million(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Path, stem: str) -> list[str]:
-    whole, gflops, dim = raw.get("million"), raw["gflops"], 128
+    whole, gflops = raw.get("million"), raw["gflops"]
     lines = _head(bench, meta)
     if not whole:
         return [*lines, "The raw results hold no run to the end (`--million`).", ""]
     n = whole["n"]
     if "error" in whole:
         return [*lines, f"N = {n:,}: the run failed: {whole['error']}", ""]
-    floor = 2 * n * n * dim / (gflops * 1e9)
+    floor = compute_floor_seconds(n, gflops)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in sorted(whole["values"].items()))
     threads = _threads_of(meta, bench)
     return [
         *lines,
         f"dmlkit's exact `get_accuracy` (retrieval metrics, query = reference) on N = {n:,} of the evaluation "
-        f"data (d = {dim}), run to the end in one process: **{_duration(whole['seconds'])} with "
-        f"{whole['peak_extra_mib']:,.0f} MiB peak extra memory** (the {n:,} x {dim} float32 embeddings themselves, "
-        f"{n * dim * 4 / 1e6:,.0f} MB, are built before the call and not counted). The block product ran at "
-        f"{gflops:.0f} GFLOP/s on {threads} thread{'s' if threads != 1 else ''}, so the compute floor "
+        f"data (d = {DIM}), run to the end in one process: **{_duration(whole['seconds'])} with "
+        f"{whole['peak_extra_mib']:,.0f} MiB peak extra memory** (the {n:,} x {DIM} float32 embeddings themselves, "
+        f"{n * DIM * 4 / 1e6:,.0f} MB, are built before the call and not counted). The block product ran at "
+        f"{gflops:.0f} GFLOP/s on {_count(threads, 'thread')}, so the compute floor "
         f"`2 * N^2 * d` is {_duration(floor)} and the run took {whole['seconds'] / floor:.1f}x the floor. "
         f"PML is not run at this size: with k = max_bin_count its neighbour table alone holds N x N/100 = "
         f"{n * (n // 100):.1e} entries.",
