@@ -217,10 +217,11 @@ class Trainer:
         progress: bool = True,
     ) -> None:
         self.step: TrainingStep = MetricLossStep() if step is None else step
-        if "embedder" not in models and isinstance(models, dict):
-            models["embedder"] = nn.Identity()  # also in the caller's dict, as PML does: scripts read it back
         self.models: dict[str, nn.Module] = dict(models)
-        self.models.setdefault("embedder", nn.Identity())
+        if "embedder" not in self.models:
+            self.models["embedder"] = nn.Identity()
+            if isinstance(models, dict):  # also in the caller's dict, as PML does: scripts read it back
+                models["embedder"] = self.models["embedder"]
         self.optimizers = dict(optimizers)
         self.loss_funcs: dict[str, nn.Module] = dict(loss_funcs)
         self.mining_funcs: dict[str, Callable[..., Any]] = dict(mining_funcs or {})
