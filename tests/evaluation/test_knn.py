@@ -189,6 +189,25 @@ def test_cuda_matches_cpu() -> None:
     assert torch.equal(got.indices.cpu(), want.indices)
 
 
+@pytest.mark.parametrize("setting", ["self", "separate", "extends"])
+def test_wide_panels_of_accelerators_match_brute_force_with_ties(setting: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the layout taken on a GPU, forced on the CPU; a small cell budget makes several query blocks
+    monkeypatch.setattr(knn_module, "_ACCELERATOR_PANEL_CELLS", 5000)
+    x = integer_points(700, 3, seed=23)
+    query, reference, includes = {"self": (x, x, True), "separate": (x[:200], x[200:], False)}.get(
+        setting, (x[:200], x, True)
+    )
+    blocks = list(
+        knn_module._iter_checked(query, 15, reference, includes, KnnDistance.EUCLIDEAN, 64, wide_panels=True)
+    )
+    assert len(blocks) == -(-query.shape[0] // (5000 // reference.shape[0]))
+    got_idx = torch.cat([found.indices for _, found in blocks])
+    got_dist = torch.cat([found.distances for _, found in blocks])
+    want_dist, want_idx = brute_force(query, 15, reference, ref_includes_query=includes)
+    assert torch.equal(got_idx, want_idx)
+    torch.testing.assert_close(got_dist.double(), want_dist, rtol=0, atol=1e-6)
+
+
 X = torch.randn(5, 3)
 ERROR_CASES = [
     (lambda: knn(X, 5), ValueError, "knn: `k` must be <= the number of available references (4), got 5."),

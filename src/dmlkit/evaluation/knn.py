@@ -26,6 +26,9 @@ _FILTER_COLUMNS = 1024
 _SAMPLE_SIZE = 4096
 #: sample keys per group whose minimum stands for the group in the threshold's rank selection.
 _SAMPLE_GROUP = 8
+#: keys per panel on an accelerator (float32: 1 GiB): each query block is one matrix product and one
+#: selection against every reference, since a launch per 256 x 1024 step would leave the device idle.
+_ACCELERATOR_PANEL_CELLS = 2**28
 
 
 class KnnDistance(str, enum.Enum):
@@ -374,6 +377,8 @@ def _topk_panel(
 ) -> tuple[Tensor, Tensor]:
     """Top-k of the prepared query block ``q`` from its keys against every reference at once."""
     panel = q.new_empty(q.shape[0], reference.shape[0])
+    if q.device.type != "cpu":  # one product: the block size keeps CPU caches warm, a device has none to keep
+        block_size = max(reference.shape[0], 1)
     for rs in range(0, reference.shape[0], block_size):
         r = reference[rs : rs + block_size]
         torch.mm(q, r.T, out=panel[:, rs : rs + r.shape[0]])
@@ -470,16 +475,33 @@ def _check_search(
 
 
 def _iter_checked(
-    query: Tensor, k: int, reference: Tensor, ref_includes_query: bool, measure: KnnDistance, block_size: int
+    query: Tensor,
+    k: int,
+    reference: Tensor,
+    ref_includes_query: bool,
+    measure: KnnDistance,
+    block_size: int,
+    wide_panels: bool | None = None,
 ) -> Iterator[tuple[int, Neighbors]]:
-    """``iter_knn`` without the argument checks (the caller has made them)."""
+    """``iter_knn`` without the argument checks (the caller has made them).
+
+    ``wide_panels`` (None: on any device but the CPU) selects each query block's top-k from one panel of
+    up to ``_ACCELERATOR_PANEL_CELLS`` keys against every reference: few large launches, as an accelerator
+    wants. Otherwise the search works in cache-sized steps. Both give the same neighbours.
+    """
     dtype = torch.float64 if torch.float64 in (query.dtype, reference.dtype) else torch.float32
     num_ref = reference.shape[0]
-    # When k is a large share of the references, keeping a running top-k costs more than selecting once
-    # from a panel of the block's keys against every reference; the panel's rows are bounded so that it
-    # holds at most block_size ** 2 entries.
-    panel = 4 * k >= num_ref - int(ref_includes_query)
-    rows = max(1, min(_QUERY_ROWS, block_size**2 // max(num_ref, 1))) if panel else min(_QUERY_ROWS, block_size)
+    if wide_panels is None:
+        wide_panels = query.device.type != "cpu"
+    if wide_panels:
+        panel = True
+        rows = max(1, min(max(query.shape[0], 1), _ACCELERATOR_PANEL_CELLS // max(num_ref, 1)))
+    else:
+        # When k is a large share of the references, keeping a running top-k costs more than selecting once
+        # from a panel of the block's keys against every reference; the panel's rows are bounded so that it
+        # holds at most block_size ** 2 entries.
+        panel = 4 * k >= num_ref - int(ref_includes_query)
+        rows = max(1, min(_QUERY_ROWS, block_size**2 // max(num_ref, 1))) if panel else min(_QUERY_ROWS, block_size)
     with torch.no_grad():
         # Prepared once: for float32 Euclidean search, a (Nr, d + 1) copy of the references.
         center = _Operand.center(reference, measure, dtype)
