@@ -146,7 +146,9 @@ class AccuracyCalculator:
 
     With the default ``knn_func`` (:class:`~dmlkit.evaluation.ExactKNN`) the neighbours are found by an
     exact streamed search and reduced to per-query values block by block: memory is
-    ``O(Nq + 256 * (depth + block_size))``, never ``Nq x Nr``. The depth is what the requested metrics
+    ``O(Nq + 256 * (depth + block_size))``, never ``Nq x Nr`` (a float32 set searched against itself on the
+    CPU with numba installed computes each pair once and holds up to about ``N * depth`` int64 hits, at most
+    1 GiB; see :func:`~dmlkit.evaluation.knn`). The depth is what the requested metrics
     need: 1 for precision@1, each query's ``R`` for R-precision and MAP@R (so ``k=None`` costs no full
     ranking there), all references only for ``mean_average_precision`` and ``mean_reciprocal_rank`` with
     ``k=None``. Any other ``knn_func(query, k, reference, ref_includes_query) -> (distances, indices)``

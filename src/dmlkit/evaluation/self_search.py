@@ -1,0 +1,186 @@
+"""Exact k-nn of a set against itself on the CPU, each pair's key computed once.
+
+When the queries are the references (query = reference, each row's own match excluded), the key of
+``(a, b)`` is the key of ``(b, a)``: the squared distance ``||a||^2 + ||b||^2 - 2 a.b`` (both norms folded
+into one matrix product by two extra columns) or the negated cosine / inner product. The search computes
+only the tiles on and above the diagonal of the key matrix, half the matrix products of a row-by-row
+search, and each tile serves its rows and its columns.
+
+Every row first gets a bound from a random sample of references (as the row-by-row search does), a key
+that very likely has at least k keys below it. One compiled pass over each tile (numba) then compares every
+key with its row's bound and its column's bound and appends each hit as one int64: the local row in the
+top 10 bits, the key's bits mapped to an unsigned integer with the float order, and the other side's index
+in the low 22 bits, so that sorting the integers orders them by (row, key, index). The rows of a band of
+1024 are complete once their own tiles are done: their column-side hits came from earlier bands. One sort
+then gives each row its k nearest, equal keys by index. torch would need five or more passes over each
+tile for the same work (compare, find, gather, decode, pack).
+
+The column-side hits wait for their band, about ``N * k / 2`` int64 at the peak, so the search is used
+where ``N * k`` is at most ``_PENDING_LIMIT``; larger searches stream row by row (see ``knn``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .knn import _unpacked
+
+#: rows completed together, and the width of a column block: a band's local row fits in 10 bits.
+_BAND = 1024
+#: rows per tile: a (256, 1024) float32 tile is 1 MiB and stays in a 2 MiB L2 cache.
+_TILE_ROWS = 256
+#: bits of the index in a packed hit: up to 4,194,304 embeddings.
+_INDEX_BITS = 22
+#: the search's own size range: below it one row-by-row pass is as fast; above ``N * k`` it, the waiting
+#: column-side hits (8 bytes each) would hold about 1 GiB.
+_MIN_SIZE = 4 * _BAND
+_PENDING_LIMIT = 2**28
+#: hits per row that the buffers first hold room for, per neighbour asked (they grow when a tile needs more).
+_ROOM_PER_NEIGHBOUR = 2
+
+
+def _filter_tile(
+    keys: Any,
+    row_bounds: Any,
+    col_bounds: Any,
+    both_sides: bool,
+    local_row0: int,
+    global_row0: int,
+    col0: int,
+    row_hits: Any,
+    num_row: int,
+    col_hits: Any,
+    num_col: int,
+) -> tuple[int, int]:
+    """Append the hits of a tile of keys (rows ``global_row0 + i``, columns ``col0 + j``).
+
+    Row side: key below the row's bound, packed as (local row, key, column index) at ``row_hits[num_row:]``.
+    Column side (``both_sides``): key below the column's bound, packed as (column within its band, key,
+    row index) at ``col_hits[num_col:]``. Writes stop at each array's end but the counts go on, so a count
+    beyond the capacity tells the caller to grow the array and run the tile again. Compiled by numba.
+    """
+    rows, width = keys.shape
+    for i in range(rows):
+        bound = row_bounds[i]
+        row_field = np.int64(local_row0 + i) << 54
+        row_index = np.int64(global_row0 + i)
+        for j in range(width):
+            key = keys[i, j]
+            to_row = key < bound
+            to_col = both_sides and key < col_bounds[j]
+            if to_row or to_col:
+                # -0.0 + 0.0 is +0.0, so the two zeros tie; the float order as an unsigned 32-bit integer
+                bits = np.int64(np.float32(key + np.float32(0.0)).view(np.int32))
+                ordered = ((bits ^ ((bits >> 31) | np.int64(0x80000000))) & np.int64(0xFFFFFFFF)) << 22
+                if to_row:
+                    if num_row < row_hits.shape[0]:
+                        row_hits[num_row] = row_field | ordered | np.int64(col0 + j)
+                    num_row += 1
+                if to_col:
+                    if num_col < col_hits.shape[0]:
+                        col_hits[num_col] = (np.int64(j) << 54) | ordered | row_index
+                    num_col += 1
+    return num_row, num_col
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_filter() -> Callable[..., tuple[int, int]] | None:
+    """The tile pass compiled by numba (cached on disk after the first compilation), or None without numba."""
+    try:
+        import numba
+    except Exception:  # not installed, or not importable beside this numpy
+        return None
+    compiled: Callable[..., tuple[int, int]] = numba.njit(cache=True, nogil=True, boundscheck=False)(_filter_tile)
+    return compiled
+
+
+def applies(num: int, k: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a self-search of ``num`` float rows for ``k`` neighbours takes this path."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and _MIN_SIZE <= num < 2**_INDEX_BITS
+        and num * k <= _PENDING_LIMIT
+        and compiled_filter() is not None
+    )
+
+
+def symmetric_operands(x: Tensor, measure: str, center: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(left, right) float32 operands whose product ``left @ right.T`` is the symmetric key matrix."""
+    if measure == "euclidean":
+        shifted = x.float() if center is None else x.float() - center
+        norms = (shifted * shifted).sum(1, keepdim=True)
+        ones = torch.ones_like(norms)
+        return torch.cat([shifted, norms, ones], dim=1), torch.cat([shifted * -2, ones, norms], dim=1)
+    left = F.normalize(x.float(), dim=1) if measure == "cosine" else x.float()
+    return left, left.neg()
+
+
+def iter_self_search(
+    left: Tensor, right: Tensor, k: int, bounds: Tensor
+) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+    """Bands of ``(first_row, keys, indices, short)``: each row's k smallest keys, ascending, ties by index.
+
+    ``bounds`` holds one key per row; the rows of ``short`` had fewer than k keys below theirs and hold
+    garbage (the caller redoes them).
+    """
+    tile_pass = compiled_filter()
+    assert tile_pass is not None, "iter_self_search needs numba (see applies)"
+    num = left.shape[0]
+    bands = -(-num // _BAND)
+    bound_values = bounds.numpy()
+    pending: list[list[np.ndarray]] = [[] for _ in range(bands)]
+    tile = torch.empty(_TILE_ROWS, _BAND)
+    per_row = _ROOM_PER_NEIGHBOUR * k + 64
+    row_hits = np.empty(_BAND * per_row, dtype=np.int64)
+    col_hits = np.empty(_TILE_ROWS * per_row, dtype=np.int64)
+    starts_of_rows = np.arange(_BAND, dtype=np.uint64) << np.uint64(54)
+    for band in range(bands):
+        r0, r1 = band * _BAND, min((band + 1) * _BAND, num)
+        num_row = 0
+        for s0 in range(r0, r1, _TILE_ROWS):
+            s1 = min(s0 + _TILE_ROWS, r1)
+            for block in range(band, bands):
+                c0, c1 = block * _BAND, min((block + 1) * _BAND, num)
+                keys = tile[: s1 - s0, : c1 - c0]
+                torch.mm(left[s0:s1], right[c0:c1].T, out=keys)
+                if block == band:  # the diagonal band: own rows out, row side only (both orders are here)
+                    own = torch.arange(s0, s1)
+                    keys[own - s0, own - c0] = float("inf")
+                args = (keys.numpy(), bound_values[s0:s1], bound_values[c0:c1], block != band, s0 - r0, s0, c0)
+                while True:
+                    found_row, found_col = tile_pass(*args, row_hits, num_row, col_hits, 0)
+                    if found_row <= row_hits.shape[0] and found_col <= col_hits.shape[0]:
+                        break
+                    row_hits = _grown(row_hits, found_row, num_row)
+                    col_hits = _grown(col_hits, found_col, 0)
+                num_row = found_row
+                if found_col:
+                    pending[block].append(col_hits[:found_col].copy())
+        rows = r1 - r0
+        hits = np.sort(np.concatenate([row_hits[:num_row], *pending[band]]).view(np.uint64))
+        pending[band] = []
+        first = torch.from_numpy(np.searchsorted(hits, starts_of_rows[:rows]).astype(np.int64))
+        counts = torch.diff(first, append=torch.tensor([hits.shape[0]]))
+        take = (first[:, None] + torch.arange(k)).clamp_(max=max(hits.shape[0] - 1, 0))
+        chosen = (
+            torch.from_numpy(hits.view(np.int64))[take] if hits.shape[0] else torch.zeros(rows, k, dtype=torch.long)
+        )
+        keys, indices = _unpacked(chosen, _INDEX_BITS)
+        yield r0, keys, indices, counts < k
+
+
+def _grown(hits: np.ndarray, needed: int, keep: int) -> np.ndarray:
+    """``hits`` with room for at least ``needed`` values, its first ``keep`` values kept."""
+    if needed <= hits.shape[0]:
+        return hits
+    bigger = np.empty(max(needed, 2 * hits.shape[0]), dtype=np.int64)
+    bigger[:keep] = hits[:keep]
+    return bigger

@@ -1,0 +1,167 @@
+"""The CPU search of a set against itself with each pair's key computed once (dmlkit.evaluation.self_search),
+against brute force (ties by index), the row-by-row search, and through its fallbacks."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import torch
+
+from dmlkit.evaluation import AccuracyCalculator, ExactKNN, KnnDistance, knn
+from dmlkit.evaluation import self_search as ss
+from tests.evaluation.test_knn import brute_force, integer_points
+
+knn_module = importlib.import_module("dmlkit.evaluation.knn")
+pytestmark = pytest.mark.skipif(ss.compiled_filter() is None, reason="the symmetric search needs numba")
+
+
+@pytest.fixture
+def small_bands(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The search's size floor lowered so that a few hundred rows take it; returns a log of its calls."""
+    monkeypatch.setattr(ss, "_MIN_SIZE", 64)
+    calls: list[int] = []
+    original = ss.iter_self_search
+
+    def spy(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ss, "iter_self_search", spy)
+    return calls
+
+
+def _row_by_row(x: torch.Tensor, k: int, distance: str, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    blocks = list(knn_module._iter_checked(x, k, x, True, KnnDistance(distance), block_size, symmetric=False))
+    return torch.cat([b.distances for _, b in blocks]), torch.cat([b.indices for _, b in blocks])
+
+
+@pytest.mark.parametrize("n", [2100, 2500])  # three bands, the last one short; 2500 is not a multiple of 256
+def test_matches_brute_force_with_ties(n: int, small_bands: list[int]) -> None:
+    # integer points: float32 keys are exact, most are tied, many rows are duplicates (distance 0)
+    x = integer_points(n, 3, seed=n)
+    got = knn(x, 12, block_size=64)
+    assert small_bands, "the symmetric search was not taken"
+    want_dist, want_idx = brute_force(x, 12, x, ref_includes_query=True)
+    assert torch.equal(got.indices, want_idx)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine", "inner_product"])
+def test_matches_the_row_by_row_search_on_continuous_data(distance: str, small_bands: list[int]) -> None:
+    x = torch.randn(2300, 16, generator=torch.Generator().manual_seed(3)) + 5.0
+    got = knn(x, 25, distance=distance, block_size=128)
+    assert small_bands
+    want_dist, want_idx = _row_by_row(x, 25, distance, 128)
+    # the same neighbours up to the order of near-ties, whose keys round differently in the two searches
+    torch.testing.assert_close(got.distances, want_dist, rtol=1e-5, atol=1e-5)
+    assert (got.indices == want_idx).float().mean() > 0.999
+
+
+def test_buffers_grow_when_a_tile_has_more_hits(monkeypatch: pytest.MonkeyPatch, small_bands: list[int]) -> None:
+    monkeypatch.setattr(ss, "_ROOM_PER_NEIGHBOUR", 0)  # room for 64 hits per row at first: too few
+    x = integer_points(2100, 3, seed=9)
+    got = knn(x, 90, block_size=64)
+    want_dist, want_idx = brute_force(x, 90, x, ref_includes_query=True)
+    assert small_bands and torch.equal(got.indices, want_idx)
+
+
+def test_rows_short_of_k_hits_are_redone(monkeypatch: pytest.MonkeyPatch, small_bands: list[int]) -> None:
+    original = knn_module._sample_threshold
+
+    def tight(*args: object) -> torch.Tensor:
+        bound = original(*args)  # type: ignore[arg-type]
+        first_row = args[3]  # every 7th row of the whole set gets a bound below all of its keys
+        return torch.where((torch.arange(bound.shape[0]) + first_row) % 7 == 0, bound.new_tensor(-1e30), bound)
+
+    monkeypatch.setattr(knn_module, "_sample_threshold", tight)
+    redone = []
+    search_block = knn_module._search_block
+    monkeypatch.setattr(knn_module, "_search_block", lambda *a, **kw: redone.append(1) or search_block(*a, **kw))
+    x = integer_points(2100, 3, seed=10)
+    got = knn(x, 12, block_size=64)
+    want_dist, want_idx = brute_force(x, 12, x, ref_includes_query=True)
+    assert small_bands and len(redone) == len(range(0, 2100, 7))
+    assert torch.equal(got.indices, want_idx)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-6)
+
+
+def test_keys_beyond_float32_fall_back_to_the_row_by_row_search(small_bands: list[int]) -> None:
+    x = integer_points(2100, 3, seed=11) * 1e19
+    got = knn(x, 5, block_size=64)
+    want_dist, want_idx = brute_force(x, 5, x, ref_includes_query=True)
+    assert torch.equal(got.indices, want_idx)
+
+
+@pytest.mark.parametrize(
+    ("case", "taken"),
+    [("self", True), ("float64", False), ("separate reference", False), ("reference extends query", False)],
+)
+def test_taken_only_for_a_float32_set_against_itself(case: str, taken: bool, small_bands: list[int]) -> None:
+    x = integer_points(2100, 3, seed=12)
+    if case == "self":
+        knn(x, 8, block_size=64)
+    elif case == "float64":
+        knn(x.double(), 8, block_size=64)
+    elif case == "separate reference":
+        knn(x[:1000], 8, x[1000:], block_size=64)
+    else:
+        knn(x[:1000], 8, x, ref_includes_query=True, block_size=64)
+    assert bool(small_bands) == taken
+
+
+def test_without_numba_the_row_by_row_search_answers(monkeypatch: pytest.MonkeyPatch, small_bands: list[int]) -> None:
+    monkeypatch.setattr(ss, "compiled_filter", lambda: None)
+    x = integer_points(2100, 3, seed=13)
+    got = knn(x, 8, block_size=64)
+    assert not small_bands
+    assert torch.equal(got.indices, brute_force(x, 8, x, ref_includes_query=True)[1])
+
+
+def test_calculator_values_equal_the_row_by_row_search(monkeypatch: pytest.MonkeyPatch, small_bands: list[int]) -> None:
+    g = torch.Generator().manual_seed(14)
+    labels = torch.randint(0, 20, (2300,), generator=g)
+    x = torch.randn(20, 8, generator=g)[labels] + torch.randn(2300, 8, generator=g)
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"), knn_func=ExactKNN(block_size=128)
+    )
+    got = calculator.get_accuracy(x, labels)
+    assert small_bands
+    monkeypatch.setattr(ss, "compiled_filter", lambda: None)
+    want = calculator.get_accuracy(x, labels)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_packed_hits_sort_by_row_then_key_then_index() -> None:
+    # the tile pass run as plain Python: every hit decodes to its row, key and index, in that order
+    keys = np.array([[3.0, -1.0, 0.5, -0.0], [0.0, 2.0, -2.5, 0.5]], dtype=np.float32)
+    row_bounds = np.array([1.0, 2.5], dtype=np.float32)
+    col_bounds = np.array([-0.5, 10.0, 0.0, 1.0], dtype=np.float32)
+    row_hits, col_hits = np.zeros(16, dtype=np.int64), np.zeros(16, dtype=np.int64)
+    num_row, num_col = ss._filter_tile(keys, row_bounds, col_bounds, True, 5, 100, 40, row_hits, 0, col_hits, 0)
+    assert (num_row, num_col) == (7, 5)
+
+    def decode(hits: np.ndarray) -> list[tuple[int, float, int]]:
+        out = []
+        for value in np.sort(hits.view(np.uint64)).tolist():
+            ordered = (value >> 22) & 0xFFFFFFFF
+            bits = ordered ^ 0x80000000 if ordered & 0x80000000 else ~ordered & 0xFFFFFFFF
+            key = float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+            out.append((value >> 54, key, value & ((1 << 22) - 1)))
+        return out
+
+    # row side: the band's rows 5 and 6, columns 40-43 (-0.0 is stored as +0.0)
+    assert decode(row_hits[:num_row]) == [
+        (5, -1.0, 41),
+        (5, 0.0, 43),
+        (5, 0.5, 42),
+        (6, -2.5, 42),
+        (6, 0.0, 40),
+        (6, 0.5, 43),
+        (6, 2.0, 41),
+    ]
+    # column side: the column within its band, the key, the row's index
+    assert decode(col_hits[:num_col]) == [(1, -1.0, 100), (1, 2.0, 101), (2, -2.5, 101), (3, 0.0, 100), (3, 0.5, 101)]
+    assert str(np.float32(-0.0).view(np.int32)) != "0"  # the input really held a negative zero
