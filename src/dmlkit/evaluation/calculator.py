@@ -121,9 +121,9 @@ def _per_query(
 
 def _average_precision_sum(rel: Tensor) -> Tensor:
     """``sum_i rel_i * precision@i`` per row of a boolean relevance table."""
-    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
-    hits = rel.cumsum(1).to(torch.float64)
-    return (hits / ranks * rel).sum(1)
+    inverse_ranks = 1 / torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
+    # hits so far at each relevant position, divided by the rank and summed: one matrix-vector product
+    return (rel.cumsum(1) * rel).to(torch.float64) @ inverse_ranks
 
 
 def _one_label_per_query(query_labels: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Clustering quality: k-means (faiss, scikit-learn or torch) and NMI / AMI computed in torch float64.
+"""Clustering quality: k-means (faiss, scikit-learn or torch), NMI in torch float64 and AMI by scikit-learn.
 
 NMI and AMI follow Vinh, Epps and Bailey, 2010, "Information Theoretic Measures for Clusterings
 Comparison" (JMLR 11), with the arithmetic mean of the two entropies as normaliser (scikit-learn's
@@ -10,7 +10,6 @@ their memory is ``O(num_classes * num_clusters)`` whatever the number of samples
 from __future__ import annotations
 
 import enum
-import math
 from typing import Any
 
 import torch
@@ -64,49 +63,6 @@ def _mutual_information(table: Tensor) -> float:
     return max(float(terms.sum()), 0.0)
 
 
-def _expected_mutual_information(table: Tensor, chunk: int = 1 << 18) -> float:
-    """E[MI] under the hypergeometric model of random labelings with the same marginals (Vinh et al., 2010)."""
-    n = float(table.sum())
-    a, b = table.sum(1), table.sum(0)
-    ai, bj = (t.reshape(-1) for t in torch.broadcast_tensors(a[:, None], b[None, :]))
-    lo = torch.clamp(ai + bj - n, min=1)
-    hi = torch.minimum(ai, bj)
-    length = (hi - lo + 1).clamp(min=0).long()
-    lgn = math.lgamma(n + 1)
-    total = 0.0
-    # Each (class, cluster) pair sums over its own range of cell counts; pairs are taken in groups whose
-    # ranges add up to at most `chunk` terms.
-    ends = length.cumsum(0)
-    start = 0
-    while start < length.shape[0]:
-        base = int(ends[start - 1]) if start else 0
-        stop = int(torch.searchsorted(ends, base + chunk, right=True))
-        stop = max(stop, start + 1)
-        lengths = length[start:stop]
-        pair = torch.repeat_interleave(torch.arange(start, stop), lengths)
-        offset = (
-            torch.arange(int(lengths.sum()), dtype=torch.float64)
-            - (lengths.cumsum(0) - lengths).repeat_interleave(lengths).double()
-        )
-        nij = lo[pair] + offset
-        x, y = ai[pair], bj[pair]
-        log_prob = (
-            torch.lgamma(x + 1)
-            + torch.lgamma(y + 1)
-            + torch.lgamma(n - x + 1)
-            + torch.lgamma(n - y + 1)
-            - lgn
-            - torch.lgamma(nij + 1)
-            - torch.lgamma(x - nij + 1)
-            - torch.lgamma(y - nij + 1)
-            - torch.lgamma(n - x - y + nij + 1)
-        )
-        mi_term = nij / n * (torch.log(nij) + math.log(n) - torch.log(x) - torch.log(y))
-        total += float((mi_term * log_prob.exp()).sum())
-        start = stop
-    return total
-
-
 def _one_cluster_cases(table: Tensor) -> float | None:
     if table.shape[0] == table.shape[1] == 1 or table.shape[0] == table.shape[1] == 0:
         return 1.0
@@ -145,20 +101,13 @@ def adjusted_mutual_info(labels_true: Tensor, labels_pred: Tensor) -> float:
         >>> round(adjusted_mutual_info(torch.tensor([0, 0, 1, 1]), torch.tensor([1, 1, 0, 0])), 6)
         1.0
     """
-    table = _contingency(labels_true, labels_pred)
-    special = _one_cluster_cases(table)
-    if special is not None:
-        return special
-    if table.shape[0] == 1 or table.shape[1] == 1:
-        return 0.0
-    mi = _mutual_information(table)
-    emi = _expected_mutual_information(table)
-    normaliser = (_entropy(table.sum(1)) + _entropy(table.sum(0))) / 2
-    denominator = normaliser - emi
-    denominator = min(denominator, -_EPS) if denominator < 0 else max(denominator, _EPS)
-    numerator = mi - emi
-    numerator = min(numerator, -_EPS) if numerator < 0 else max(numerator, _EPS)
-    return numerator / denominator
+    _contingency(labels_true, labels_pred)  # the shape checks, with dmlkit's messages
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    # E[MI] sums over every feasible cell count of every (class, cluster) pair; scikit-learn's compiled
+    # loop does it about 5x faster than torch's vectorised lgamma
+    true, pred = (_codes(labels).cpu().numpy() for labels in (labels_true, labels_pred))
+    return float(adjusted_mutual_info_score(true, pred))
 
 
 def _kmeans_plus_plus(x: Tensor, num_clusters: int, generator: torch.Generator) -> Tensor:

@@ -232,10 +232,25 @@ def _sample_threshold(q: Tensor, sample: Tensor, sample_idx: Tensor, qs: int, ow
     while group > 1 and m // group < 2 * wanted:
         group //= 2
     groups = m // group
-    minima = keys[:, : groups * group].reshape(q.shape[0], groups, group).amin(dim=2)
+    # group g holds the members g, g + groups, g + 2 * groups, ...: halving contiguous column ranges
+    # reads memory in order (twice as fast as a reshape's strided minimum)
+    minima = keys[:, : groups * group]
+    while minima.shape[1] > groups:
+        half = minima.shape[1] // 2
+        minima = torch.minimum(minima[:, :half], minima[:, half:])
     rank = min(groups, int(wanted))
-    cut = minima.topk(rank, dim=1, largest=False, sorted=False).values.amax(dim=1)
+    cut = _rank_value(minima, rank)
     return torch.nextafter(cut, cut.new_tensor(float("inf")))
+
+
+def _rank_value(values: Tensor, rank: int) -> Tensor:
+    """Each row's ``rank``-th smallest value (1-based); numpy's introselect on the CPU, about 5x torch's topk."""
+    if values.device.type == "cpu":
+        import numpy as np
+
+        chosen = np.partition(values.contiguous().numpy(), rank - 1, axis=1)[:, rank - 1]
+        return torch.from_numpy(np.ascontiguousarray(chosen))
+    return values.topk(rank, dim=1, largest=False, sorted=False).values.amax(dim=1)
 
 
 def _topk_thresholded(
