@@ -73,11 +73,11 @@ def run_one(case: dict[str, Any]) -> dict[str, Any]:
     x, labels = make_data(case["n"])
     include = RETRIEVAL if case["metrics"] == "retrieval" else ALL
     if case["lib"] == "dmlkit":
-        from dmlkit.evaluation import AccuracyCalculator, self_search
-
         # Like faiss above and scikit-learn's metrics in PML's module, the modules dmlkit loads on first use are
         # imported before the timed call: numba with the compiled tile pass, and scikit-learn's AMI.
         import sklearn.metrics  # noqa: F401
+
+        from dmlkit.evaluation import AccuracyCalculator, self_search
 
         self_search.warm_up()
 

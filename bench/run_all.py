@@ -241,11 +241,10 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
         'N - 1 neighbours per query: 30 GB at N = 50,000). "retrieval" is precision@1, R-precision and MAP@R; "all" '
         "adds MAP, MRR, NMI and AMI. Each cell is one call in a fresh process, the two libraries' cases interleaved, "
         "with the same number of threads for torch and faiss, each library's modules imported before the call (faiss, "
-        "scikit-learn's metrics, and for dmlkit numba with its compiled tile pass loaded): wall time and the rise of the resident-set high-water "
-        "mark during the call. dmlkit searches the set against itself computing each pair's key once "
-        "(`dmlkit[fast]`, numba). \"Max value difference\" is the largest difference between the two libraries' values "
-        "over all metrics (float32 rounding of near-tied distances). The compute floor is "
-        f"`2 * N^2 * d` FLOPs at the block-product speed measured on the same machine ({gflops:.0f} GFLOP/s).",
+        "scikit-learn's metrics, and for dmlkit numba with its compiled tile pass loaded): wall time and the rise "
+        "of the resident-set high-water mark during the call. \"Max value difference\" is the largest difference "
+        "between the two libraries' values over all metrics (float32 rounding of near-tied distances). The compute "
+        f"floor is `2 * N^2 * d` FLOPs at the block-product speed measured on the same machine ({gflops:.0f} GFLOP/s).",
         "",
         "| metrics | N | dmlkit (time / peak extra) | PML + faiss (time / peak extra) | speed-up | memory ratio | "
         "max value difference | dmlkit / compute floor |",
@@ -293,13 +292,16 @@ def render_evaluation(bench: Benchmark, raw: Any, meta: dict[str, Any], out: Pat
 
 EXACT_SEARCH = (
     "How the exact search works: both sides are shifted to a centre near the references' mean (distances unchanged, "
-    "float32 keys precise for data far from the origin); per block of 256 queries, a per-query bound on the "
-    "distance of the R-th neighbour "
-    "comes from a fixed sample of the references; the references are then streamed in blocks (one matrix "
-    "product, a subtract-clamp-cast to a bit mask, only the non-zero mask words kept), and the surviving "
-    "candidates are packed as (row, key, index) into one int64 and sorted once per query block (ties go to the "
-    "lower index by construction); a row with fewer than R candidates redoes its block without the bound. Memory "
-    "stays O(block size x N) however large N grows: no (N, k) neighbour table is ever built."
+    "float32 keys precise for data far from the origin), and each row gets a bound on the key of its R-th "
+    "neighbour from a fixed sample of the references. A set searched against itself (this table) computes each "
+    "pair's key once: tiles of 256 x 1024 keys on and above the diagonal, one matrix product each, then one "
+    "compiled pass (numba, `dmlkit[fast]`) that compares every key with its row's and its column's bound and "
+    "appends the hits as (row, key, index) packed into one int64; once a band of 1024 rows has all its hits (its "
+    "column-side hits came from earlier bands), one sort orders each row (ties go to the lower index by "
+    "construction). The waiting column-side hits make the memory grow as N x R (used up to N x R = 2^28). Other "
+    "searches (queries against separate references, the projection below, N x R beyond that) stream the "
+    "references per block of 256 queries (a subtract-clamp-cast to a bit mask, only the non-zero mask words "
+    "kept), with memory O(block size x N). A row with fewer than R keys below its bound is redone without it."
 )
 
 
