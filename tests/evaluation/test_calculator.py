@@ -140,22 +140,25 @@ def test_matches_loop_oracle(k: int | str | None, setting: str, mode: str) -> No
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_thresholded_search_with_ties_and_duplicates_matches_loop_oracle(
-    threads: int, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    threads: int, dtype: torch.dtype, filter_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 40 classes over 420 points: R is small next to N, so the search keeps only the references below a
-    # per-query bound from a sample (float32: one packed sort; float64: stable sorts; one thread: numpy
-    # comparison). Integer coordinates give exact ties, and 60 duplicated rows sit at distance 0.
+    # per-query bound from a sample (float32: one packed sort, the filter in torch or compiled; float64: stable
+    # sorts, torch; one thread: numpy comparison). Integer coordinates give exact ties, and 60 duplicated rows
+    # sit at distance 0.
     import importlib
 
     knn_module = importlib.import_module("dmlkit.evaluation.knn")
-    calls: list[int] = []
-    original = knn_module._topk_thresholded
+    calls: list[int] = filter_calls
+    if dtype == torch.float64:
+        calls = []
+        original = knn_module._topk_thresholded
 
-    def spy(*args: object, **kwargs: object) -> object:
-        calls.append(1)
-        return original(*args, **kwargs)
+        def spy(*args: object, **kwargs: object) -> object:
+            calls.append(1)
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(knn_module, "_topk_thresholded", spy)
+        monkeypatch.setattr(knn_module, "_topk_thresholded", spy)
     g = torch.Generator().manual_seed(31)
     labels = torch.randint(0, 40, (360,), generator=g)
     x = torch.randint(-3, 4, (360, 3), generator=g).to(dtype) + labels[:, None].to(dtype) % 5

@@ -428,7 +428,12 @@ def _search_block(
     if sample is not None and sample_idx is not None:
         bound = _sample_threshold(q, sample, sample_idx, qs, own, k, reference.shape[0] - int(own))
         if bool(torch.isfinite(bound).all()):
-            keys, idx, short = _topk_thresholded(q, reference, qs, k, own, block_size, bound)
+            from . import self_search
+
+            if self_search.rows_apply(reference.shape[0], q.dtype, q.device):
+                keys, idx, short = self_search.topk_below_bounds(q, reference, qs, k, own, bound)
+            else:
+                keys, idx, short = _topk_thresholded(q, reference, qs, k, own, block_size, bound)
             # a row with fewer than k keys below its bound (about once in 30,000 rows) redoes the block
             if not bool(short.any()):
                 found = keys, idx

@@ -1,4 +1,4 @@
-"""Exact k-nn of a set against itself on the CPU, each pair's key computed once.
+"""The compiled (numba) filter pass of the exact CPU search, and the search of a set against itself with it.
 
 When the queries are the references (query = reference, each row's own match excluded), the key of
 ``(a, b)`` is the key of ``(b, a)``: the squared distance ``||a||^2 + ||b||^2 - 2 a.b`` (both norms folded
@@ -16,7 +16,8 @@ then gives each row its k nearest, equal keys by index. torch would need five or
 tile for the same work (compare, find, gather, decode, pack).
 
 The column-side hits wait for their band, about ``N * k / 2`` int64 at the peak, so the search is used
-where ``N * k`` is at most ``_PENDING_LIMIT``; larger searches stream row by row (see ``knn``).
+where ``N * k`` is at most ``_PENDING_LIMIT``; larger searches, and queries against separate references,
+go row by row (see ``knn``), where :func:`topk_below_bounds` does the same compiled pass for the rows alone.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .knn import _unpacked
+from .knn import _exclude_own, _unpacked
 
 #: rows completed together, and the width of a column block: a band's local row fits in 10 bits.
 _BAND = 1024
@@ -127,6 +128,12 @@ def applies(num: int, k: int, dtype: torch.dtype, device: torch.device) -> bool:
     )
 
 
+def rows_apply(num_ref: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :func:`topk_below_bounds` serves a row-by-row search of ``num_ref`` references."""
+    small_enough = num_ref < 2**_INDEX_BITS
+    return device.type == "cpu" and dtype == torch.float32 and small_enough and compiled_filter() is not None
+
+
 def symmetric_operands(x: Tensor, measure: str, center: Tensor | None) -> tuple[Tensor, Tensor]:
     """(left, right) float32 operands whose product ``left @ right.T`` is the symmetric key matrix."""
     if measure == "euclidean":
@@ -156,7 +163,6 @@ def iter_self_search(
     per_row = _ROOM_PER_NEIGHBOUR * k + 64
     row_hits = np.empty(_BAND * per_row, dtype=np.int64)
     col_hits = np.empty(_TILE_ROWS * per_row, dtype=np.int64)
-    starts_of_rows = np.arange(_BAND, dtype=np.uint64) << np.uint64(54)
     for band in range(bands):
         r0, r1 = band * _BAND, min((band + 1) * _BAND, num)
         num_row = 0
@@ -167,8 +173,7 @@ def iter_self_search(
                 keys = tile[: s1 - s0, : c1 - c0]
                 torch.mm(left[s0:s1], right[c0:c1].T, out=keys)
                 if block == band:  # the diagonal band: own rows out, row side only (both orders are here)
-                    own = torch.arange(s0, s1)
-                    keys[own - s0, own - c0] = float("inf")
+                    _exclude_own(keys, s0, c0)
                 args = (keys.numpy(), bound_values[s0:s1], bound_values[c0:c1], block != band, s0 - r0, s0, c0)
                 while True:
                     found_row, found_col = tile_pass(*args, row_hits, num_row, col_hits, 0)
@@ -179,18 +184,52 @@ def iter_self_search(
                 num_row = found_row
                 if found_col:
                     pending[block].append(col_hits[:found_col].copy())
-        rows = r1 - r0
-        hits = np.sort(np.concatenate([row_hits[:num_row], *pending[band]]).view(np.uint64))
+        keys, indices, short = _rows_top_k([row_hits[:num_row], *pending[band]], r1 - r0, k)
         pending[band] = []
-        first = torch.from_numpy(np.searchsorted(hits, starts_of_rows[:rows]).astype(np.int64))
-        counts = torch.diff(first, append=torch.tensor([hits.shape[0]]))
-        take = (first[:, None] + torch.arange(k)).clamp_(max=max(hits.shape[0] - 1, 0))
-        chosen = (
-            torch.from_numpy(hits.view(np.int64))[take] if hits.shape[0] else torch.zeros(rows, k, dtype=torch.long)
-        )
-        keys, indices = _unpacked(chosen, _INDEX_BITS)
-        yield r0, keys, indices, counts < k
+        yield r0, keys, indices, short
 
+
+def topk_below_bounds(
+    q: Tensor, reference: Tensor, first_row: int, k: int, own: bool, bounds: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One block of at most 1024 query rows against every reference: (keys, indices, short) as in
+    :func:`iter_self_search`, for searches that are not a set against itself (each pair computed once here).
+
+    ``q`` and ``reference`` are prepared operands; ``first_row`` is the block's first row, whose own
+    reference is excluded when ``own``.
+    """
+    tile_pass = compiled_filter()
+    assert tile_pass is not None, "topk_below_bounds needs numba (see applies)"
+    rows, num = q.shape[0], reference.shape[0]
+    tile = torch.empty(rows, _BAND)
+    bound_values = bounds.contiguous().numpy()
+    no_hits = np.empty(0, dtype=np.int64)
+    hits = np.empty(rows * (_ROOM_PER_NEIGHBOUR * k + 64), dtype=np.int64)
+    found = 0
+    for c0 in range(0, num, _BAND):
+        keys = tile[:, : min(_BAND, num - c0)]
+        torch.mm(q, reference[c0 : c0 + _BAND].T, out=keys)
+        if own:
+            _exclude_own(keys, first_row, c0)
+        args = (keys.numpy(), bound_values, bound_values, False, 0, first_row, c0)
+        while True:
+            total, _ = tile_pass(*args, hits, found, no_hits, 0)
+            if total <= hits.shape[0]:
+                break
+            hits = _grown(hits, total, found)
+        found = total
+    return _rows_top_k([hits[:found]], rows, k)
+
+
+def _rows_top_k(parts: list[np.ndarray], rows: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's k first hits in (key, index) order from packed hits of ``rows`` rows: (keys, indices, short)."""
+    hits = np.sort(np.concatenate(parts).view(np.uint64))
+    first = torch.from_numpy(np.searchsorted(hits, np.arange(rows, dtype=np.uint64) << np.uint64(54)).astype(np.int64))
+    counts = torch.diff(first, append=torch.tensor([hits.shape[0]]))
+    take = (first[:, None] + torch.arange(k)).clamp_(max=max(hits.shape[0] - 1, 0))
+    chosen = torch.from_numpy(hits.view(np.int64))[take] if hits.shape[0] else torch.zeros(rows, k, dtype=torch.long)
+    keys, indices = _unpacked(chosen, _INDEX_BITS)
+    return keys, indices, counts < k
 
 def _grown(hits: np.ndarray, needed: int, keep: int) -> np.ndarray:
     """``hits`` with room for at least ``needed`` values, its first ``keep`` values kept."""
