@@ -300,8 +300,9 @@ EXACT_SEARCH = (
     "column-side hits came from earlier bands), one sort orders each row (ties go to the lower index by "
     "construction). The waiting column-side hits make the memory grow as N x R (used up to N x R = 2^28). Other "
     "searches (queries against separate references, the projection below, N x R beyond that) stream the "
-    "references per block of 256 queries (a subtract-clamp-cast to a bit mask, only the non-zero mask words "
-    "kept), with memory O(block size x N). A row with fewer than R keys below its bound is redone without it."
+    "references per block of 256 queries through the same compiled pass, row side only, with memory "
+    "O(block size x N); without numba, torch filters each step (a subtract-clamp-cast to a bit mask, only the "
+    "non-zero mask words kept). A row with fewer than R keys below its bound is redone without it."
 )
 
 

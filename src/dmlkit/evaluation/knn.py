@@ -617,8 +617,9 @@ def iter_knn(
     """:func:`knn`, one block of consecutive queries at a time: yields ``(first_query_row, Neighbors)``.
 
     Consumers that reduce each query's neighbours to a few numbers (the retrieval metrics) never hold
-    the (Nq, k) result: memory stays ``O(rows * (k + block_size))``. Arguments as in :func:`knn`; they are
-    checked before the first block is yielded.
+    the (Nq, k) result: memory stays ``O(rows * (k + block_size))``, except in the search of a set against
+    itself with each pair computed once (see :func:`knn`), which holds up to about ``N * k`` int64 hits.
+    Arguments as in :func:`knn`; they are checked before the first block is yielded.
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [3.0], [1.0]])
