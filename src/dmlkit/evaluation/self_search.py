@@ -39,8 +39,8 @@ _BAND = 1024
 _TILE_ROWS = 256
 #: bits of the index in a packed hit: up to 4,194,304 embeddings.
 _INDEX_BITS = 22
-#: the search's own size range: below it one row-by-row pass is as fast; above ``N * k`` it, the waiting
-#: column-side hits (8 bytes each) would hold about 1 GiB.
+#: the search's size range: below ``_MIN_SIZE`` rows one row-by-row pass is as fast; with ``N * k`` above
+#: ``_PENDING_LIMIT``, the waiting column-side hits (8 bytes each) would hold more than about 1 GiB.
 _MIN_SIZE = 4 * _BAND
 _PENDING_LIMIT = 2**28
 #: hits per row that the buffers first hold room for, per neighbour asked (they grow when a tile needs more).
