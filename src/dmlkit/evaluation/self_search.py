@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,8 @@ _INDEX_BITS = 22
 #: ``_PENDING_LIMIT``, the waiting column-side hits (8 bytes each) would hold more than about 1 GiB.
 _MIN_SIZE = 4 * _BAND
 _PENDING_LIMIT = 2**28
+#: references per step of the row-by-row pass: fewer, larger steps leave less per-step overhead.
+_ROW_STEP = 4096
 #: hits per row that the buffers first hold room for, per neighbour asked (they grow when a tile needs more).
 _ROOM_PER_NEIGHBOUR = 2
 
@@ -196,34 +199,55 @@ def topk_below_bounds(
     :func:`iter_self_search`, for searches that are not a set against itself (each pair computed once here).
 
     ``q`` and ``reference`` are prepared operands; ``first_row`` is the block's first row, whose own
-    reference is excluded when ``own``.
+    reference is excluded when ``own``. With more than one torch thread, the rows are split among as many
+    threads for the compiled pass (it releases the GIL) and for the final sort.
     """
     tile_pass = compiled_filter()
     assert tile_pass is not None, "topk_below_bounds needs numba (see applies)"
     rows, num = q.shape[0], reference.shape[0]
-    tile = torch.empty(rows, _BAND)
+    workers = max(1, min(torch.get_num_threads(), rows))
+    edges = [rows * w // workers for w in range(workers + 1)]
+    groups = list(zip(edges[:-1], edges[1:], strict=True))
+    tile = torch.empty(rows, _ROW_STEP)
     bound_values = bounds.contiguous().numpy()
     no_hits = np.empty(0, dtype=np.int64)
-    hits = np.empty(rows * (_ROOM_PER_NEIGHBOUR * k + 64), dtype=np.int64)
-    found = 0
-    for c0 in range(0, num, _BAND):
-        keys = tile[:, : min(_BAND, num - c0)]
-        torch.mm(q, reference[c0 : c0 + _BAND].T, out=keys)
-        if own:
-            _exclude_own(keys, first_row, c0)
-        args = (keys.numpy(), bound_values, bound_values, False, 0, first_row, c0)
+    hits = [np.empty((stop - start) * (_ROOM_PER_NEIGHBOUR * k + 64), dtype=np.int64) for start, stop in groups]
+    found = [0] * workers
+
+    def filter_rows(group: int, keys: np.ndarray, c0: int) -> None:
+        start, stop = groups[group]
+        args = (keys[start:stop], bound_values[start:stop], bound_values, False, start, first_row + start, c0)
         while True:
-            total, _ = tile_pass(*args, hits, found, no_hits, 0)
-            if total <= hits.shape[0]:
+            total, _ = tile_pass(*args, hits[group], found[group], no_hits, 0)
+            if total <= hits[group].shape[0]:
                 break
-            hits = _grown(hits, total, found)
-        found = total
-    return _rows_top_k([hits[:found]], rows, k)
+            hits[group] = _grown(hits[group], total, found[group])
+        found[group] = total
+
+    with ThreadPoolExecutor(workers) as pool:
+        for c0 in range(0, num, _ROW_STEP):
+            keys = tile[:, : min(_ROW_STEP, num - c0)]
+            torch.mm(q, reference[c0 : c0 + _ROW_STEP].T, out=keys)
+            if own:
+                _exclude_own(keys, first_row, c0)
+            keys_np = keys.numpy()
+            list(pool.map(filter_rows, range(workers), [keys_np] * workers, [c0] * workers))
+        # each group holds its own rows, so the groups sorted apart and laid end to end are sorted
+        parts = list(pool.map(lambda group: np.sort(hits[group][: found[group]].view(np.uint64)), range(workers)))
+    return _rows_top_k(parts, rows, k, parts_sorted=True)
 
 
-def _rows_top_k(parts: list[np.ndarray], rows: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Each row's k first hits in (key, index) order from packed hits of ``rows`` rows: (keys, indices, short)."""
-    hits = np.sort(np.concatenate(parts).view(np.uint64))
+def _rows_top_k(
+    parts: list[np.ndarray], rows: int, k: int, parts_sorted: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's k first hits in (key, index) order from packed hits of ``rows`` rows: (keys, indices, short).
+
+    ``parts_sorted``: the parts are each sorted (as uint64) and hold increasing rows, so laid end to end they
+    are sorted already.
+    """
+    hits = np.concatenate(parts).view(np.uint64)
+    if not parts_sorted:
+        hits = np.sort(hits)
     first = torch.from_numpy(np.searchsorted(hits, np.arange(rows, dtype=np.uint64) << np.uint64(54)).astype(np.int64))
     counts = torch.diff(first, append=torch.tensor([hits.shape[0]]))
     take = (first[:, None] + torch.arange(k)).clamp_(max=max(hits.shape[0] - 1, 0))
