@@ -534,7 +534,7 @@ def _iter_checked(
         from . import self_search
 
         if self_search.applies(num_ref, k, dtype, query.device):
-            yield from _iter_self(query, k, measure, block_size)
+            yield from _iter_self(query, k, measure, block_size, size)
             return
     with torch.no_grad():
         # Prepared once: for float32 Euclidean search, a (Nr, d + 1) copy of the references.
@@ -542,7 +542,7 @@ def _iter_checked(
         prepared = _Operand.references(reference, measure, dtype, center)
         sample_idx = sample = None
         if thresholded:
-            sample_idx = torch.randperm(num_ref, generator=_sample_generator())[:size].to(query.device)
+            sample_idx = _sample_indices(num_ref, size).to(query.device)
             sample = prepared[sample_idx]
         for qs in range(0, query.shape[0], rows):
             block = query[qs : qs + rows]
@@ -564,11 +564,14 @@ def _iter_checked(
             yield qs, Neighbors(_keys_to_values(keys, block, measure, center), idx)
 
 
-def _sample_generator() -> torch.Generator:
-    return torch.Generator().manual_seed(0)
+def _sample_indices(num_ref: int, size: int) -> Tensor:
+    """The fixed random sample of ``size`` reference rows whose keys set each query's bound."""
+    return torch.randperm(num_ref, generator=torch.Generator().manual_seed(0))[:size]
 
 
-def _iter_self(x: Tensor, k: int, measure: KnnDistance, block_size: int) -> Iterator[tuple[int, Neighbors]]:
+def _iter_self(
+    x: Tensor, k: int, measure: KnnDistance, block_size: int, sample_size: int
+) -> Iterator[tuple[int, Neighbors]]:
     """The search of ``x`` against itself, own rows excluded, by :mod:`.self_search` (float32, CPU, numba).
 
     Rows whose bound kept fewer than k keys (rare) are redone one at a time by the row-by-row search.
@@ -579,7 +582,7 @@ def _iter_self(x: Tensor, k: int, measure: KnnDistance, block_size: int) -> Iter
     with torch.no_grad():
         center = _Operand.center(x, measure, torch.float32)
         left, right = self_search.symmetric_operands(x, measure.value, center)
-        sample_idx = torch.randperm(num, generator=_sample_generator())[: min(_SAMPLE_SIZE, num // 8)]
+        sample_idx = _sample_indices(num, sample_size)
         sample = right[sample_idx]
         bounds = torch.cat(
             [
