@@ -165,3 +165,96 @@ def test_packed_hits_sort_by_row_then_key_then_index() -> None:
     # column side: the column within its band, the key, the row's index
     assert decode(col_hits[:num_col]) == [(1, -1.0, 100), (1, 2.0, 101), (2, -2.5, 101), (3, 0.0, 100), (3, 0.5, 101)]
     assert str(np.float32(-0.0).view(np.int32)) != "0"  # the input really held a negative zero
+
+
+def _decode(hits: np.ndarray) -> list[tuple[int, float, int]]:
+    """(row field, key, index) of packed hits, in the order they sort as unsigned integers."""
+    out = []
+    for value in np.sort(hits.view(np.uint64)).tolist():
+        ordered = (value >> 22) & 0xFFFFFFFF
+        bits = ordered ^ 0x80000000 if ordered & 0x80000000 else ~ordered & 0xFFFFFFFF
+        key = float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+        out.append((value >> 54, key, value & ((1 << 22) - 1)))
+    return out
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_row_pass_finds_every_key_below_its_bound(own: bool) -> None:
+    # the row pass run as plain Python, against a loop; widths that are not multiples of 8, hits in every
+    # byte of a word (its lowest-set-bit decoding), the own column skipped when asked
+    rng = np.random.default_rng(5)
+    keys = rng.integers(-4, 4, size=(6, 21)).astype(np.float32)
+    keys[0, :8] = -5.0  # a word whose eight bytes are all hits
+    keys[1, 3] = -0.0
+    bounds = np.array([0.0, 1.0, -3.0, 4.0, -10.0, 0.5], dtype=np.float32)
+    hits = np.zeros(200, dtype=np.int64)
+    own_row0, col0 = (30, 27) if own else (-1, 27)
+    num = ss._filter_rows(keys, bounds, own_row0, 3, col0, hits, 0)
+    want = [
+        (3 + i, float(keys[i, j]) + 0.0, col0 + j)
+        for i in range(6)
+        for j in range(21)
+        if keys[i, j] < bounds[i] and not (own and own_row0 + i == col0 + j)
+    ]
+    assert num == len(want)
+    assert _decode(hits[:num]) == sorted(want)
+    if own:  # rows 0..5 are references 30..35: columns 3..8 of this block
+        assert all(index != 30 + row - 3 for row, _, index in _decode(hits[:num]))
+
+
+def test_row_pass_counts_past_a_full_buffer_and_the_compiled_pass_agrees() -> None:
+    rng = np.random.default_rng(6)
+    keys = rng.standard_normal((40, 300)).astype(np.float32)
+    bounds = np.quantile(keys, 0.1, axis=1).astype(np.float32)
+    small = np.zeros(10, dtype=np.int64)
+    total = ss._filter_rows(keys, bounds, -1, 0, 0, small, 0)
+    assert total == int((keys < bounds[:, None]).sum()) > small.shape[0]
+    full = np.zeros(total, dtype=np.int64)
+    assert ss._filter_rows(keys, bounds, -1, 0, 0, full, 0) == total
+    assert np.array_equal(small, full[:10])  # writes stop at the end, in order
+    kernels = ss.compiled_filter()
+    assert kernels is not None
+    compiled = np.zeros(total, dtype=np.int64)
+    assert kernels.rows(keys, bounds, -1, 0, 0, compiled, 0) == total
+    assert np.array_equal(compiled, full)
+
+
+def test_first_k_decodes_each_rows_smallest_hits() -> None:
+    keys = np.array([[2.0, -1.0, 0.5], [0.0, -0.0, 3.0], [1.0, 1.0, 1.0]], dtype=np.float32)
+    hits = np.zeros(9, dtype=np.int64)
+    num = ss._filter_rows(keys, np.array([9.0, 9.0, 0.0], dtype=np.float32), -1, 4, 100, hits, 0)
+    ordered = np.sort(hits[:num].view(np.uint64))
+    got_keys, got_idx = np.zeros((3, 2), dtype=np.float32), np.zeros((3, 2), dtype=np.int64)
+    counts = np.zeros(3, dtype=np.int64)
+    ss._first_k(ordered, 4, got_keys, got_idx, counts)
+    assert counts.tolist() == [3, 3, 0]  # the third row has no key below 0
+    assert got_keys[:2].tolist() == [[-1.0, 0.5], [0.0, 0.0]]
+    assert got_idx[:2].tolist() == [[101, 102], [100, 101]]  # equal keys (0.0 and -0.0) by index
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("setting", ["separate", "extends"])
+def test_row_by_row_pass_in_short_steps_with_growing_buffers(
+    workers: int, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # steps of 100 references (not a multiple of 8, the last one shorter), room for 64 hits per row at first
+    monkeypatch.setattr(ss, "_ROW_STEP", 100)
+    monkeypatch.setattr(ss, "_ROOM_PER_NEIGHBOUR", 0)
+    calls = []
+    original = ss.topk_below_bounds
+    monkeypatch.setattr(ss, "topk_below_bounds", lambda *a: calls.append(1) or original(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(workers)
+    try:
+        x = integer_points(1900, 3, seed=15)
+        if setting == "separate":
+            query, reference, includes = x[:700], x[700:], False
+        else:
+            query, reference, includes = x[:700], x, True
+        got = knn(query, 90, reference, ref_includes_query=includes, block_size=64)
+    finally:
+        torch.set_num_threads(before)
+    assert calls
+    want_dist, want_idx = brute_force(query, 90, reference, ref_includes_query=includes)
+    assert torch.equal(got.indices, want_idx)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=0, atol=1e-6)

@@ -425,6 +425,7 @@ def _search_block(
     """Sorted (keys, indices) of one query block; falls back to a safe float64 pass if a key overflowed."""
     q = _Operand.queries(query_block, measure, dtype, center)
     found = None
+    below_bound = False
     if sample is not None and sample_idx is not None:
         bound = _sample_threshold(q, sample, sample_idx, qs, own, k, reference.shape[0] - int(own))
         if bool(torch.isfinite(bound).all()):
@@ -436,12 +437,16 @@ def _search_block(
                 keys, idx, short = _topk_thresholded(q, reference, qs, k, own, block_size, bound)
             # a row with fewer than k keys below its bound (about once in 30,000 rows) redoes the block
             if not bool(short.any()):
-                found = keys, idx
+                found, below_bound = (keys, idx), True
     if found is None:
         search = _topk_panel if panel else _topk_streamed
         found = _sorted(*search(q, reference, qs, k, own, measure, block_size))
     keys, idx = found
-    if bool((idx < 0).any()) or not bool(torch.isfinite(keys).all()):
+    if below_bound:  # every key is below a finite bound: only an overflow to -inf, first in its row, can occur
+        overflowed = keys.shape[1] > 0 and not bool(torch.isfinite(keys[:, 0]).all())
+    else:
+        overflowed = bool((idx < 0).any()) or not bool(torch.isfinite(keys).all())
+    if overflowed:
         # Keys overflowed to inf (embeddings beyond ~1e19 in float32): redo this block in float64, where
         # every real key is finite and ranks below the +inf of an excluded row.
         q = _Operand.queries(query_block, measure, torch.float64, center)

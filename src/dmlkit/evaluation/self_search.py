@@ -22,17 +22,18 @@ go row by row (see ``knn``), where :func:`topk_below_bounds` does the same compi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .knn import _exclude_own, _unpacked
+from .knn import _exclude_own
 
 #: rows completed together, and the width of a column block: a band's local row fits in 10 bits.
 _BAND = 1024
@@ -44,8 +45,9 @@ _INDEX_BITS = 22
 #: ``_PENDING_LIMIT``, the waiting column-side hits (8 bytes each) would hold more than about 1 GiB.
 _MIN_SIZE = 4 * _BAND
 _PENDING_LIMIT = 2**28
-#: references per step of the row-by-row pass: fewer, larger steps leave less per-step overhead.
-_ROW_STEP = 4096
+#: references per step of the row-by-row pass: fewer, larger steps leave less per-step overhead (a step of
+#: 256 rows is 16 MiB of keys, in the last-level cache).
+_ROW_STEP = 16384
 #: hits per row that the buffers first hold room for, per neighbour asked (they grow when a tile needs more).
 _ROOM_PER_NEIGHBOUR = 2
 
@@ -94,15 +96,91 @@ def _filter_tile(
     return num_row, num_col
 
 
+def _filter_rows(
+    keys: Any, bounds: Any, own_row0: int, local_row0: int, col0: int, hits: Any, num: int
+) -> int:
+    """Append the hits of a block of rows (row ``i`` local row ``local_row0 + i``, columns ``col0 + j``).
+
+    A hit is a key below its row's bound, packed as (local row, key, column index) at ``hits[num:]``; with
+    ``own_row0 >= 0`` row ``i`` is reference ``own_row0 + i`` and its own column is skipped. Each row is
+    compared in one vectorised pass into bytes; the bytes read eight at a time as 64-bit words, the non-zero
+    words' positions are gathered without a branch, and the set bytes of those (about one word in eight at
+    the usual bound) are visited by their lowest set bit. Returns the new count (writes stop at the end of
+    ``hits``; a count beyond it tells the caller to grow the array and run the block again). Compiled by numba.
+    """
+    rows, width = keys.shape
+    flags = np.zeros(8 * ((width + 7) // 8), dtype=np.uint8)  # the padding bytes stay 0
+    words = flags.view(np.uint64)
+    nonzero = np.empty(width // 8 + 1, dtype=np.int64)
+    for i in range(rows):
+        bound = bounds[i]
+        row = keys[i]
+        for j in range(width):
+            flags[j] = row[j] < bound
+        if own_row0 >= 0 and 0 <= own_row0 + i - col0 < width:
+            flags[own_row0 + i - col0] = 0
+        found = 0
+        for w in range((width + 7) // 8):
+            nonzero[found] = w
+            found += words[w] != 0
+        row_field = np.int64(local_row0 + i) << 54
+        for t in range(found):
+            w = nonzero[t]
+            word = words[w]
+            while word:
+                lowest = word & (~word + np.uint64(1))
+                # the lowest set bit as a float64 power of two: its exponent is the bit's position
+                j = 8 * w + (((np.float64(lowest).view(np.int64) >> 52) - 1023) >> 3)
+                key = row[j]
+                bits = np.int64(np.float32(key + np.float32(0.0)).view(np.int32))
+                ordered = ((bits ^ ((bits >> 31) | np.int64(0x80000000))) & np.int64(0xFFFFFFFF)) << 22
+                if num < hits.shape[0]:
+                    hits[num] = row_field | ordered | np.int64(col0 + j)
+                num += 1
+                word ^= lowest
+    return num
+
+
+def _first_k(hits: Any, row0: int, keys: Any, indices: Any, counts: Any) -> None:
+    """Each row's first hits, decoded: ``keys[r]``, ``indices[r]`` and ``counts[r]`` (all its hits) of local row
+    ``row0 + r``, from ``hits`` sorted as unsigned integers that hold no other rows. A row with fewer than
+    ``k = keys.shape[1]`` hits fills only its first ``counts[r]`` entries. Compiled by numba.
+    """
+    rows, k = keys.shape
+    start = 0
+    for r in range(rows):
+        last = r == rows - 1
+        stop = hits.shape[0] if last else np.searchsorted(hits, np.uint64(row0 + r + 1) << np.uint64(54))
+        counts[r] = stop - start
+        for t in range(min(k, stop - start)):
+            value = hits[start + t]
+            ordered = (value >> np.uint64(22)) & np.uint64(0xFFFFFFFF)
+            if ordered & np.uint64(0x80000000):
+                bits = ordered ^ np.uint64(0x80000000)
+            else:
+                bits = ~ordered & np.uint64(0xFFFFFFFF)
+            keys[r, t] = np.uint32(bits).view(np.float32)
+            indices[r, t] = np.int64(value & np.uint64((1 << 22) - 1))
+        start = int(stop)
+
+
+class Kernels(NamedTuple):
+    """The compiled passes: :func:`_filter_tile`, :func:`_filter_rows` and :func:`_first_k`."""
+
+    tile: Callable[..., tuple[int, int]]
+    rows: Callable[..., int]
+    first_k: Callable[..., None]
+
+
 @functools.lru_cache(maxsize=1)
-def compiled_filter() -> Callable[..., tuple[int, int]] | None:
-    """The tile pass compiled by numba (cached on disk after the first compilation), or None without numba."""
+def compiled_filter() -> Kernels | None:
+    """The passes compiled by numba (cached on disk after the first compilation), or None without numba."""
     try:
         import numba
     except Exception:  # not installed, or not importable beside this numpy
         return None
-    compiled: Callable[..., tuple[int, int]] = numba.njit(cache=True, nogil=True, boundscheck=False)(_filter_tile)
-    return compiled
+    compile_ = numba.njit(cache=True, nogil=True, boundscheck=False)
+    return Kernels(tile=compile_(_filter_tile), rows=compile_(_filter_rows), first_k=compile_(_first_k))
 
 
 def warm_up() -> bool:
@@ -111,12 +189,14 @@ def warm_up() -> bool:
     The first search of a process does this itself (about 0.3 s and 100 MiB of resident memory for numba
     and LLVM); a program can pay it up front. Returns whether the pass is available.
     """
-    tile_pass = compiled_filter()
-    if tile_pass is None:
+    kernels = compiled_filter()
+    if kernels is None:
         return False
     keys = np.zeros((1, 1), dtype=np.float32)
     bounds = np.ones(1, dtype=np.float32)
-    tile_pass(keys, bounds, bounds, True, 0, 0, 0, np.empty(1, dtype=np.int64), 0, np.empty(1, dtype=np.int64), 0)
+    kernels.tile(keys, bounds, bounds, True, 0, 0, 0, np.empty(1, dtype=np.int64), 0, np.empty(1, dtype=np.int64), 0)
+    kernels.rows(keys, bounds, 0, 0, 0, np.empty(1, dtype=np.int64), 0)
+    kernels.first_k(np.zeros(1, dtype=np.uint64), 0, keys, *(t.numpy() for t in _top_k_buffers(1, 1)[1:]))
     return True
 
 
@@ -156,8 +236,8 @@ def iter_self_search(
     ``bounds`` holds one key per row; the rows of ``short`` had fewer than k keys below theirs and hold
     garbage (the caller redoes them).
     """
-    tile_pass = compiled_filter()
-    assert tile_pass is not None, "iter_self_search needs numba (see applies)"
+    kernels = compiled_filter()
+    assert kernels is not None, "iter_self_search needs numba (see applies)"
     num = left.shape[0]
     bands = -(-num // _BAND)
     bound_values = bounds.numpy()
@@ -179,7 +259,7 @@ def iter_self_search(
                     _exclude_own(keys, s0, c0)
                 args = (keys.numpy(), bound_values[s0:s1], bound_values[c0:c1], block != band, s0 - r0, s0, c0)
                 while True:
-                    found_row, found_col = tile_pass(*args, row_hits, num_row, col_hits, 0)
+                    found_row, found_col = kernels.tile(*args, row_hits, num_row, col_hits, 0)
                     if found_row <= row_hits.shape[0] and found_col <= col_hits.shape[0]:
                         break
                     row_hits = _grown(row_hits, found_row, num_row)
@@ -202,58 +282,70 @@ def topk_below_bounds(
     reference is excluded when ``own``. With more than one torch thread, the rows are split among as many
     threads for the compiled pass (it releases the GIL) and for the final sort.
     """
-    tile_pass = compiled_filter()
-    assert tile_pass is not None, "topk_below_bounds needs numba (see applies)"
+    kernels = compiled_filter()
+    assert kernels is not None, "topk_below_bounds needs numba (see applies)"
     rows, num = q.shape[0], reference.shape[0]
     workers = max(1, min(torch.get_num_threads(), rows))
     edges = [rows * w // workers for w in range(workers + 1)]
     groups = list(zip(edges[:-1], edges[1:], strict=True))
-    tile = torch.empty(rows, _ROW_STEP)
+    tile = torch.empty(rows * min(_ROW_STEP, num))
     bound_values = bounds.contiguous().numpy()
-    no_hits = np.empty(0, dtype=np.int64)
     hits = [np.empty((stop - start) * (_ROOM_PER_NEIGHBOUR * k + 64), dtype=np.int64) for start, stop in groups]
     found = [0] * workers
 
     def filter_rows(group: int, keys: np.ndarray, c0: int) -> None:
         start, stop = groups[group]
-        args = (keys[start:stop], bound_values[start:stop], bound_values, False, start, first_row + start, c0)
+        own_row0 = first_row + start if own else -1
+        args = (keys[start:stop], bound_values[start:stop], own_row0, start, c0)
         while True:
-            total, _ = tile_pass(*args, hits[group], found[group], no_hits, 0)
+            total = kernels.rows(*args, hits[group], found[group])
             if total <= hits[group].shape[0]:
                 break
             hits[group] = _grown(hits[group], total, found[group])
         found[group] = total
 
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers - 1) if workers > 1 else contextlib.nullcontext() as pool:
         for c0 in range(0, num, _ROW_STEP):
-            keys = tile[:, : min(_ROW_STEP, num - c0)]
-            torch.mm(q, reference[c0 : c0 + _ROW_STEP].T, out=keys)
-            if own:
-                _exclude_own(keys, first_row, c0)
+            width = min(_ROW_STEP, num - c0)
+            keys = tile[: rows * width].view(rows, width)  # contiguous, also in the last step
+            torch.mm(q, reference[c0 : c0 + width].T, out=keys)
             keys_np = keys.numpy()
-            list(pool.map(filter_rows, range(workers), [keys_np] * workers, [c0] * workers))
-        # each group holds its own rows, so the groups sorted apart and laid end to end are sorted
-        parts = list(pool.map(lambda group: np.sort(hits[group][: found[group]].view(np.uint64)), range(workers)))
-    return _rows_top_k(parts, rows, k, parts_sorted=True)
+            # the last group in this thread, the others in the pool
+            others = [pool.submit(filter_rows, group, keys_np, c0) for group in range(workers - 1)] if pool else []
+            filter_rows(workers - 1, keys_np, c0)
+            for other in others:
+                other.result()
+        # each group holds its own rows: sorted apart, each gives its rows' first k
+        top_k = _top_k_buffers(rows, k)
 
+        def first_k(group: int) -> None:
+            start, stop = groups[group]
+            ordered = hits[group][: found[group]].view(np.uint64)
+            ordered.sort()  # in place: the buffer is not needed again
+            kernels.first_k(ordered, start, *(t[start:stop].numpy() for t in top_k))
 
-def _rows_top_k(
-    parts: list[np.ndarray], rows: int, k: int, parts_sorted: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Each row's k first hits in (key, index) order from packed hits of ``rows`` rows: (keys, indices, short).
-
-    ``parts_sorted``: the parts are each sorted (as uint64) and hold increasing rows, so laid end to end they
-    are sorted already.
-    """
-    hits = np.concatenate(parts).view(np.uint64)
-    if not parts_sorted:
-        hits = np.sort(hits)
-    first = torch.from_numpy(np.searchsorted(hits, np.arange(rows, dtype=np.uint64) << np.uint64(54)).astype(np.int64))
-    counts = torch.diff(first, append=torch.tensor([hits.shape[0]]))
-    take = (first[:, None] + torch.arange(k)).clamp_(max=max(hits.shape[0] - 1, 0))
-    chosen = torch.from_numpy(hits.view(np.int64))[take] if hits.shape[0] else torch.zeros(rows, k, dtype=torch.long)
-    keys, indices = _unpacked(chosen, _INDEX_BITS)
+        others = [pool.submit(first_k, group) for group in range(workers - 1)] if pool else []
+        first_k(workers - 1)
+        for other in others:
+            other.result()
+    keys, indices, counts = top_k
     return keys, indices, counts < k
+
+
+def _rows_top_k(parts: list[np.ndarray], rows: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Each row's k first hits in (key, index) order from packed hits of ``rows`` rows: (keys, indices, short)."""
+    kernels = compiled_filter()
+    assert kernels is not None
+    hits = np.sort(np.concatenate(parts).view(np.uint64))
+    keys, indices, counts = _top_k_buffers(rows, k)
+    kernels.first_k(hits, 0, keys.numpy(), indices.numpy(), counts.numpy())
+    return keys, indices, counts < k
+
+
+def _top_k_buffers(rows: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Empty (keys, indices, counts) for :func:`_first_k` to fill."""
+    return torch.empty(rows, k), torch.empty(rows, k, dtype=torch.long), torch.empty(rows, dtype=torch.long)
+
 
 def _grown(hits: np.ndarray, needed: int, keep: int) -> np.ndarray:
     """``hits`` with room for at least ``needed`` values, its first ``keep`` values kept."""
