@@ -4,6 +4,7 @@ against brute force (ties by index), the row-by-row search, and through its fall
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -140,7 +141,7 @@ def test_packed_hits_sort_by_row_then_key_then_index() -> None:
     row_bounds = np.array([1.0, 2.5], dtype=np.float32)
     col_bounds = np.array([-0.5, 10.0, 0.0, 1.0], dtype=np.float32)
     row_hits, col_hits = np.zeros(16, dtype=np.int64), np.zeros(16, dtype=np.int64)
-    num_row, num_col = ss._filter_tile(keys, row_bounds, col_bounds, True, 5, 100, 40, row_hits, 0, col_hits, 0)
+    num_row, num_col = ss._filter_tile(keys, row_bounds, col_bounds, True, -1, 5, 100, 40, row_hits, 0, col_hits, 0)
     assert (num_row, num_col) == (7, 5)
 
     def decode(hits: np.ndarray) -> list[tuple[int, float, int]]:
@@ -167,6 +168,21 @@ def test_packed_hits_sort_by_row_then_key_then_index() -> None:
     assert str(np.float32(-0.0).view(np.int32)) != "0"  # the input really held a negative zero
 
 
+def _row_pass(
+    keys: np.ndarray,
+    bounds: np.ndarray,
+    own_row0: int,
+    local_row0: int,
+    col0: int,
+    hits: np.ndarray,
+    num: int,
+    tile_pass: Callable[..., tuple[int, int]] = ss._filter_tile,
+) -> int:
+    """The tile pass on the row side alone, as the row-by-row search runs it; returns the new count."""
+    no_hits = np.empty(0, dtype=np.int64)
+    return tile_pass(keys, bounds, bounds, False, own_row0, local_row0, 0, col0, hits, num, no_hits, 0)[0]
+
+
 def _decode(hits: np.ndarray) -> list[tuple[int, float, int]]:
     """(row field, key, index) of packed hits, in the order they sort as unsigned integers."""
     out = []
@@ -189,7 +205,7 @@ def test_row_pass_finds_every_key_below_its_bound(own: bool) -> None:
     bounds = np.array([0.0, 1.0, -3.0, 4.0, -10.0, 0.5], dtype=np.float32)
     hits = np.zeros(200, dtype=np.int64)
     own_row0, col0 = (30, 27) if own else (-1, 27)
-    num = ss._filter_rows(keys, bounds, own_row0, 3, col0, hits, 0)
+    num = _row_pass(keys, bounds, own_row0, 3, col0, hits, 0)
     want = [
         (3 + i, float(keys[i, j]) + 0.0, col0 + j)
         for i in range(6)
@@ -207,22 +223,22 @@ def test_row_pass_counts_past_a_full_buffer_and_the_compiled_pass_agrees() -> No
     keys = rng.standard_normal((40, 300)).astype(np.float32)
     bounds = np.quantile(keys, 0.1, axis=1).astype(np.float32)
     small = np.zeros(10, dtype=np.int64)
-    total = ss._filter_rows(keys, bounds, -1, 0, 0, small, 0)
+    total = _row_pass(keys, bounds, -1, 0, 0, small, 0)
     assert total == int((keys < bounds[:, None]).sum()) > small.shape[0]
     full = np.zeros(total, dtype=np.int64)
-    assert ss._filter_rows(keys, bounds, -1, 0, 0, full, 0) == total
+    assert _row_pass(keys, bounds, -1, 0, 0, full, 0) == total
     assert np.array_equal(small, full[:10])  # writes stop at the end, in order
     kernels = ss.compiled_filter()
     assert kernels is not None
     compiled = np.zeros(total, dtype=np.int64)
-    assert kernels.rows(keys, bounds, -1, 0, 0, compiled, 0) == total
+    assert _row_pass(keys, bounds, -1, 0, 0, compiled, 0, kernels.tile) == total
     assert np.array_equal(compiled, full)
 
 
 def test_first_k_decodes_each_rows_smallest_hits() -> None:
     keys = np.array([[2.0, -1.0, 0.5], [0.0, -0.0, 3.0], [1.0, 1.0, 1.0]], dtype=np.float32)
     hits = np.zeros(9, dtype=np.int64)
-    num = ss._filter_rows(keys, np.array([9.0, 9.0, 0.0], dtype=np.float32), -1, 4, 100, hits, 0)
+    num = _row_pass(keys, np.array([9.0, 9.0, 0.0], dtype=np.float32), -1, 4, 100, hits, 0)
     ordered = np.sort(hits[:num].view(np.uint64))
     got_keys, got_idx = np.zeros((3, 2), dtype=np.float32), np.zeros((3, 2), dtype=np.int64)
     counts = np.zeros(3, dtype=np.int64)

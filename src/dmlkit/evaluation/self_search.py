@@ -33,8 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .knn import _exclude_own
-
 #: rows completed together, and the width of a column block: a band's local row fits in 10 bits.
 _BAND = 1024
 #: rows per tile: a (256, 1024) float32 tile is 1 MiB and stays in a 2 MiB L2 cache.
@@ -57,6 +55,7 @@ def _filter_tile(
     row_bounds: Any,
     col_bounds: Any,
     both_sides: bool,
+    own_row0: int,
     local_row0: int,
     global_row0: int,
     col0: int,
@@ -67,56 +66,30 @@ def _filter_tile(
 ) -> tuple[int, int]:
     """Append the hits of a tile of keys (rows ``global_row0 + i``, columns ``col0 + j``).
 
-    Row side: key below the row's bound, packed as (local row, key, column index) at ``row_hits[num_row:]``.
-    Column side (``both_sides``): key below the column's bound, packed as (column within its band, key,
-    row index) at ``col_hits[num_col:]``. Writes stop at each array's end but the counts go on, so a count
-    beyond the capacity tells the caller to grow the array and run the tile again. Compiled by numba.
-    """
-    rows, width = keys.shape
-    for i in range(rows):
-        bound = row_bounds[i]
-        row_field = np.int64(local_row0 + i) << 54
-        row_index = np.int64(global_row0 + i)
-        for j in range(width):
-            key = keys[i, j]
-            to_row = key < bound
-            to_col = both_sides and key < col_bounds[j]
-            if to_row or to_col:
-                # -0.0 + 0.0 is +0.0, so the two zeros tie; the float order as an unsigned 32-bit integer
-                bits = np.int64(np.float32(key + np.float32(0.0)).view(np.int32))
-                ordered = ((bits ^ ((bits >> 31) | np.int64(0x80000000))) & np.int64(0xFFFFFFFF)) << 22
-                if to_row:
-                    if num_row < row_hits.shape[0]:
-                        row_hits[num_row] = row_field | ordered | np.int64(col0 + j)
-                    num_row += 1
-                if to_col:
-                    if num_col < col_hits.shape[0]:
-                        col_hits[num_col] = (np.int64(j) << 54) | ordered | row_index
-                    num_col += 1
-    return num_row, num_col
+    Row side: key below the row's bound, packed as (local row ``local_row0 + i``, key, column index) at
+    ``row_hits[num_row:]``. Column side (``both_sides``): key below the column's bound, packed as (column
+    within its band, key, row index) at ``col_hits[num_col:]``. With ``own_row0 >= 0``, row ``i`` is reference
+    ``own_row0 + i`` and its own column is skipped. Writes stop at each array's end but the counts go on, so a
+    count beyond the capacity tells the caller to grow the array and run the tile again.
 
-
-def _filter_rows(
-    keys: Any, bounds: Any, own_row0: int, local_row0: int, col0: int, hits: Any, num: int
-) -> int:
-    """Append the hits of a block of rows (row ``i`` local row ``local_row0 + i``, columns ``col0 + j``).
-
-    A hit is a key below its row's bound, packed as (local row, key, column index) at ``hits[num:]``; with
-    ``own_row0 >= 0`` row ``i`` is reference ``own_row0 + i`` and its own column is skipped. Each row is
-    compared in one vectorised pass into bytes; the bytes read eight at a time as 64-bit words, the non-zero
-    words' positions are gathered without a branch, and the set bytes of those (about one word in eight at
-    the usual bound) are visited by their lowest set bit. Returns the new count (writes stop at the end of
-    ``hits``; a count beyond it tells the caller to grow the array and run the block again). Compiled by numba.
+    Each row is compared in one vectorised pass into bytes (bit 0: row side, bit 1: column side); the bytes
+    are read eight at a time as 64-bit words, the positions of the non-zero words gathered without a branch,
+    and the set bytes of those (about one word in eight at the usual bounds) visited by their lowest set bit.
+    Compiled by numba.
     """
     rows, width = keys.shape
     flags = np.zeros(8 * ((width + 7) // 8), dtype=np.uint8)  # the padding bytes stay 0
     words = flags.view(np.uint64)
     nonzero = np.empty(width // 8 + 1, dtype=np.int64)
     for i in range(rows):
-        bound = bounds[i]
+        bound = row_bounds[i]
         row = keys[i]
-        for j in range(width):
-            flags[j] = row[j] < bound
+        if both_sides:
+            for j in range(width):
+                flags[j] = np.uint8(row[j] < bound) | (np.uint8(row[j] < col_bounds[j]) << np.uint8(1))
+        else:
+            for j in range(width):
+                flags[j] = row[j] < bound
         if own_row0 >= 0 and 0 <= own_row0 + i - col0 < width:
             flags[own_row0 + i - col0] = 0
         found = 0
@@ -124,21 +97,30 @@ def _filter_rows(
             nonzero[found] = w
             found += words[w] != 0
         row_field = np.int64(local_row0 + i) << 54
+        row_index = np.int64(global_row0 + i)
         for t in range(found):
             w = nonzero[t]
             word = words[w]
             while word:
                 lowest = word & (~word + np.uint64(1))
                 # the lowest set bit as a float64 power of two: its exponent is the bit's position
-                j = 8 * w + (((np.float64(lowest).view(np.int64) >> 52) - 1023) >> 3)
+                shift = ((np.float64(lowest).view(np.int64) >> 52) - 1023) & ~np.int64(7)
+                j = 8 * w + (shift >> 3)
+                byte = (word >> np.uint64(shift)) & np.uint64(0xFF)
                 key = row[j]
+                # -0.0 + 0.0 is +0.0, so the two zeros tie; the float order as an unsigned 32-bit integer
                 bits = np.int64(np.float32(key + np.float32(0.0)).view(np.int32))
                 ordered = ((bits ^ ((bits >> 31) | np.int64(0x80000000))) & np.int64(0xFFFFFFFF)) << 22
-                if num < hits.shape[0]:
-                    hits[num] = row_field | ordered | np.int64(col0 + j)
-                num += 1
-                word ^= lowest
-    return num
+                if byte & np.uint64(1):
+                    if num_row < row_hits.shape[0]:
+                        row_hits[num_row] = row_field | ordered | np.int64(col0 + j)
+                    num_row += 1
+                if byte & np.uint64(2):
+                    if num_col < col_hits.shape[0]:
+                        col_hits[num_col] = (np.int64(j) << 54) | ordered | row_index
+                    num_col += 1
+                word ^= byte << np.uint64(shift)
+    return num_row, num_col
 
 
 def _first_k(hits: Any, row0: int, keys: Any, indices: Any, counts: Any) -> None:
@@ -165,10 +147,9 @@ def _first_k(hits: Any, row0: int, keys: Any, indices: Any, counts: Any) -> None
 
 
 class Kernels(NamedTuple):
-    """The compiled passes: :func:`_filter_tile`, :func:`_filter_rows` and :func:`_first_k`."""
+    """The compiled passes: :func:`_filter_tile` and :func:`_first_k`."""
 
     tile: Callable[..., tuple[int, int]]
-    rows: Callable[..., int]
     first_k: Callable[..., None]
 
 
@@ -180,7 +161,7 @@ def compiled_filter() -> Kernels | None:
     except Exception:  # not installed, or not importable beside this numpy
         return None
     compile_ = numba.njit(cache=True, nogil=True, boundscheck=False)
-    return Kernels(tile=compile_(_filter_tile), rows=compile_(_filter_rows), first_k=compile_(_first_k))
+    return Kernels(tile=compile_(_filter_tile), first_k=compile_(_first_k))
 
 
 def warm_up() -> bool:
@@ -194,8 +175,7 @@ def warm_up() -> bool:
         return False
     keys = np.zeros((1, 1), dtype=np.float32)
     bounds = np.ones(1, dtype=np.float32)
-    kernels.tile(keys, bounds, bounds, True, 0, 0, 0, np.empty(1, dtype=np.int64), 0, np.empty(1, dtype=np.int64), 0)
-    kernels.rows(keys, bounds, 0, 0, 0, np.empty(1, dtype=np.int64), 0)
+    kernels.tile(keys, bounds, bounds, True, 0, 0, 0, 0, np.empty(1, dtype=np.int64), 0, np.empty(1, dtype=np.int64), 0)
     kernels.first_k(np.zeros(1, dtype=np.uint64), 0, keys, *(t.numpy() for t in _top_k_buffers(1, 1)[1:]))
     return True
 
@@ -255,9 +235,10 @@ def iter_self_search(
                 c0, c1 = block * _BAND, min((block + 1) * _BAND, num)
                 keys = tile[: s1 - s0, : c1 - c0]
                 torch.mm(left[s0:s1], right[c0:c1].T, out=keys)
-                if block == band:  # the diagonal band: own rows out, row side only (both orders are here)
-                    _exclude_own(keys, s0, c0)
-                args = (keys.numpy(), bound_values[s0:s1], bound_values[c0:c1], block != band, s0 - r0, s0, c0)
+                # the diagonal band: own columns out, row side only (both orders of each pair are here)
+                diagonal = block == band
+                own_row0 = s0 if diagonal else -1
+                args = (keys.numpy(), bound_values[s0:s1], bound_values[c0:c1], not diagonal, own_row0, s0 - r0, s0, c0)
                 while True:
                     found_row, found_col = kernels.tile(*args, row_hits, num_row, col_hits, 0)
                     if found_row <= row_hits.shape[0] and found_col <= col_hits.shape[0]:
@@ -292,13 +273,14 @@ def topk_below_bounds(
     bound_values = bounds.contiguous().numpy()
     hits = [np.empty((stop - start) * (_ROOM_PER_NEIGHBOUR * k + 64), dtype=np.int64) for start, stop in groups]
     found = [0] * workers
+    no_hits = np.empty(0, dtype=np.int64)
 
     def filter_rows(group: int, keys: np.ndarray, c0: int) -> None:
         start, stop = groups[group]
         own_row0 = first_row + start if own else -1
-        args = (keys[start:stop], bound_values[start:stop], own_row0, start, c0)
+        args = (keys[start:stop], bound_values[start:stop], bound_values, False, own_row0, start, first_row + start, c0)
         while True:
-            total = kernels.rows(*args, hits[group], found[group])
+            total, _ = kernels.tile(*args, hits[group], found[group], no_hits, 0)
             if total <= hits[group].shape[0]:
                 break
             hits[group] = _grown(hits[group], total, found[group])
