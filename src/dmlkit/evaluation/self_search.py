@@ -222,7 +222,7 @@ def iter_self_search(
     bands = -(-num // _BAND)
     bound_values = bounds.numpy()
     pending: list[list[np.ndarray]] = [[] for _ in range(bands)]
-    tile = torch.empty(_TILE_ROWS, _BAND)
+    tile = torch.empty(_TILE_ROWS * _BAND)
     per_row = _ROOM_PER_NEIGHBOUR * k + 64
     row_hits = np.empty(_BAND * per_row, dtype=np.int64)
     col_hits = np.empty(_TILE_ROWS * per_row, dtype=np.int64)
@@ -233,18 +233,13 @@ def iter_self_search(
             s1 = min(s0 + _TILE_ROWS, r1)
             for block in range(band, bands):
                 c0, c1 = block * _BAND, min((block + 1) * _BAND, num)
-                keys = tile[: s1 - s0, : c1 - c0]
+                keys = tile[: (s1 - s0) * (c1 - c0)].view(s1 - s0, c1 - c0)  # contiguous, also at the edges
                 torch.mm(left[s0:s1], right[c0:c1].T, out=keys)
                 # the diagonal band: own columns out, row side only (both orders of each pair are here)
                 diagonal = block == band
                 own_row0 = s0 if diagonal else -1
                 args = (keys.numpy(), bound_values[s0:s1], bound_values[c0:c1], not diagonal, own_row0, s0 - r0, s0, c0)
-                while True:
-                    found_row, found_col = kernels.tile(*args, row_hits, num_row, col_hits, 0)
-                    if found_row <= row_hits.shape[0] and found_col <= col_hits.shape[0]:
-                        break
-                    row_hits = _grown(row_hits, found_row, num_row)
-                    col_hits = _grown(col_hits, found_col, 0)
+                row_hits, found_row, col_hits, found_col = _run_tile(kernels.tile, args, row_hits, num_row, col_hits)
                 num_row = found_row
                 if found_col:
                     pending[block].append(col_hits[:found_col].copy())
@@ -279,12 +274,7 @@ def topk_below_bounds(
         start, stop = groups[group]
         own_row0 = first_row + start if own else -1
         args = (keys[start:stop], bound_values[start:stop], bound_values, False, own_row0, start, first_row + start, c0)
-        while True:
-            total, _ = kernels.tile(*args, hits[group], found[group], no_hits, 0)
-            if total <= hits[group].shape[0]:
-                break
-            hits[group] = _grown(hits[group], total, found[group])
-        found[group] = total
+        hits[group], found[group], _, _ = _run_tile(kernels.tile, args, hits[group], found[group], no_hits)
 
     with ThreadPoolExecutor(workers - 1) if workers > 1 else contextlib.nullcontext() as pool:
         for c0 in range(0, num, _ROW_STEP):
@@ -327,6 +317,23 @@ def _rows_top_k(parts: list[np.ndarray], rows: int, k: int) -> tuple[Tensor, Ten
 def _top_k_buffers(rows: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Empty (keys, indices, counts) for :func:`_first_k` to fill."""
     return torch.empty(rows, k), torch.empty(rows, k, dtype=torch.long), torch.empty(rows, dtype=torch.long)
+
+
+def _run_tile(
+    tile_pass: Callable[..., tuple[int, int]],
+    args: tuple[Any, ...],
+    row_hits: np.ndarray,
+    num_row: int,
+    col_hits: np.ndarray,
+) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """The tile pass with row hits appended after ``num_row`` and column hits from the start, both buffers
+    grown (and the tile run again) until they hold every hit: ``(row_hits, found_row, col_hits, found_col)``."""
+    while True:
+        found_row, found_col = tile_pass(*args, row_hits, num_row, col_hits, 0)
+        if found_row <= row_hits.shape[0] and found_col <= col_hits.shape[0]:
+            return row_hits, found_row, col_hits, found_col
+        row_hits = _grown(row_hits, found_row, num_row)
+        col_hits = _grown(col_hits, found_col, 0)
 
 
 def _grown(hits: np.ndarray, needed: int, keep: int) -> np.ndarray:
