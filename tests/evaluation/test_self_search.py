@@ -135,6 +135,17 @@ def test_calculator_values_equal_the_row_by_row_search(monkeypatch: pytest.Monke
         assert got[name] == pytest.approx(value, abs=1e-6), name
 
 
+def _decode(hits: np.ndarray) -> list[tuple[int, float, int]]:
+    """(row field, key, index) of packed hits, in the order they sort as unsigned integers."""
+    out = []
+    for value in np.sort(hits.view(np.uint64)).tolist():
+        ordered = (value >> 22) & 0xFFFFFFFF
+        bits = ordered ^ 0x80000000 if ordered & 0x80000000 else ~ordered & 0xFFFFFFFF
+        key = float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+        out.append((value >> 54, key, value & ((1 << 22) - 1)))
+    return out
+
+
 def test_packed_hits_sort_by_row_then_key_then_index() -> None:
     # the tile pass run as plain Python: every hit decodes to its row, key and index, in that order
     keys = np.array([[3.0, -1.0, 0.5, -0.0], [0.0, 2.0, -2.5, 0.5]], dtype=np.float32)
@@ -144,17 +155,8 @@ def test_packed_hits_sort_by_row_then_key_then_index() -> None:
     num_row, num_col = ss._filter_tile(keys, row_bounds, col_bounds, True, -1, 5, 100, 40, row_hits, 0, col_hits, 0)
     assert (num_row, num_col) == (7, 5)
 
-    def decode(hits: np.ndarray) -> list[tuple[int, float, int]]:
-        out = []
-        for value in np.sort(hits.view(np.uint64)).tolist():
-            ordered = (value >> 22) & 0xFFFFFFFF
-            bits = ordered ^ 0x80000000 if ordered & 0x80000000 else ~ordered & 0xFFFFFFFF
-            key = float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
-            out.append((value >> 54, key, value & ((1 << 22) - 1)))
-        return out
-
     # row side: the band's rows 5 and 6, columns 40-43 (-0.0 is stored as +0.0)
-    assert decode(row_hits[:num_row]) == [
+    assert _decode(row_hits[:num_row]) == [
         (5, -1.0, 41),
         (5, 0.0, 43),
         (5, 0.5, 42),
@@ -164,7 +166,7 @@ def test_packed_hits_sort_by_row_then_key_then_index() -> None:
         (6, 2.0, 41),
     ]
     # column side: the column within its band, the key, the row's index
-    assert decode(col_hits[:num_col]) == [(1, -1.0, 100), (1, 2.0, 101), (2, -2.5, 101), (3, 0.0, 100), (3, 0.5, 101)]
+    assert _decode(col_hits[:num_col]) == [(1, -1.0, 100), (1, 2.0, 101), (2, -2.5, 101), (3, 0.0, 100), (3, 0.5, 101)]
     assert str(np.float32(-0.0).view(np.int32)) != "0"  # the input really held a negative zero
 
 
@@ -181,17 +183,6 @@ def _row_pass(
     """The tile pass on the row side alone, as the row-by-row search runs it; returns the new count."""
     no_hits = np.empty(0, dtype=np.int64)
     return tile_pass(keys, bounds, bounds, False, own_row0, local_row0, 0, col0, hits, num, no_hits, 0)[0]
-
-
-def _decode(hits: np.ndarray) -> list[tuple[int, float, int]]:
-    """(row field, key, index) of packed hits, in the order they sort as unsigned integers."""
-    out = []
-    for value in np.sort(hits.view(np.uint64)).tolist():
-        ordered = (value >> 22) & 0xFFFFFFFF
-        bits = ordered ^ 0x80000000 if ordered & 0x80000000 else ~ordered & 0xFFFFFFFF
-        key = float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
-        out.append((value >> 54, key, value & ((1 << 22) - 1)))
-    return out
 
 
 @pytest.mark.parametrize("own", [False, True])
