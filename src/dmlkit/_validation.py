@@ -27,6 +27,7 @@ __all__ = [
     "check_reference",
     "close_matches_hint",
     "Described",
+    "all_finite",
 ]
 
 E = TypeVar("E", bound=enum.Enum)
@@ -153,7 +154,7 @@ def check_embeddings(owner: str, embeddings: Any, arg: str = "embeddings") -> No
         raise TypeError(
             message(owner, arg, "a floating-point tensor (call .float())", _Described(_describe_tensor(embeddings)))
         )
-    if embeddings.numel() and not _all_finite(embeddings):
+    if embeddings.numel() and not all_finite(embeddings):
         bad = int((~torch.isfinite(embeddings)).any(dim=1).sum())
         raise ValueError(
             message(
@@ -165,7 +166,7 @@ def check_embeddings(owner: str, embeddings: Any, arg: str = "embeddings") -> No
         )
 
 
-def _all_finite(x: torch.Tensor) -> bool:
+def all_finite(x: torch.Tensor) -> bool:
     """Whether every entry is finite. One reduction decides in the usual case: a finite sum means no NaN or
     Inf; only a non-finite sum (a bad entry, or finite values overflowing) needs the entry-wise test."""
     with torch.no_grad():

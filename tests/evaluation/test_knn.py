@@ -197,9 +197,7 @@ def test_wide_panels_of_accelerators_match_brute_force_with_ties(setting: str, m
     query, reference, includes = {"self": (x, x, True), "separate": (x[:200], x[200:], False)}.get(
         setting, (x[:200], x, True)
     )
-    blocks = list(
-        knn_module._iter_checked(query, 15, reference, includes, KnnDistance.EUCLIDEAN, 64, wide_panels=True)
-    )
+    blocks = list(knn_module._iter_checked(query, 15, reference, includes, KnnDistance.EUCLIDEAN, 64, wide_panels=True))
     assert len(blocks) == -(-query.shape[0] // (5000 // reference.shape[0]))
     got_idx = torch.cat([found.indices for _, found in blocks])
     got_dist = torch.cat([found.distances for _, found in blocks])
@@ -407,6 +405,20 @@ def test_centre_keeps_integer_points_on_their_grid() -> None:
     assert knn_module._Operand.center(x, KnnDistance.COSINE, torch.float32) is None
     denormal = torch.tensor([[0.0], [1e-44]])  # a spread in the denormals still gives a finite centre
     assert bool(torch.isfinite(knn_module._Operand.center(denormal, KnnDistance.EUCLIDEAN, torch.float32)).all())
+
+
+@pytest.mark.parametrize("slice_rows", [7, 1000])
+def test_centre_is_the_mean_rounded_to_a_power_of_two_below_the_spread(
+    slice_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the spread is summed over slices of rows (several here with 7 rows a slice); against float64 formulas
+    monkeypatch.setattr(knn_module, "_CENTER_ROWS", slice_rows)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(300, 4, generator=g) * torch.tensor([0.3, 3.0, 40.0, 1e-3]) + torch.tensor([5.2, -17.0, 900.0, 2.0])
+    center = knn_module._Operand.center(x, KnnDistance.EUCLIDEAN, torch.float32)
+    xd = x.double()
+    grid = torch.exp2(torch.floor(torch.log2(xd.std(0, correction=0))))
+    assert torch.equal(center.double(), torch.round(xd.mean(0) / grid) * grid)
 
 
 def test_rows_below_k_hits_redo_the_block(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._validation import Described, is_real_number, message
+from .._validation import Described, all_finite, is_real_number, message
 from .clustering import KMeans, adjusted_mutual_info, normalized_mutual_info
 from .knn import ExactKNN, _iter_checked
 
@@ -54,7 +54,7 @@ def _prepare_embeddings(x: Any, arg: str, device: torch.device) -> Tensor:
         raise ValueError(message(_OWNER, arg, "2-D of shape (N, embedding_size)", tuple(x.shape)))
     if not x.is_floating_point():
         x = x.float()
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if x.numel() and not all_finite(x):
         raise ValueError(message(_OWNER, arg, "finite (no NaN or Inf)", "a tensor with NaN or Inf"))
     return x.detach()
 

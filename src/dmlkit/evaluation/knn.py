@@ -29,6 +29,8 @@ _SAMPLE_GROUP = 8
 #: keys per panel on an accelerator (float32: 1 GiB): each query block is one matrix product and one
 #: selection against every reference, since a launch per 256 x 1024 step would leave the device idle.
 _ACCELERATOR_PANEL_CELLS = 2**28
+#: rows per slice when the centre's spread is summed
+_CENTER_ROWS = 65536
 
 
 class KnnDistance(str, enum.Enum):
@@ -69,7 +71,12 @@ class _Operand:
         if measure is not KnnDistance.EUCLIDEAN or reference.shape[0] == 0:
             return None
         values = reference if reference.dtype == dtype else reference.to(dtype)
-        std, mean = torch.std_mean(values, dim=0, correction=0)
+        mean = values.mean(0)
+        # the spread in slices of rows: 3x faster than one column-wise std_mean, without an (N, d) temporary
+        squares = torch.zeros_like(mean)
+        for start in range(0, values.shape[0], _CENTER_ROWS):
+            squares += (values[start : start + _CENTER_ROWS] - mean).square_().sum(0)
+        std = (squares / values.shape[0]).sqrt_()
         grid = torch.exp2(torch.floor(torch.log2(std)))
         rounded = torch.round(mean / grid) * grid
         # a constant dimension keeps its mean (and any non-finite rounding, which float data cannot reach)
