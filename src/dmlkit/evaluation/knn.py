@@ -370,11 +370,11 @@ def _packed(row: Tensor, keys: Tensor, col: Tensor) -> Tensor:
     return ((row << 56) | (ordered << 24) | col) ^ -(2**63)
 
 
-def _unpacked(packed: Tensor, index_bits: int = 24) -> tuple[Tensor, Tensor]:
-    """Keys and indices of :func:`_packed` values (or of any packing with the key just above ``index_bits``)."""
-    ordered = ((packed >> index_bits) & 0xFFFFFFFF).to(torch.int32)
+def _unpacked(packed: Tensor) -> tuple[Tensor, Tensor]:
+    """Keys and indices of :func:`_packed` values."""
+    ordered = ((packed >> 24) & 0xFFFFFFFF).to(torch.int32)
     keys = (ordered ^ (~(ordered >> 31) | -(2**31))).view(torch.float32)
-    return keys, packed & ((1 << index_bits) - 1)
+    return keys, packed & 0xFFFFFF
 
 
 def _sort_packed(values: Tensor) -> Tensor:
