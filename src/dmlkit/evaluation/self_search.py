@@ -281,12 +281,7 @@ def topk_below_bounds(
             width = min(_ROW_STEP, num - c0)
             keys = tile[: rows * width].view(rows, width)  # contiguous, also in the last step
             torch.mm(q, reference[c0 : c0 + width].T, out=keys)
-            keys_np = keys.numpy()
-            # the last group in this thread, the others in the pool
-            others = [pool.submit(filter_rows, group, keys_np, c0) for group in range(workers - 1)] if pool else []
-            filter_rows(workers - 1, keys_np, c0)
-            for other in others:
-                other.result()
+            _each_group(pool, workers, filter_rows, keys.numpy(), c0)
         # each group holds its own rows: sorted apart, each gives its rows' first k
         top_k = _top_k_buffers(rows, k)
 
@@ -296,12 +291,17 @@ def topk_below_bounds(
             ordered.sort()  # in place: the buffer is not needed again
             kernels.first_k(ordered, start, *(t[start:stop].numpy() for t in top_k))
 
-        others = [pool.submit(first_k, group) for group in range(workers - 1)] if pool else []
-        first_k(workers - 1)
-        for other in others:
-            other.result()
+        _each_group(pool, workers, first_k)
     keys, indices, counts = top_k
     return keys, indices, counts < k
+
+
+def _each_group(pool: ThreadPoolExecutor | None, workers: int, work: Callable[..., None], *args: Any) -> None:
+    """``work(group, *args)`` for every group: the last one in this thread, the others in ``pool``."""
+    others = [pool.submit(work, group, *args) for group in range(workers - 1)] if pool else []
+    work(workers - 1, *args)
+    for other in others:
+        other.result()
 
 
 def _rows_top_k(parts: list[np.ndarray], rows: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
