@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dmlkit.evaluation import AccuracyCalculator, ExactKNN, FaissKNN, KMeans
+from tests.evaluation.test_knn import _count_calls
 from tests.reference import accuracy as ref
 
 RANK_METRICS = (
@@ -146,19 +147,7 @@ def test_thresholded_search_with_ties_and_duplicates_matches_loop_oracle(
     # per-query bound from a sample (float32: one packed sort, the filter in torch or compiled; float64: stable
     # sorts, torch; one thread: numpy comparison). Integer coordinates give exact ties, and 60 duplicated rows
     # sit at distance 0.
-    import importlib
-
-    knn_module = importlib.import_module("dmlkit.evaluation.knn")
-    calls: list[int] = filter_calls
-    if dtype == torch.float64:
-        calls = []
-        original = knn_module._topk_thresholded
-
-        def spy(*args: object, **kwargs: object) -> object:
-            calls.append(1)
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(knn_module, "_topk_thresholded", spy)
+    calls = filter_calls if dtype == torch.float32 else _count_calls(monkeypatch, "_topk_thresholded")
     g = torch.Generator().manual_seed(31)
     labels = torch.randint(0, 40, (360,), generator=g)
     x = torch.randint(-3, 4, (360, 3), generator=g).to(dtype) + labels[:, None].to(dtype) % 5
