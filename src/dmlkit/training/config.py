@@ -33,6 +33,7 @@ from .components import (
     unknown_key_error,
     unknown_param_error,
 )
+from .models import check_model_name
 
 __all__ = [
     "FORMAT_VERSION",
@@ -93,8 +94,10 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     """The embedding network: ``"mlp"`` (``hidden``, ``normalize``, ``batch_norm``), ``"cnn"`` (a small CNN
-    for 28x28 images; ``normalize`` and ``params``: ``channels``, ``hidden``) or the import path of any
-    ``nn.Module`` class (``"package.module:Class"``, built as ``Class(**params)``)."""
+    for 28x28 images; ``normalize`` and ``params``: ``channels``, ``hidden``), ``"energy"`` (pooled energy
+    of learned filters reduced by a PCA fitted after training, :class:`~dmlkit.training.models.EnergyCNN`;
+    ``params``: ``filters``, ``kernel_size``, ``cell``) or the import path of any ``nn.Module`` class
+    (``"package.module:Class"``, built as ``Class(**params)``)."""
 
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [128])
@@ -303,10 +306,7 @@ class TrainConfig:
             raise ValueError(message(_OWNER, "data.val_classes", rule, data.val_classes))
         if data.max_per_class is not None:
             check_range(_OWNER, "data.max_per_class", data.max_per_class, low=1, integer=True)
-        model = self.model.name
-        if model not in ("mlp", "cnn") and "." not in model and ":" not in model:
-            rule = '"mlp", "cnn" or an import path such as "package.module:Class"'
-            raise ValueError(message(_OWNER, "model.name", rule, model))
+        check_model_name(_OWNER, self.model.name)
         if self.validation.patience is not None:
             check_range(_OWNER, "validation.patience", self.validation.patience, low=1, integer=True)
         check_range(_OWNER, "validation.every", self.validation.every, low=1, integer=True)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from ..types import Pairs
 from ..wrappers.distributed import DistributedLossWrapper, DistributedMinerWrapper, rank_and_world_size
 from .components import OPTIMIZERS, SCHEDULERS, accepted_params, build_component
 from .config import TrainConfig
-from .models import build_model
+from .models import PCAHead, build_model, fit_projections, training_width
 from .steps import TrainingStep
 from .trainer import Trainer, Validation
 
@@ -286,11 +287,13 @@ def train(
         torch.manual_seed(config.seed)
         spec = model_spec(config, tuple(parts.x_train.shape[1:]))
         model = build_model(spec["name"], spec["in_shape"], spec["embedding_size"], spec["params"]).to(device)
-        loss_fn = _build_loss(config, num_classes=num_classes).to(device)
+        width = training_width(model, config.model.embedding_size)
+        loss_fn = _build_loss(config, num_classes=num_classes, embedding_size=width).to(device)
         before: dict[str, float] = {}
         raw_input: dict[str, float] = {}
         if rank == 0:
-            before = evaluate(model, parts.x_test, parts.y_test, **eval_kwargs)
+            untrained = _with_fitted_projections(model, parts.x_train, config.evaluation.batch_size, device)
+            before = evaluate(untrained, parts.x_test, parts.y_test, **eval_kwargs)
             raw_input = _retrieval(parts.x_test.flatten(1), parts.y_test, config.evaluation.distance)
         logger = None
         if run_folder is not None and rank == 0:
@@ -318,6 +321,7 @@ def train(
         if trainer.validation is not None and best_file is not None and best_file.exists() and rank == 0:
             best = torch.load(best_file, map_location=device, weights_only=True)
             model.load_state_dict(best["models"]["trunk"])
+        fit_projections(model, parts.x_train, config.evaluation.batch_size, device)
         test_embeddings: Tensor | None = None
         after: dict[str, float] = {}
         if rank == 0:
@@ -494,9 +498,16 @@ def _per_epoch(records: list[dict[str, Any]], instance: bool, step: _MetricWithI
     return out
 
 
-def _build_loss(config: TrainConfig, num_classes: int) -> nn.Module:
+def _with_fitted_projections(model: nn.Module, x_train: Tensor, batch_size: int, device: torch.device) -> nn.Module:
+    """``model`` itself, or, when it has :class:`~.models.PCAHead` layers, a copy with them fitted on ``x_train``."""
+    if not any(isinstance(module, PCAHead) for module in model.modules()):
+        return model
+    return fit_projections(copy.deepcopy(model), x_train, batch_size, device)
+
+
+def _build_loss(config: TrainConfig, num_classes: int, embedding_size: int) -> nn.Module:
     accepted = accepted_params(LOSSES[config.loss.name])
-    sizes = {"num_classes": num_classes, "embedding_size": config.model.embedding_size}
+    sizes = {"num_classes": num_classes, "embedding_size": embedding_size}
     extra = {k: v for k, v in sizes.items() if k in accepted and k not in config.loss.params}
     return build_component(LOSSES, config.loss.name, config.loss.params, "loss", **extra)
 

@@ -57,7 +57,7 @@ from ..samplers import MPerClassSampler
 from .components import OPTIMIZERS, SUBCOMPONENTS, accepted_params, build_component, check_component, split_spec
 from .config import ComponentConfig, ModelConfig, SamplerConfig, TrainConfig, read_mapping_file
 from .loop import embed, indices_of_classes, model_spec
-from .models import build_model
+from .models import build_model, check_model_name, fit_projections, training_width
 from .trainer import Trainer, Validation
 
 __all__ = [
@@ -281,9 +281,7 @@ class BenchmarkConfig:
         for size in model.hidden:
             check_range(_OWNER, "model.hidden", size, low=1, integer=True)
         check_range(_OWNER, "model.embedding_size", model.embedding_size, low=1, integer=True)
-        if model.name not in ("mlp", "cnn") and "." not in model.name and ":" not in model.name:
-            rule = '"mlp", "cnn" or an import path such as "package.module:Class"'
-            raise ValueError(message(_OWNER, "model.name", rule, model.name))
+        check_model_name(_OWNER, model.name)
         check_range(_OWNER, "sampler.m", self.sampler.m, low=1, integer=True)
         check_range(_OWNER, "sampler.batch_size", self.sampler.batch_size, low=2, integer=True)
         if self.sampler.batch_size % self.sampler.m:
@@ -859,7 +857,8 @@ def train_fold(
         torch.manual_seed(cell_seed)
         model = _trunk(config, tuple(x_train.shape[1:]))
         loss_fn, miner = build_loss_and_miner(
-            entry, params, num_classes=len(train_classes), embedding_size=config.model.embedding_size
+            entry, params, num_classes=len(train_classes),
+            embedding_size=training_width(model, config.model.embedding_size),
         )
         loss_fn = loss_fn.to(dtype)
         optimizer = config.optimizer
@@ -928,6 +927,7 @@ def train_fold(
     test_embeddings = None
     record["test"] = {}
     if with_test:
+        fit_projections(model, x_train, config.eval_batch_size)
         test_embeddings = embed(model, data.x_test.to(dtype), config.eval_batch_size)
         record["test"] = retrieval_scores(test_embeddings, data.y_test)
     record["seconds"] = time.perf_counter() - start
