@@ -12,7 +12,7 @@ from .embedding_cache import EmbeddingCache, inputs_fingerprint, module_fingerpr
 from .heads import LinearHead, MLPHead, SkipConnectionHead
 from .html_report import write_html_report
 from .logs import RunLogger
-from .models import MLP, SmallCNN, build_model, import_module_class
+from .models import MLP, EnergyCNN, PCAHead, SmallCNN, build_model, fit_projections, import_module_class
 from .modes import (
     CascadedEmbeddings,
     DeepAdversarialMetricLearning,
@@ -44,6 +44,9 @@ __all__ = [
     "SCHEDULERS",
     "MLP",
     "SmallCNN",
+    "EnergyCNN",
+    "PCAHead",
+    "fit_projections",
     "build_model",
     "import_module_class",
     "ComponentConfig",
