@@ -91,8 +91,14 @@ def test_rows_short_of_k_hits_are_redone(monkeypatch: pytest.MonkeyPatch, small_
 def test_keys_beyond_float32_fall_back_to_the_row_by_row_search(small_bands: list[int]) -> None:
     x = integer_points(2100, 3, seed=11) * 1e19
     got = knn(x, 5, block_size=64)
-    want_dist, want_idx = brute_force(x, 5, x, ref_includes_query=True)
-    assert torch.equal(got.indices, want_idx)
+    want_dist, _ = brute_force(x, 5, x, ref_includes_query=True)
+    # At this scale even float64 keys round (products need more than 53 bits), and how depends on the matrix
+    # product's kernel, so duplicate rows may come back in another order than by index. The neighbours must
+    # still be true nearest neighbours: their exact distances are the k smallest.
+    exact = (x.double()[:, None, :] - x.double()[got.indices]).norm(dim=2)
+    assert not bool((got.indices == torch.arange(len(x))[:, None]).any())
+    torch.testing.assert_close(exact, want_dist, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got.distances.double(), want_dist, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize(
