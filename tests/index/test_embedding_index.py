@@ -522,3 +522,28 @@ def test_a_failed_save_keeps_the_previous_file(saved: Path, monkeypatch: pytest.
     monkeypatch.undo()
     bigger.save(saved)
     assert len(EmbeddingIndex.load(saved)) == 70
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine", "inner_product"])
+def test_exact_search_reranks_a_cut_that_rounding_put_among_tied_rows(
+    metric: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A candidate search whose rounding ranks identical rows last index first (as a matrix product may,
+    # when it rounds by column position): the index must still return ties by id.
+    from dmlkit.evaluation.knn import Neighbors
+    from dmlkit.index import exact_backend
+
+    def ties_reversed(query: torch.Tensor, k: int, reference: torch.Tensor, **_: object) -> Neighbors:
+        values = exact_backend._pair_values(query, reference.expand(len(query), -1, -1), metric)
+        order = torch.arange(reference.shape[0] - 1, -1, -1)  # later rows first among equal values
+        ranked = (values[:, order] if metric == "l2" else -values[:, order]).argsort(dim=1, stable=True)
+        indices = order[ranked[:, :k]]
+        return Neighbors(values.gather(1, indices), indices)
+
+    monkeypatch.setattr(exact_backend, "knn", ties_reversed)
+    rows, ids, queries = tied_data(grid=False)
+    for k in (1, 5, 12):
+        values, found = exact_backend.exact_search(rows, ids, queries, k, metric, block_size=7)
+        want_values, want_ids = oracle.top_k(queries.tolist(), rows.tolist(), ids.tolist(), k, metric)
+        assert found.tolist() == want_ids
+        torch.testing.assert_close(values, torch.tensor(want_values, dtype=torch.float64), rtol=0, atol=1e-9)

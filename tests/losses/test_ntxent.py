@@ -310,7 +310,8 @@ def test_differs_from_pml_where_the_positive_probability_underflows() -> None:
     # stuck at -log(tiny) with no gradient. dmlkit computes log(1 + sum exp(...)) exactly.
     pml_losses = pytest.importorskip("pytorch_metric_learning.losses")
     emb, labels = torch.tensor([[1.0, 0.0]], requires_grad=True), torch.tensor([0])
-    ref_emb, ref_labels = torch.tensor([[-1.0, 0.0], [1.0, 0.1], [1.0, -0.1]]), torch.tensor([0, 1, 2])
+    # the negatives are not mirror images, so the exact gradient (tangent to the unit circle) is not zero
+    ref_emb, ref_labels = torch.tensor([[-1.0, 0.0], [1.0, 0.1], [1.0, -0.05]]), torch.tensor([0, 1, 2])
     ours = NTXentLoss(temperature=0.01)(emb, labels, ref_emb=ref_emb, ref_labels=ref_labels)
     theirs = pml_losses.NTXentLoss(temperature=0.01)(emb.detach(), labels, ref_emb=ref_emb, ref_labels=ref_labels)
     expected = _oracle("cosine", emb.detach().double(), labels, 0.01, ref_emb.double(), ref_labels)

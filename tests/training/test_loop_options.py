@@ -60,7 +60,7 @@ def test_step_scheduler_decays_the_learning_rate() -> None:
 
 
 def test_options_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"`model.name` must be \"mlp\", \"cnn\" or an import path"):
+    with pytest.raises(ValueError, match=r"`model.name` must be \"mlp\", \"cnn\", \"energy\" or an import path"):
         TrainConfig().apply_overrides(["model.name=resnet"])
     with pytest.raises(ValueError, match=r"`autocast` must be null, \"bfloat16\" or \"float16\""):
         TrainConfig().apply_overrides(["autocast=half"])
