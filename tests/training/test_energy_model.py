@@ -39,7 +39,7 @@ def test_pca_head_matches_a_naive_pca_up_to_sign_and_fixes_the_sign() -> None:
     mean, vectors = _naive_leading_components(data.tolist(), 3)
     head = PCAHead(5, 3).double().fit(data)
     torch.testing.assert_close(head.mean, torch.tensor(mean, dtype=torch.float64))
-    for got, want in zip(head.components, torch.tensor(vectors, dtype=torch.float64)):
+    for got, want in zip(head.components, torch.tensor(vectors, dtype=torch.float64), strict=True):
         assert abs(float(got @ want)) == pytest.approx(1.0, abs=1e-8)
         assert float(got[got.abs().argmax()]) > 0  # the sign rule
     expected = (data - torch.tensor(mean, dtype=torch.float64)) @ head.components.T
@@ -102,7 +102,7 @@ def test_energy_features_match_loops_and_the_head_is_fitted_on_them() -> None:
     images = torch.rand(4, 2, 6, 6)
     features = model.features(images)
     assert features.shape == (4, 3 * 9) and training_width(model, 5) == 27
-    for image, row in zip(images, features):
+    for image, row in zip(images, features, strict=True):
         torch.testing.assert_close(row.double(), _naive_energy(model, image), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model(images.flatten(1)), features)  # unfitted: the features themselves
     fit_projections(model, torch.rand(30, 72, generator=torch.Generator().manual_seed(3)), batch_size=7)

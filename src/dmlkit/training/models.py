@@ -159,6 +159,10 @@ class PCAHead(nn.Module):
         ((3, 3), True, [2.0, 0.0, 2.0])
     """
 
+    mean: Tensor
+    components: Tensor
+    fitted: Tensor
+
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
         name = type(self).__name__
