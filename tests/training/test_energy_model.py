@@ -4,14 +4,16 @@ power iteration, the pooled filter energy by explicit loops over pixels."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from dmlkit.training import EnergyCNN, PCAHead, TrainConfig, build_model, fit_projections
-from dmlkit.training.loop import train
+from dmlkit.training.loop import embed, train
 from dmlkit.training.models import training_width
+from dmlkit.training.run_folder import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
 def _naive_leading_components(rows: list[list[float]], k: int) -> tuple[list[float], list[list[float]]]:
@@ -142,7 +144,7 @@ def test_energy_model_rejects_bad_shapes_and_arguments() -> None:
     assert build_model("energy", (3, 8, 8), 4, {"cell": 4}).in_channels == 3
 
 
-def test_a_configured_run_trains_the_full_features_then_embeds_through_the_fitted_head() -> None:
+def test_a_configured_run_trains_the_full_features_then_embeds_through_the_fitted_head(tmp_path: Path) -> None:
     config = TrainConfig().apply_overrides(
         [
             "model.name=energy",
@@ -157,5 +159,9 @@ def test_a_configured_run_trains_the_full_features_then_embeds_through_the_fitte
     result = train(config, progress=False)
     assert result.test_embeddings is not None and result.test_embeddings.shape == (result.num_test, 6)
     assert bool(result.model.head.fitted) and set(result.before) == set(result.after)
+    saved = save_checkpoint(tmp_path / "checkpoint.pt", result, config)
+    rebuilt = model_from_checkpoint(load_checkpoint(saved))
+    assert result.data is not None
+    torch.testing.assert_close(embed(rebuilt, result.data.x_test), result.test_embeddings)
     with pytest.raises(ValueError, match='"energy"'):
         TrainConfig().apply_overrides(["model.name=energ"]).validate()

@@ -57,7 +57,8 @@ class TrainResult:
             validation set.
         optimizer: its optimizer, with its state.
         loss_fn: the metric loss module (it may hold learned parameters, e.g. proxies).
-        before: retrieval metrics of the untrained model on the test classes.
+        before: retrieval metrics of the untrained model on the test classes (a model with
+            :class:`~.models.PCAHead` layers is measured with them fitted on the training data, as after training).
         after: the same metrics after training.
         history: one entry per epoch: ``epoch``, mean ``loss`` (the total), mean ``instance_loss`` (the
             unweighted instance-discrimination term; ``None`` when it is off), mean number of ``mined`` tuples
@@ -244,6 +245,10 @@ def train(
     forked random state (the caller's global generator is left untouched), ``MPerClassSampler`` draws
     batches from its own generator seeded with ``config.seed`` and the epoch, and the noise of the views
     comes from the trainer's generator seeded with ``config.seed``.
+
+    A model with :class:`~.models.PCAHead` layers (``model.name: energy``) trains on its full-width features;
+    after training the heads are fitted on the training data (:func:`~.models.fit_projections`), so the test
+    embeddings and the saved model have ``model.embedding_size`` dimensions.
 
     With ``config.instance.weight > 0`` every batch is embedded twice, each time with fresh Gaussian pixel
     noise; the metric loss (and the miner) see the first view and ``weight * NTXentLoss`` treats the two views
