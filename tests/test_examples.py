@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,10 @@ def test_example_configs_load_and_keep_classes_disjoint(name: str) -> None:
     "name", ["class_disjoint.py", "pet_images.py", "sts_frozen_encoder.py", "think_local.py", "topics_20newsgroups.py"]
 )
 def test_example_scripts_import(name: str) -> None:
+    assert callable(_load(name).main)
+
+
+def _load(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), EXAMPLES / name)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -33,4 +38,20 @@ def test_example_scripts_import(name: str) -> None:
         spec.loader.exec_module(module)
     finally:
         del sys.modules[spec.name]
-    assert callable(module.main)
+    return module
+
+
+def test_class_disjoint_table_averages_seeds_and_counts_those_ahead_of_both_baselines() -> None:
+    module = _load("class_disjoint.py")
+
+    def metrics(p1: float, rp: float, mapr: float) -> dict[str, float]:
+        return {"precision_at_1": p1, "r_precision": rp, "mean_average_precision_at_r": mapr}
+
+    common = {"config": "examples/x.yaml", "data": "x", "test_classes": [5, 6], "test_samples": 10, "seconds": 2.0}
+    baselines = {"untrained": metrics(0.8, 0.5, 0.4), "pca": metrics(0.85, 0.5, 0.4)}
+    rows = [{**common, **baselines, "trained": metrics(p1, 0.6, 0.5)} for p1 in (0.9, 0.7)]
+    assert [module.beats_both(row) for row in rows] == [True, False]
+    lines = module.table(rows).splitlines()
+    assert lines[2] == "| x (5, 6; 10 images) | trained (2 s per run) | 0.800 | **0.600** | **0.500** | 1 of 2 |"
+    assert lines[3] == "|  | untrained network | 0.800 | 0.500 | 0.400 |  |"
+    assert lines[4] == "|  | PCA of raw pixels | **0.850** | 0.500 | 0.400 |  |"
