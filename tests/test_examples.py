@@ -55,3 +55,15 @@ def test_class_disjoint_table_averages_seeds_and_counts_those_ahead_of_both_base
     assert lines[2] == "| x (5, 6; 10 images) | trained (2 s per run) | 0.800 | **0.600** | **0.500** | 1 of 2 |"
     assert lines[3] == "|  | untrained network | 0.800 | 0.500 | 0.400 |  |"
     assert lines[4] == "|  | PCA of raw pixels | **0.850** | 0.500 | 0.400 |  |"
+    assert module.table(rows, "folds").splitlines()[2].startswith("| x (2 folds of its training classes) | trained")
+
+
+def test_class_disjoint_folds_hold_out_each_pair_of_training_classes() -> None:
+    pytest.importorskip("yaml")
+    module = _load("class_disjoint.py")
+    config = load_config_file(EXAMPLES / "mnist.yaml")
+    folds = module.fold_overrides(config)
+    assert len(folds) == 10
+    assert folds[0] == ["data.train_classes=[2, 3, 4]", "data.test_classes=[0, 1]", "sampler.batch_size=48"]
+    held = [set(config.apply_overrides(fold).data.test_classes) for fold in folds]
+    assert all(len(pair) == 2 and pair <= {0, 1, 2, 3, 4} for pair in held) and len({frozenset(p) for p in held}) == 10
