@@ -21,7 +21,7 @@ Usage (from the repository root; MNIST and Fashion-MNIST are read from ``$DMLKIT
     python examples/class_disjoint.py examples/mnist.yaml --seeds 0 1  # one
     python examples/class_disjoint.py --folds                          # the ten folds of classes 0-4
 
-It prints a Markdown table and writes ``runs/class_disjoint.json``.
+It prints a Markdown table and writes ``runs/class_disjoint.json`` (``runs/class_disjoint_folds.json``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from sklearn.decomposition import PCA
 
 from dmlkit.training import TrainConfig
 from dmlkit.training.cli import load_config_file
-from dmlkit.training.loop import METRICS, _retrieval, load_run_data, train
+from dmlkit.training.loop import METRICS, RunData, _retrieval, train
 from dmlkit.training.run_folder import create_run_folder
 
 HERE = Path(__file__).resolve().parent
@@ -47,9 +47,9 @@ CONFIGS = [HERE / "digits.yaml", HERE / "mnist.yaml", HERE / "fashion_mnist.yaml
 LABELS = {"precision_at_1": "P@1", "r_precision": "R-Precision", "mean_average_precision_at_r": "MAP@R"}
 
 
-def pca_baseline(config: TrainConfig) -> dict[str, float]:
-    """Retrieval of PCA-projected raw pixels (fitted on the training classes) on the test classes."""
-    parts = load_run_data(config)
+def pca_baseline(config: TrainConfig, parts: RunData) -> dict[str, float]:
+    """Retrieval of PCA-projected raw pixels (fitted on the training classes) on the test classes of ``parts``
+    (the run's data, as :func:`~dmlkit.training.loop.load_run_data` cuts it for ``config``)."""
     pca = PCA(n_components=config.model.embedding_size, random_state=config.seed)
     pca.fit(parts.x_train.flatten(1).numpy())
     projected = torch.from_numpy(pca.transform(parts.x_test.flatten(1).numpy())).float()
@@ -74,6 +74,7 @@ def run(config_path: Path, overrides: list[str], name: str) -> dict[str, Any]:
     start = time.perf_counter()
     result = train(config, run_folder=folder)
     seconds = time.perf_counter() - start
+    assert result.data is not None  # train() always returns the data it cut
     return {
         "config": str(config_path.relative_to(HERE.parent)),
         "run": name,
@@ -84,7 +85,7 @@ def run(config_path: Path, overrides: list[str], name: str) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "trained": result.after,
         "untrained": result.before,
-        "pca": pca_baseline(config),
+        "pca": pca_baseline(config, result.data),
         "run_folder": str(folder),
     }
 
@@ -104,10 +105,11 @@ def table(rows: list[dict[str, Any]], unit: str = "seeds") -> str:
     for config in dict.fromkeys(row["config"] for row in rows):
         runs = [row for row in rows if row["config"] == config]
         first = runs[0]
-        classes = ", ".join(map(str, first["test_classes"]))
-        name = f"{first['data']} ({classes}; {first['test_samples']} images)"
         if unit == "folds":
             name = f"{first['data']} ({len(runs)} folds of its training classes)"
+        else:
+            classes = ", ".join(map(str, first["test_classes"]))
+            name = f"{first['data']} ({classes}; {first['test_samples']} images)"
         means = {model: {m: sum(r[model][m] for r in runs) / len(runs) for m in METRICS} for model in models}
         best = {m: max(values[m] for values in means.values()) for m in METRICS}
         ahead = f"{sum(beats_both(r) for r in runs)} of {len(runs)}"

@@ -25,7 +25,7 @@ from ..types import Pairs
 from ..wrappers.distributed import DistributedLossWrapper, DistributedMinerWrapper, rank_and_world_size
 from .components import OPTIMIZERS, SCHEDULERS, accepted_params, build_component
 from .config import TrainConfig
-from .models import PCAHead, build_model, fit_projections, training_width
+from .models import build_model, fit_projections, projection_heads, training_width
 from .steps import TrainingStep
 from .trainer import Trainer, Validation
 
@@ -505,7 +505,7 @@ def _per_epoch(records: list[dict[str, Any]], instance: bool, step: _MetricWithI
 
 def _with_fitted_projections(model: nn.Module, x_train: Tensor, batch_size: int, device: torch.device) -> nn.Module:
     """``model`` itself, or, when it has :class:`~.models.PCAHead` layers, a copy with them fitted on ``x_train``."""
-    if not any(isinstance(module, PCAHead) for module in model.modules()):
+    if not projection_heads(model):
         return model
     return fit_projections(copy.deepcopy(model), x_train, batch_size, device)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._validation import check_range, message
+from .._validation import all_finite, check_range, message
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -20,6 +20,7 @@ __all__ = [
     "EnergyCNN",
     "PCAHead",
     "fit_projections",
+    "projection_heads",
     "training_width",
     "import_module_class",
     "build_model",
@@ -190,7 +191,7 @@ class PCAHead(nn.Module):
             )
         if len(features) < 2:
             raise ValueError(f"{name}.fit: needs at least 2 rows to estimate a covariance, got {len(features)}.")
-        if not bool(torch.isfinite(features).all()):
+        if not all_finite(features):
             raise ValueError(f"{name}.fit: the features contain NaN or Inf; check the network and its inputs.")
         rows = features.to(torch.float64)
         mean = rows.mean(0)
@@ -281,12 +282,17 @@ class EnergyCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def projection_heads(model: nn.Module) -> list[PCAHead]:
+    """The :class:`PCAHead` layers of ``model``, in module order."""
+    return [module for module in model.modules() if isinstance(module, PCAHead)]
+
+
 def training_width(model: nn.Module, embedding_size: int) -> int:
     """Width of the model's output while it trains: the input width of its first :class:`PCAHead` (which is
     fitted only after training), else ``embedding_size``. Losses with one weight vector per class take it."""
-    for module in model.modules():
-        if isinstance(module, PCAHead) and not bool(module.fitted):
-            return module.in_features
+    for head in projection_heads(model):
+        if not bool(head.fitted):
+            return head.in_features
     return embedding_size
 
 
@@ -298,11 +304,10 @@ def fit_projections(
     Heads are fitted one after another in module order (each later head sees the earlier ones fitted), from
     a pass in eval mode without gradients; the model's mode is restored. A model without heads is unchanged.
     """
-    heads = [module for module in model.modules() if isinstance(module, PCAHead)]
     was_training = model.training
     model.eval()
     try:
-        for head in heads:
+        for head in projection_heads(model):
             head.fitted.fill_(False)
             seen: list[Tensor] = []
             hook = head.register_forward_pre_hook(lambda _module, args, into=seen: into.append(args[0].detach()))
