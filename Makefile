@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dmlkit train
+	$(VENV)/bin/dmlkit train examples/digits.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -16,12 +16,14 @@ from dmlkit.training.models import training_width
 from dmlkit.training.run_folder import load_checkpoint, model_from_checkpoint, save_checkpoint
 
 
-def _naive_leading_components(rows: list[list[float]], k: int) -> tuple[list[float], list[list[float]]]:
-    """Mean and the k leading covariance eigenvectors by power iteration with deflation (float64 lists)."""
+def _naive_leading_components(
+    rows: list[list[float]], k: int
+) -> tuple[list[float], list[list[float]], list[float]]:
+    """Mean, the k leading covariance eigenvectors and their eigenvalues by power iteration with deflation."""
     n, d = len(rows), len(rows[0])
     mean = [sum(row[j] for row in rows) / n for j in range(d)]
     cov = [[sum((row[i] - mean[i]) * (row[j] - mean[j]) for row in rows) / (n - 1) for j in range(d)] for i in range(d)]
-    vectors = []
+    vectors, values = [], []
     for _ in range(k):
         v = [1.0 / math.sqrt(d) + 0.01 * j for j in range(d)]
         for _ in range(2000):
@@ -31,14 +33,15 @@ def _naive_leading_components(rows: list[list[float]], k: int) -> tuple[list[flo
         value = sum(v[i] * sum(cov[i][j] * v[j] for j in range(d)) for i in range(d))
         cov = [[cov[i][j] - value * v[i] * v[j] for j in range(d)] for i in range(d)]
         vectors.append(v)
-    return mean, vectors
+        values.append(value)
+    return mean, vectors, values
 
 
 def test_pca_head_matches_a_naive_pca_up_to_sign_and_fixes_the_sign() -> None:
     generator = torch.Generator().manual_seed(0)
     scales = torch.tensor([5.0, 3.0, 2.0, 0.5, 0.1], dtype=torch.float64)
     data = torch.randn(40, 5, generator=generator, dtype=torch.float64) * scales + 1.5
-    mean, vectors = _naive_leading_components(data.tolist(), 3)
+    mean, vectors, _ = _naive_leading_components(data.tolist(), 3)
     head = PCAHead(5, 3).double().fit(data)
     torch.testing.assert_close(head.mean, torch.tensor(mean, dtype=torch.float64))
     for got, want in zip(head.components, torch.tensor(vectors, dtype=torch.float64), strict=True):
@@ -46,6 +49,33 @@ def test_pca_head_matches_a_naive_pca_up_to_sign_and_fixes_the_sign() -> None:
         assert float(got[got.abs().argmax()]) > 0  # the sign rule
     expected = (data - torch.tensor(mean, dtype=torch.float64)) @ head.components.T
     torch.testing.assert_close(head(data), expected)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1e6])
+def test_whitening_divides_each_component_by_its_shrunk_relative_standard_deviation(alpha: float) -> None:
+    generator = torch.Generator().manual_seed(3)
+    scales = torch.tensor([4.0, 2.0, 1.0, 0.3], dtype=torch.float64)
+    data = torch.randn(50, 4, generator=generator, dtype=torch.float64) * scales - 0.7
+    mean, vectors, values = _naive_leading_components(data.tolist(), 3)
+    head = PCAHead(4, 3, whitening=alpha).double().fit(data)
+    average = sum(values) / len(values)
+    out = head(data)
+    for i, (vector, value) in enumerate(zip(vectors, values, strict=True)):
+        naive = [sum((row[j] - mean[j]) * vector[j] for j in range(4)) / math.sqrt(value / average + alpha)
+                 for row in data.tolist()]
+        sign = 1.0 if float(out[:, i] @ torch.tensor(naive, dtype=torch.float64)) > 0 else -1.0
+        torch.testing.assert_close(out[:, i] * sign, torch.tensor(naive, dtype=torch.float64))
+    variances = out.var(0)  # each component's variance is value / (value / average + alpha)
+    expected = [v / (v / average + alpha) for v in values]
+    torch.testing.assert_close(variances, torch.tensor(expected, dtype=torch.float64))
+    if alpha == 0.0:
+        torch.testing.assert_close(variances, torch.full((3,), average, dtype=torch.float64))
+
+
+def test_whitening_of_a_constant_direction_stays_finite() -> None:
+    data = torch.cat([torch.rand(8, 2, generator=torch.Generator().manual_seed(4)), torch.zeros(8, 1)], dim=1)
+    head = PCAHead(3, 3, whitening=0.0).fit(data)
+    assert bool(torch.isfinite(head.scale).all()) and bool(torch.isfinite(head(data)).all())
 
 
 def test_pca_head_fit_in_chunks_equals_one_pass() -> None:
@@ -56,19 +86,21 @@ def test_pca_head_fit_in_chunks_equals_one_pass() -> None:
 
 
 def test_pca_head_passes_inputs_through_until_fitted_and_keeps_its_fit_in_the_state_dict() -> None:
-    head = PCAHead(4, 2)
+    head = PCAHead(4, 2, whitening=0.5)
     x = torch.rand(3, 4)
     assert head(x) is x
     head.fit(torch.rand(10, 4, generator=torch.Generator().manual_seed(2)))
-    copy = PCAHead(4, 2)
+    copy = PCAHead(4, 2, whitening=0.5)
     copy.load_state_dict(head.state_dict())
-    assert bool(copy.fitted)
+    assert bool(copy.fitted) and not torch.equal(copy.scale, torch.ones(2))
     torch.testing.assert_close(copy(x), head(x))
 
 
 def test_pca_head_rejects_bad_arguments_and_data() -> None:
     with pytest.raises(ValueError, match="out_features"):
         PCAHead(3, 4)
+    with pytest.raises(ValueError, match="whitening"):
+        PCAHead(3, 2, whitening=-0.1)
     head = PCAHead(3, 2)
     with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
         head.fit(torch.rand(5, 4))

@@ -102,6 +102,7 @@ class SmallCNN(nn.Module):
         hidden: width of the hidden linear layer, ``>= 1``.
         normalize: L2-normalise the output.
         in_channels: image channels, ``>= 1``.
+        whitening: the head's whitening shrinkage (see :class:`PCAHead`); None: plain PCA.
 
     Example:
         >>> model = SmallCNN(out_features=16)
@@ -143,15 +144,21 @@ class PCAHead(nn.Module):
     """A linear projection onto the leading principal components of its inputs, fitted on data, not by gradients.
 
     Until :meth:`fit` is called the head passes its inputs through unchanged, so a network ending in it trains
-    on its full-width features; fitted, it maps ``x`` to ``(x - mean) @ components.T``, the PCA of the data it
-    was fitted on (Pearson, 1901). Reducing trained descriptors by PCA fitted on training data is the usual
-    last step of image-retrieval pipelines (Jegou and Chum, 2012, "Negative evidences and co-occurrences in
-    image retrieval: the benefit of PCA and whitening"). The mean, the components and whether the head is
-    fitted are buffers, so they travel with the ``state_dict``.
+    on its full-width features; fitted, it maps ``x`` to ``((x - mean) @ components.T) * scale``, the PCA of the
+    data it was fitted on (Pearson, 1901). Reducing trained descriptors by PCA fitted on training data, and
+    whitening them, is the usual last step of image-retrieval pipelines (Jegou and Chum, 2012, "Negative
+    evidences and co-occurrences in image retrieval: the benefit of PCA and whitening"): without whitening a
+    few high-variance directions dominate the distances.
+
+    With ``whitening=alpha`` component ``i`` is divided by ``sqrt(lambda_i / mean(lambda) + alpha)``, where
+    ``lambda_i`` is its variance and ``mean(lambda)`` the mean variance of the kept components: ``alpha = 0``
+    whitens fully, a larger ``alpha`` shrinks towards plain PCA (``None``, ``scale = 1``). The mean, the
+    components, the scale and whether the head is fitted are buffers, so they travel with the ``state_dict``.
 
     Args:
         in_features: width of the inputs, ``>= 1``.
         out_features: number of components kept, ``1 <= out_features <= in_features``.
+        whitening: shrinkage ``alpha >= 0`` of the whitening, or None for plain PCA.
 
     Example:
         >>> head = PCAHead(3, 1)
@@ -162,16 +169,20 @@ class PCAHead(nn.Module):
 
     mean: Tensor
     components: Tensor
+    scale: Tensor
     fitted: Tensor
 
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, whitening: float | None = None) -> None:
         super().__init__()
         name = type(self).__name__
         check_range(name, "in_features", in_features, low=1, integer=True)
         check_range(name, "out_features", out_features, low=1, high=in_features, integer=True)
-        self.in_features, self.out_features = in_features, out_features
+        if whitening is not None:
+            check_range(name, "whitening", whitening, low=0.0)
+        self.in_features, self.out_features, self.whitening = in_features, out_features, whitening
         self.register_buffer("mean", torch.zeros(in_features))
         self.register_buffer("components", torch.zeros(out_features, in_features))
+        self.register_buffer("scale", torch.ones(out_features))
         self.register_buffer("fitted", torch.tensor(False))
 
     @torch.no_grad()
@@ -179,7 +190,8 @@ class PCAHead(nn.Module):
         """Fit the mean and the leading components to ``features`` of shape ``(n, in_features)``, ``n >= 2``.
 
         The covariance is accumulated in float64, ``chunk_rows`` rows at a time; each component's sign is
-        fixed so that its largest entry in absolute value is positive. Returns ``self``.
+        fixed so that its largest entry in absolute value is positive; with whitening, the scale follows from
+        the kept variances (relative variances are floored at ``1e-12``). Returns ``self``.
 
         Raises:
             ValueError: wrong shape, fewer than two rows, or non-finite values.
@@ -200,10 +212,15 @@ class PCAHead(nn.Module):
             centred = chunk - mean
             scatter += centred.T @ centred
         values, vectors = torch.linalg.eigh(scatter / (len(rows) - 1))
-        leading = vectors[:, torch.argsort(values, descending=True)[: self.out_features]].T
+        kept = torch.argsort(values, descending=True)[: self.out_features]
+        leading = vectors[:, kept].T
         signs = torch.sign(leading.gather(1, leading.abs().argmax(1, keepdim=True)))
         self.mean.copy_(mean.to(self.mean.dtype))
         self.components.copy_((leading * signs).to(self.components.dtype))
+        if self.whitening is not None:
+            variances = values[kept].clamp_min(0.0)
+            relative = (variances / variances.mean().clamp_min(torch.finfo(torch.float64).tiny)).clamp_min(1e-12)
+            self.scale.copy_((relative + self.whitening).rsqrt().to(self.scale.dtype))
         self.fitted.fill_(True)
         return self
 
@@ -211,7 +228,7 @@ class PCAHead(nn.Module):
         """The projection of ``x`` (``(N, in_features)``) when fitted, else ``x`` itself."""
         if not bool(self.fitted):
             return x
-        return (x - self.mean) @ self.components.T
+        return ((x - self.mean) @ self.components.T) * self.scale
 
 
 class EnergyCNN(nn.Module):
@@ -253,6 +270,7 @@ class EnergyCNN(nn.Module):
         cell: int = 4,
         image_size: int = 28,
         in_channels: int = 1,
+        whitening: float | None = None,
     ) -> None:
         super().__init__()
         name = type(self).__name__
@@ -267,7 +285,7 @@ class EnergyCNN(nn.Module):
         self.filters, self.kernel_size, self.cell = filters, kernel_size, cell
         self.image_size, self.in_channels = image_size, in_channels
         self.conv = nn.Conv2d(in_channels, filters, kernel_size, padding=kernel_size // 2)
-        self.head = PCAHead(filters * (image_size // cell) ** 2, out_features)
+        self.head = PCAHead(filters * (image_size // cell) ** 2, out_features, whitening)
         self.out_features = out_features
 
     def features(self, x: Tensor) -> Tensor:
