@@ -12,12 +12,12 @@ on the seed) and a last column counts the seeds whose trained model beats both b
 
 ``--folds`` measures the recipes without the unseen classes: each pair of training classes is held out in turn,
 the model is trained on the others and tested on the pair (the class-disjoint folds on which the examples'
-settings were chosen; the batch shrinks to ``m`` times the number of classes left when it must).
+settings were first chosen; the batch shrinks to ``m`` times the number of classes left when it must).
 
 Usage (from the repository root; MNIST and Fashion-MNIST are read from ``$DMLKIT_DATA`` or ``../shared/data``)::
 
     python examples/class_disjoint.py                                  # all three, seed 0
-    python examples/class_disjoint.py --seeds 0 1 2                    # all three, three seeds each
+    python examples/class_disjoint.py --seeds 0 1 2 3 4                # all three, five seeds each
     python examples/class_disjoint.py examples/mnist.yaml --seeds 0 1  # one
     python examples/class_disjoint.py --folds                          # the ten folds of classes 0-4
 
