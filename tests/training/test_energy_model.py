@@ -96,6 +96,18 @@ def test_pca_head_passes_inputs_through_until_fitted_and_keeps_its_fit_in_the_st
     torch.testing.assert_close(copy(x), head(x))
 
 
+def test_a_head_saved_without_a_scale_loads_as_plain_pca_and_other_missing_keys_still_fail() -> None:
+    head = PCAHead(4, 2).fit(torch.rand(10, 4, generator=torch.Generator().manual_seed(5)))
+    saved = {key: value for key, value in head.state_dict().items() if key != "scale"}
+    copy = PCAHead(4, 2)
+    copy.load_state_dict(saved)
+    x = torch.rand(3, 4)
+    torch.testing.assert_close(copy(x), head(x))
+    del saved["components"]
+    with pytest.raises(RuntimeError, match="components"):
+        PCAHead(4, 2).load_state_dict(saved)
+
+
 def test_pca_head_rejects_bad_arguments_and_data() -> None:
     with pytest.raises(ValueError, match="out_features"):
         PCAHead(3, 4)

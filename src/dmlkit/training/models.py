@@ -102,7 +102,6 @@ class SmallCNN(nn.Module):
         hidden: width of the hidden linear layer, ``>= 1``.
         normalize: L2-normalise the output.
         in_channels: image channels, ``>= 1``.
-        whitening: the head's whitening shrinkage (see :class:`PCAHead`); None: plain PCA.
 
     Example:
         >>> model = SmallCNN(out_features=16)
@@ -224,6 +223,11 @@ class PCAHead(nn.Module):
         self.fitted.fill_(True)
         return self
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # heads saved before whitening existed have no scale: theirs is 1
+        state_dict.setdefault(prefix + "scale", torch.ones_like(self.scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, x: Tensor) -> Tensor:
         """The projection of ``x`` (``(N, in_features)``) when fitted, else ``x`` itself."""
         if not bool(self.fitted):
@@ -252,6 +256,7 @@ class EnergyCNN(nn.Module):
         cell: side of the pooling cells in pixels; ``image_size`` must be a multiple of it.
         image_size: side of the square input images, ``>= 1``.
         in_channels: image channels, ``>= 1``.
+        whitening: the head's whitening shrinkage (see :class:`PCAHead`); None: plain PCA.
 
     Example:
         >>> model = EnergyCNN(out_features=8, filters=2, kernel_size=3, cell=4, image_size=8)
