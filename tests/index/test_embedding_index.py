@@ -547,3 +547,26 @@ def test_exact_search_reranks_a_cut_that_rounding_put_among_tied_rows(
         want_values, want_ids = oracle.top_k(queries.tolist(), rows.tolist(), ids.tolist(), k, metric)
         assert found.tolist() == want_ids
         torch.testing.assert_close(values, torch.tensor(want_values, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_the_exact_searchs_norm_bound_follows_every_change_of_the_rows(tmp_path: Path) -> None:
+    # The rounding bound of the exact search needs the largest row norm; the index keeps it between searches.
+    def largest(index: EmbeddingIndex) -> float:
+        return float(torch.linalg.vector_norm(index.get_embeddings(index.ids), dim=1).max())
+
+    generator = torch.Generator().manual_seed(0)
+    index = EmbeddingIndex(4)
+    index.add(torch.randn(6, 4, generator=generator), ids=list(range(10, 16)))
+    index.search(torch.randn(2, 4, generator=generator), 3)
+    assert float(index._largest_norm()) == pytest.approx(largest(index), rel=1e-6)
+    big = index.add(10 * torch.randn(2, 4, generator=generator), ids=[20, 21])  # grows the bound, no full pass
+    assert float(index._largest_norm()) == pytest.approx(largest(index), rel=1e-6)
+    index.add(torch.randn(3, 4, generator=generator), ids=[0, 1, 2])  # before the others: rows re-sorted
+    assert float(index._largest_norm()) == pytest.approx(largest(index), rel=1e-6)
+    index.remove(big)  # the largest rows leave: the bound is recomputed, not kept stale
+    assert float(index._largest_norm()) == pytest.approx(largest(index), rel=1e-6)
+    index.save(tmp_path / "index.dmlx")
+    loaded = EmbeddingIndex.load(tmp_path / "index.dmlx")
+    assert float(loaded._largest_norm()) == pytest.approx(largest(index), rel=1e-6)
+    queries = index.get_embeddings(index.ids)
+    torch.testing.assert_close(loaded.search(queries, 4).ids, index.search(queries, 4).ids)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .._validation import Described, check_choice, check_embeddings, check_range, check_type, message
 from ..errors import CorruptFileError
-from .exact_backend import exact_search, exact_search_radius, missing_value
+from .exact_backend import exact_search, exact_search_radius, largest_row_norm, missing_value
 from .faiss_backend import FaissBackend
 from .file_format import read_container, write_container
 
@@ -142,6 +142,7 @@ class EmbeddingIndex:
         self.dtype = dtype
         self.device = torch.device(device)
         self._dim = dim
+        self._norm_bound: Tensor | None = None
         self._embeddings = torch.empty(0, dim or 0, dtype=dtype, device=self.device)
         self._ids = torch.empty(0, dtype=torch.long, device=self.device)
         self._metadata: list[dict[str, Any]] | None = None
@@ -151,6 +152,21 @@ class EmbeddingIndex:
             self._faiss = self._new_faiss(dim)
 
     # ----------------------------------------------------------------------------------------- properties
+
+    @property
+    def _embeddings(self) -> Tensor:
+        return self._rows
+
+    @_embeddings.setter
+    def _embeddings(self, rows: Tensor) -> None:
+        # every change of the rows drops the cached norm bound of the exact search
+        self._rows, self._norm_bound = rows, None
+
+    def _largest_norm(self) -> Tensor:
+        """The largest row norm (the exact search's rounding bound), computed once per change of the rows."""
+        if self._norm_bound is None:
+            self._norm_bound = largest_row_norm(self._rows)
+        return self._norm_bound
 
     @property
     def dim(self) -> int | None:
@@ -370,7 +386,9 @@ class EmbeddingIndex:
             if self._metadata is not None:
                 meta = self._metadata
                 self._metadata = [meta[i] for i in order.tolist()]
+        bound = None if self._norm_bound is None or old == 0 else torch.maximum(self._norm_bound, largest_row_norm(x))
         self._embeddings, self._ids = embeddings, all_ids
+        self._norm_bound = bound
 
     def remove(self, ids: Sequence[int] | Tensor | np.ndarray) -> int:
         """Remove the rows with these ids; return how many were removed.
@@ -421,7 +439,9 @@ class EmbeddingIndex:
         check_range(_OWNER, "k", k, low=1, integer=True)
         backend = self._ready_faiss()
         if backend is None or len(self) == 0:
-            values, ids = exact_search(self._embeddings, self._ids, q, k, self._metric.value, self.block_size)
+            values, ids = exact_search(
+                self._embeddings, self._ids, q, k, self._metric.value, self.block_size, self._largest_norm()
+            )
             return SearchResult(values, ids)
         raw_values, raw_ids = backend.search(self._faiss_vectors(q), k, self.nprobe, self.ef_search)
         values, ids = torch.from_numpy(raw_values), torch.from_numpy(raw_ids).long()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..evaluation import knn
 
-__all__ = ["exact_search", "exact_search_radius", "missing_value"]
+__all__ = ["exact_search", "exact_search_radius", "largest_row_norm", "missing_value"]
 
 #: queries per block of the radius search
 _QUERY_ROWS = 256
@@ -31,7 +31,13 @@ def missing_value(metric: str) -> float:
 
 
 def exact_search(
-    data: Tensor, data_ids: Tensor, queries: Tensor, k: int, metric: str, block_size: int
+    data: Tensor,
+    data_ids: Tensor,
+    queries: Tensor,
+    k: int,
+    metric: str,
+    block_size: int,
+    largest_norm: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(values, ids), each (len(queries), k): nearest first, ties by id, padded with id -1 past ``len(data)``.
 
@@ -39,6 +45,8 @@ def exact_search(
     differently for two identical rows. One candidate more than needed shows whether the cut is certain: when
     the first row left out may be as near as the k-th (within the rounding bound), the query is redone as a
     search within the k-th exact value, so rows tied with the k-th are ranked by id like the others.
+    The rounding bound needs the largest row norm of ``data``; pass ``largest_norm`` (any upper bound of it) to
+    save that pass over the rows when searching the same data many times.
     """
     dtype = torch.promote_types(data.dtype, queries.dtype)
     values = torch.full((queries.shape[0], k), missing_value(metric), dtype=dtype, device=queries.device)
@@ -57,7 +65,7 @@ def exact_search(
         ids[start : start + rows, :found] = chosen.to(queries.device)
     if result.indices.shape[1] > found:
         kth = values[:, found - 1].to(data.device)
-        slack = 2 * _query_slack(q_all.to(dtype), data, metric)
+        slack = 2 * _query_slack(q_all.to(dtype), data, metric, largest_norm)
         left_out = result.distances[:, found].to(dtype)
         unsure = (left_out <= kth + slack) if metric == "l2" else (left_out >= kth - slack)
         if bool(unsure.any()):
@@ -89,9 +97,16 @@ def _pair_values(q: Tensor, r: Tensor, metric: str) -> Tensor:
     return (q[:, None, :] * r).sum(-1)
 
 
-def _query_slack(q: Tensor, data: Tensor, metric: str) -> Tensor:
+def largest_row_norm(data: Tensor) -> Tensor:
+    """The largest Euclidean norm among the rows of ``data`` (0 without rows), a 0-d tensor of its dtype."""
+    if data.shape[0] == 0:
+        return data.new_zeros(())
+    return torch.linalg.vector_norm(data, dim=1).max()
+
+
+def _query_slack(q: Tensor, data: Tensor, metric: str, largest_norm: Tensor | None = None) -> Tensor:
     """Per query, the bound of :func:`_rounding_slack` against the largest row of ``data``: one for every row."""
-    largest = torch.linalg.vector_norm(data.to(q.dtype), dim=1).max()
+    largest = largest_row_norm(data.to(q.dtype)) if largest_norm is None else largest_norm.to(q.dtype)
     return _slack(metric, q, torch.linalg.vector_norm(q, dim=1), largest)
 
 
