@@ -386,7 +386,7 @@ class EmbeddingIndex:
             if self._metadata is not None:
                 meta = self._metadata
                 self._metadata = [meta[i] for i in order.tolist()]
-        bound = None if self._norm_bound is None or old == 0 else torch.maximum(self._norm_bound, largest_row_norm(x))
+        bound = None if self._norm_bound is None else torch.maximum(self._norm_bound, largest_row_norm(x))
         self._embeddings, self._ids = embeddings, all_ids
         self._norm_bound = bound
 

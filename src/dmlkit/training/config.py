@@ -96,8 +96,8 @@ class ModelConfig:
     """The embedding network: ``"mlp"`` (``hidden``, ``normalize``, ``batch_norm``), ``"cnn"`` (a small CNN
     for 28x28 images; ``normalize`` and ``params``: ``channels``, ``hidden``), ``"energy"`` (pooled energy
     of learned filters reduced by a PCA fitted after training, :class:`~dmlkit.training.models.EnergyCNN`;
-    ``params``: ``filters``, ``kernel_size``, ``cell``) or the import path of any ``nn.Module`` class
-    (``"package.module:Class"``, built as ``Class(**params)``)."""
+    ``params``: ``filters``, ``kernel_size``, ``cell``, ``whitening``) or the import path of any ``nn.Module``
+    class (``"package.module:Class"``, built as ``Class(**params)``)."""
 
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [128])

@@ -381,8 +381,8 @@ def build_model(name: str, in_shape: Sequence[int], embedding_size: int, params:
 
     ``"mlp"`` takes ``hidden``, ``normalize``, ``batch_norm`` from ``params`` and the input width from
     ``in_shape`` (flattened); ``"cnn"`` takes :class:`SmallCNN`'s arguments; ``"energy"`` takes
-    :class:`EnergyCNN`'s ``filters``, ``kernel_size`` and ``cell``, and the image size and channels from
-    ``in_shape`` (``(C, S, S)``, or ``(S * S,)`` for one flattened channel); an import path is called as
+    :class:`EnergyCNN`'s ``filters``, ``kernel_size``, ``cell`` and ``whitening``, and the image size and
+    channels from ``in_shape`` (``(C, S, S)``, or ``(S * S,)`` for one flattened channel); an import path is called as
     ``cls(**params)`` (it should map the data to ``embedding_size`` features).
 
     Example:
